@@ -1,0 +1,151 @@
+"""The MeanFlow objective as pure functions of a network `u_fn(z, r, t, labels) -> u`.
+
+Conventions (Geng et al. 2025, REFERENCE.md section 1):
+  * t = 0 is data and t = 1 is noise: z_t = (1 - t) x + t e, conditional velocity v = e - x.
+  * u(z_t, r, t) is the average velocity over [r, t] with r <= t; u(z, t, t) is the instantaneous v.
+  * Times r, t have shape [B]; z, x, e, v, u have shape [B, ...]; labels have shape [B] (int32).
+  * The null (unconditional) label is `num_classes`, one past the last real class.
+
+MeanFlow identity: u = v - (t - r) du/dt, with du/dt = v . grad_z u + d_t u (r fixed), which is the
+jvp of u_fn along (v, 0, 1). The target is stop-gradiented, so training needs no second derivative.
+"""
+from typing import Callable, Mapping, Tuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+UFn = Callable[[Array, Array, Array, Array], Array]
+
+
+def _bcast(s: Array, like: Array) -> Array:
+  """[B] -> [B, 1, ..., 1] so per-sample scalars broadcast against [B, ...] tensors."""
+  return s.reshape(s.shape + (1,) * (like.ndim - s.ndim))
+
+
+def validate_config(config) -> None:
+  """Raises ValueError naming the field and its allowed values; call before compiling anything."""
+  if not 0.0 <= config.r_neq_t_ratio <= 1.0:
+    raise ValueError(f"meanflow.r_neq_t_ratio={config.r_neq_t_ratio}: must lie in [0, 1] "
+                     "(fraction of the batch with r != t; 0 is flow matching).")
+  if config.time_sampler not in ("logit_normal", "uniform"):
+    raise ValueError(f"meanflow.time_sampler={config.time_sampler!r}: allowed values are "
+                     "'logit_normal' and 'uniform'.")
+  if config.guidance_kappa >= 1.0:
+    raise ValueError(f"meanflow.guidance_kappa={config.guidance_kappa}: must be < 1 "
+                     "(the effective guidance scale is omega / (1 - kappa)).")
+  if not 0.0 <= config.class_dropout < 1.0:
+    raise ValueError(f"meanflow.class_dropout={config.class_dropout}: must lie in [0, 1).")
+  if config.guidance_t_min > config.guidance_t_max:
+    raise ValueError(f"meanflow.guidance_t_min={config.guidance_t_min} > guidance_t_max="
+                     f"{config.guidance_t_max}: the guidance interval must be [low, high].")
+  guided = config.guidance_omega != 1.0 or config.guidance_kappa != 0.0
+  if config.num_classes == 0 and (guided or config.class_dropout > 0):
+    raise ValueError("meanflow.guidance_omega/guidance_kappa/class_dropout need class labels, but "
+                     "num_classes=0 (unconditional): set omega=1, kappa=0, class_dropout=0.")
+
+
+def validate_labels(labels, num_classes: int) -> None:
+  """Host-side check that labels lie in [0, num_classes) (the null label is added internally)."""
+  import numpy as np
+  labels = np.asarray(labels)
+  hi = max(num_classes, 1)
+  if labels.size and (labels.min() < 0 or labels.max() >= hi):
+    raise ValueError(f"labels must lie in [0, {hi}) for num_classes={num_classes}; got values in "
+                     f"[{labels.min()}, {labels.max()}]. The null label {num_classes} is reserved "
+                     "for classifier-free guidance and is applied by the objective.")
+
+
+def num_r_neq_t(batch_size: int, ratio: float) -> int:
+  """Static count of samples with r != t; they occupy the first slots of the batch."""
+  return int(round(ratio * batch_size))
+
+
+def sample_times(key: Array, batch_size: int, config) -> Tuple[Array, Array]:
+  """Draws (r, t), each [B], with 0 <= r <= t <= 1.
+
+  Two independent draws from logit-normal(time_mu, time_sigma) (or uniform); t is the larger.
+  The first round(r_neq_t_ratio * B) samples keep r != t and the rest get r = t. A fixed slice rather
+  than a random mask makes the r != t part static (batches are i.i.d., so the law is the same).
+  """
+  k_a, k_b = jax.random.split(key)
+  shape = (batch_size,)
+  if config.time_sampler == "logit_normal":
+    a = jax.nn.sigmoid(config.time_mu + config.time_sigma * jax.random.normal(k_a, shape))
+    b = jax.nn.sigmoid(config.time_mu + config.time_sigma * jax.random.normal(k_b, shape))
+  elif config.time_sampler == "uniform":
+    a, b = jax.random.uniform(k_a, shape), jax.random.uniform(k_b, shape)
+  else:
+    raise ValueError(f"meanflow.time_sampler={config.time_sampler!r}: use 'logit_normal' or 'uniform'.")
+  t, r = jnp.maximum(a, b), jnp.minimum(a, b)
+  distinct = jnp.arange(batch_size) < num_r_neq_t(batch_size, config.r_neq_t_ratio)
+  return jnp.where(distinct, r, t), t
+
+
+def average_velocity_target(u_fn: UFn, z: Array, r: Array, t: Array, v: Array,
+                            labels: Array) -> Tuple[Array, Array]:
+  """Returns (u, u_tgt): the network's u(z, r, t) and the stop-gradiented MeanFlow target.
+
+  One forward-mode pass gives both u and du/dt = v . grad_z u + d_t u; the tangents (v, 0, 1) follow
+  the argument order (z, r, t). Gradients flow only through the primal u.
+  """
+  u, dudt = jax.jvp(lambda z_, r_, t_: u_fn(z_, r_, t_, labels),
+                    (z, r, t), (v, jnp.zeros_like(r), jnp.ones_like(t)))
+  u_tgt = v - _bcast(t - r, dudt) * dudt
+  return u, jax.lax.stop_gradient(u_tgt)
+
+
+def guided_velocity(u_fn: UFn, z: Array, t: Array, v: Array, labels: Array, dropped: Array,
+                    config) -> Array:
+  """Velocity with classifier-free guidance folded in (used as jvp tangent and in the target).
+
+  v_tilde = omega v + kappa u(z, t, t | c) + (1 - omega - kappa) u(z, t, t | null), both network
+  terms under stop-gradient. Samples whose label was dropped, or whose t lies outside
+  [guidance_t_min, guidance_t_max], keep the plain v (omega = 1, kappa = 0).
+  """
+  omega, kappa = config.guidance_omega, config.guidance_kappa
+  if omega == 1.0 and kappa == 0.0:
+    return v  # No guidance: skip both network calls at trace time.
+  active = (~dropped) & (t >= config.guidance_t_min) & (t <= config.guidance_t_max)
+  w_omega = _bcast(jnp.where(active, omega, 1.0), v)
+  w_kappa = _bcast(jnp.where(active, kappa, 0.0), v)
+  null = jnp.full_like(labels, config.num_classes)
+  # One batched inference call for the conditional and the null-class velocities.
+  both = u_fn(jnp.concatenate([z, z]), jnp.concatenate([t, t]), jnp.concatenate([t, t]),
+              jnp.concatenate([labels, null]))
+  u_cond, u_null = jax.lax.stop_gradient(jnp.split(both, 2))
+  return w_omega * v + w_kappa * u_cond + (1.0 - w_omega - w_kappa) * u_null
+
+
+def adaptive_weighted_loss(u: Array, u_tgt: Array, p: float, c: float) -> Tuple[Array, Array]:
+  """Mean over the batch of d / sg((d + c)^p), with d the per-sample summed squared error.
+
+  Returns (loss, unweighted per-element MSE). p = 0 gives the plain summed L2 loss.
+  """
+  err = (u - u_tgt).astype(jnp.float32)
+  d = jnp.sum(jnp.square(err), axis=tuple(range(1, err.ndim)))
+  weight = jax.lax.stop_gradient(1.0 / jnp.power(d + c, p))
+  return jnp.mean(weight * d), jnp.mean(jnp.square(err))
+
+
+def meanflow_loss(u_fn: UFn, x: Array, labels: Array, key: Array,
+                  config) -> Tuple[Array, Mapping[str, Array]]:
+  """The whole MeanFlow training loss for a batch of data x [B, ...] and labels [B].
+
+  `config` is the `meanflow` section of the run config. With r_neq_t_ratio = 0 this is exactly
+  (adaptively weighted) flow matching, since (t - r) du/dt vanishes.
+  """
+  k_time, k_noise, k_drop = jax.random.split(key, 3)
+  batch = x.shape[0]
+  r, t = sample_times(k_time, batch, config)
+  e = jax.random.normal(k_noise, x.shape, x.dtype)
+  z = (1.0 - _bcast(t, x)) * x + _bcast(t, x) * e
+  v = e - x
+
+  dropped = jax.random.bernoulli(k_drop, config.class_dropout, (batch,))
+  labels = jnp.where(dropped, config.num_classes, labels)
+  v_tilde = guided_velocity(u_fn, z, t, v, labels, dropped, config)
+
+  u, u_tgt = average_velocity_target(u_fn, z, r, t, v_tilde, labels)
+  loss, mse = adaptive_weighted_loss(u, u_tgt, config.adaptive_p, config.adaptive_c)
+  return loss, {"loss": loss, "mse": mse, "u_tgt_rms": jnp.sqrt(jnp.mean(jnp.square(u_tgt)))}

@@ -1,0 +1,193 @@
+"""DiT with adaLN-Zero (Peebles & Xie), conditioned on several scalar times and a class label.
+
+MeanFlow feeds two scalars, t and t - r, each through its own timestep embedder; their embeddings are
+summed with the class embedding. Times enter in [0, 1] (no x1000 scaling: large frequencies make the
+jvp's du/dt explode). Label `num_classes` is the null class used for classifier-free guidance.
+
+Shapes: x [B, H, W, C] (channels last), each scalar [B], labels [B] int -> output [B, H, W, C].
+"""
+import math
+import re
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# name -> (depth, hidden size, heads). Patch size comes from the "/p" suffix.
+VARIANTS = {
+    "Ti": (12, 192, 3),
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "M": (16, 1024, 16),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+PATCH_SIZES = (1, 2, 4, 8)
+
+
+def parse_variant(variant: str) -> Tuple[int, int, int, int]:
+  """'B/2' -> (depth, hidden_size, num_heads, patch_size); clear error for anything else."""
+  m = re.fullmatch(r"([A-Za-z]+)/(\d+)", variant or "")
+  if not m or m.group(1) not in VARIANTS or int(m.group(2)) not in PATCH_SIZES:
+    raise ValueError(f"model.variant={variant!r}: expected NAME/PATCH with NAME in "
+                     f"{sorted(VARIANTS, key=lambda k: VARIANTS[k][1])} and PATCH in {PATCH_SIZES}, "
+                     "for example 'B/2'.")
+  depth, width, heads = VARIANTS[m.group(1)]
+  return depth, width, heads, int(m.group(2))
+
+
+def sincos_pos_embed(grid: int, dim: int) -> np.ndarray:
+  """Fixed 2-D sin-cos position embedding, [grid * grid, dim] (half for rows, half for columns)."""
+  def one_axis(pos, d):
+    omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+    out = np.outer(pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+  gy, gx = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64),
+                       indexing="ij")
+  return np.concatenate([one_axis(gy, dim // 2), one_axis(gx, dim // 2)], axis=1).astype(np.float32)
+
+
+def timestep_features(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal features of t in [0, 1]: frequencies from 1 down to 1/max_period. [B] -> [B, dim]."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[:, None] * freqs[None]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def modulate(x, shift, scale):
+  return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class TimestepEmbedder(nn.Module):
+  hidden_size: int
+  freq_dim: int = 256
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, t):
+    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+                                     kernel_init=nn.initializers.normal(0.02))
+    h = timestep_features(t, self.freq_dim).astype(self.param_dtype)
+    return dense(self.hidden_size, "mlp_out")(nn.silu(dense(self.hidden_size, "mlp_in")(h)))
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention; plain XLA ops so that jax.jvp and every backend can trace it."""
+  hidden_size: int
+  num_heads: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, n, _ = x.shape
+    head_dim = self.hidden_size // self.num_heads
+    qkv = nn.Dense(3 * self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
+                   kernel_init=nn.initializers.xavier_uniform(), name="qkv")(x)
+    q, k, v = jnp.split(qkv.reshape(b, n, 3 * self.num_heads, head_dim), 3, axis=2)
+    out = jax.nn.dot_product_attention(q, k, v)  # [B, N, heads, head_dim]
+    return nn.Dense(self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
+                    kernel_init=nn.initializers.xavier_uniform(), name="proj")(
+                        out.reshape(b, n, self.hidden_size))
+
+
+class DiTBlock(nn.Module):
+  hidden_size: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, c):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    # adaLN-Zero: the modulation starts at zero, so every block starts as the identity.
+    mod = nn.Dense(6 * self.hidden_size, kernel_init=nn.initializers.zeros, name="adaLN", **kw)(
+        nn.silu(c))
+    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
+    norm = lambda name: nn.LayerNorm(1e-6, use_bias=False, use_scale=False, name=name, **kw)
+    h = modulate(norm("norm1")(x), shift_a, scale_a)
+    x = x + gate_a[:, None] * Attention(self.hidden_size, self.num_heads, name="attn", **kw)(h)
+    h = modulate(norm("norm2")(x), shift_m, scale_m)
+    dense = lambda n, name: nn.Dense(n, kernel_init=nn.initializers.xavier_uniform(), name=name, **kw)
+    h = dense(self.hidden_size, "mlp_out")(
+        nn.gelu(dense(int(self.hidden_size * self.mlp_ratio), "mlp_in")(h), approximate=True))
+    return x + gate_m[:, None] * h
+
+
+class DiT(nn.Module):
+  """Diffusion transformer returning a field with the input's shape.
+
+  Attributes:
+    condition_names: one timestep embedder per scalar condition, in call order. MeanFlow uses
+      ("t", "t_minus_r"); a drifting generator can use ("alpha",).
+    num_classes: real classes; the embedding table has one more row for the null label. 0 means
+      unconditional (labels are ignored).
+  """
+  variant: str = "B/2"
+  image_size: int = 32
+  channels: int = 4
+  num_classes: int = 1000
+  condition_names: Sequence[str] = ("t", "t_minus_r")
+  depth: Optional[int] = None  # Overrides of the variant's depth / width / heads, for tiny models.
+  hidden_size: Optional[int] = None
+  num_heads: Optional[int] = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def dims(self):
+    depth, width, heads, patch = parse_variant(self.variant)
+    depth, width, heads = self.depth or depth, self.hidden_size or width, self.num_heads or heads
+    if self.image_size % patch:
+      raise ValueError(f"model.variant={self.variant!r}: patch {patch} does not divide "
+                       f"image_size={self.image_size}.")
+    if width % heads or width % 4:
+      raise ValueError(f"model hidden_size={width} must be divisible by num_heads={heads} and 4.")
+    return depth, width, heads, patch
+
+  @nn.compact
+  def __call__(self, x, conditions: Sequence[jax.Array], labels: Optional[jax.Array] = None):
+    depth, width, heads, p = self.dims()
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if len(conditions) != len(self.condition_names):
+      raise ValueError(f"DiT expects conditions {tuple(self.condition_names)}, got {len(conditions)}.")
+    b, h, w, ch = x.shape
+    grid = h // p
+    # Patchify: a strided conv is a linear map of each p x p x C patch.
+    tokens = nn.Conv(width, (p, p), strides=(p, p), padding="VALID", name="patch_embed", **kw)(x)
+    tokens = tokens.reshape(b, grid * grid, width) + sincos_pos_embed(grid, width)[None]
+
+    c = sum(TimestepEmbedder(width, name=f"{name}_embedder", **kw)(s)
+            for name, s in zip(self.condition_names, conditions))
+    if self.num_classes > 0:
+      c = c + nn.Embed(self.num_classes + 1, width, embedding_init=nn.initializers.normal(0.02),
+                       name="label_embedder", **kw)(labels)
+
+    for i in range(depth):
+      tokens = DiTBlock(width, heads, name=f"block_{i}", **kw)(tokens, c)
+
+    shift, scale = jnp.split(nn.Dense(2 * width, kernel_init=nn.initializers.zeros,
+                                      name="final_adaLN", **kw)(nn.silu(c)), 2, axis=-1)
+    tokens = modulate(nn.LayerNorm(1e-6, use_bias=False, use_scale=False, name="final_norm", **kw)(
+        tokens), shift, scale)
+    out = nn.Dense(p * p * ch, kernel_init=nn.initializers.zeros, name="final_proj", **kw)(tokens)
+    # Unpatchify [B, grid*grid, p*p*C] -> [B, H, W, C].
+    out = out.reshape(b, grid, grid, p, p, ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, ch)
+    return out.astype(x.dtype)
+
+
+def count_params(variant: str, image_size: int = 32, channels: int = 4, num_classes: int = 1000,
+                 condition_names: Sequence[str] = ("t", "t_minus_r")) -> int:
+  """Parameter count from shapes alone (jax.eval_shape): nothing is allocated."""
+  model = DiT(variant=variant, image_size=image_size, channels=channels, num_classes=num_classes,
+              condition_names=tuple(condition_names))
+  b = 1
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((b, image_size, image_size, channels), jnp.float32),
+                          tuple(jax.ShapeDtypeStruct((b,), jnp.float32) for _ in condition_names),
+                          jax.ShapeDtypeStruct((b,), jnp.int32))
+  return sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes))

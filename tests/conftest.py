@@ -1,0 +1,16 @@
+"""Test-wide setup: simulate 8 CPU devices so sharding is exercised without accelerators.
+
+XLA reads XLA_FLAGS once, when the backend starts, so this must run before anything imports jax.
+"""
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# TensorFlow is only used for tf.data; keep its logging quiet in test output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Make the project root importable no matter where pytest is started from.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
