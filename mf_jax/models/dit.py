@@ -52,8 +52,9 @@ def sincos_pos_embed(grid: int, dim: int) -> np.ndarray:
 def timestep_features(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
   """Sinusoidal features of t in [0, 1]: frequencies from 1 down to 1/max_period. [B] -> [B, dim]."""
   half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  args = t.astype(jnp.float32)[:, None] * freqs[None]
+  dtype = jnp.promote_types(t.dtype, jnp.float32)  # Keeps float64 when x64 tests ask for it.
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=dtype) / half)
+  args = t.astype(dtype)[:, None] * freqs[None]
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
@@ -75,10 +76,29 @@ class TimestepEmbedder(nn.Module):
     return dense(self.hidden_size, "mlp_out")(nn.silu(dense(self.hidden_size, "mlp_in")(h)))
 
 
+def einsum_attention(q, k, v):
+  """Softmax attention from plain ops, [B, N, heads, d] -> same; jvp-friendly on every backend.
+
+  The softmax runs in at least float32 (bf16 logits lose too much), and in float64 under x64.
+  """
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.promote_types(q.dtype, jnp.float32))
+  weights = jax.nn.softmax(logits * scale, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+ATTENTION_IMPLS = {
+    "einsum": einsum_attention,
+    # XLA's fused attention (cuDNN flash attention on GPU where it applies); softmax in float32.
+    "fused": jax.nn.dot_product_attention,
+}
+
+
 class Attention(nn.Module):
-  """Multi-head self-attention; plain XLA ops so that jax.jvp and every backend can trace it."""
+  """Multi-head self-attention."""
   hidden_size: int
   num_heads: int
+  impl: str = "einsum"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -89,7 +109,7 @@ class Attention(nn.Module):
     qkv = nn.Dense(3 * self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
                    kernel_init=nn.initializers.xavier_uniform(), name="qkv")(x)
     q, k, v = jnp.split(qkv.reshape(b, n, 3 * self.num_heads, head_dim), 3, axis=2)
-    out = jax.nn.dot_product_attention(q, k, v)  # [B, N, heads, head_dim]
+    out = ATTENTION_IMPLS[self.impl](q, k, v)  # [B, N, heads, head_dim]
     return nn.Dense(self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
                     kernel_init=nn.initializers.xavier_uniform(), name="proj")(
                         out.reshape(b, n, self.hidden_size))
@@ -99,6 +119,7 @@ class DiTBlock(nn.Module):
   hidden_size: int
   num_heads: int
   mlp_ratio: float = 4.0
+  attention_impl: str = "einsum"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -111,7 +132,8 @@ class DiTBlock(nn.Module):
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
     norm = lambda name: nn.LayerNorm(1e-6, use_bias=False, use_scale=False, name=name, **kw)
     h = modulate(norm("norm1")(x), shift_a, scale_a)
-    x = x + gate_a[:, None] * Attention(self.hidden_size, self.num_heads, name="attn", **kw)(h)
+    x = x + gate_a[:, None] * Attention(self.hidden_size, self.num_heads, self.attention_impl, name="attn",
+                                          **kw)(h)
     h = modulate(norm("norm2")(x), shift_m, scale_m)
     dense = lambda n, name: nn.Dense(n, kernel_init=nn.initializers.xavier_uniform(), name=name, **kw)
     h = dense(self.hidden_size, "mlp_out")(
@@ -136,6 +158,7 @@ class DiT(nn.Module):
   depth: Optional[int] = None  # Overrides of the variant's depth / width / heads, for tiny models.
   hidden_size: Optional[int] = None
   num_heads: Optional[int] = None
+  attention_impl: str = "einsum"  # A key of ATTENTION_IMPLS.
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -145,6 +168,9 @@ class DiT(nn.Module):
     if self.image_size % patch:
       raise ValueError(f"model.variant={self.variant!r}: patch {patch} does not divide "
                        f"image_size={self.image_size}.")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"model.attention_impl={self.attention_impl!r}: allowed values are "
+                       f"{sorted(ATTENTION_IMPLS)}.")
     if width % heads or width % 4:
       raise ValueError(f"model hidden_size={width} must be divisible by num_heads={heads} and 4.")
     return depth, width, heads, patch
@@ -168,7 +194,8 @@ class DiT(nn.Module):
                        name="label_embedder", **kw)(labels)
 
     for i in range(depth):
-      tokens = DiTBlock(width, heads, name=f"block_{i}", **kw)(tokens, c)
+      tokens = DiTBlock(width, heads, attention_impl=self.attention_impl, name=f"block_{i}", **kw)(
+          tokens, c)
 
     shift, scale = jnp.split(nn.Dense(2 * width, kernel_init=nn.initializers.zeros,
                                       name="final_adaLN", **kw)(nn.silu(c)), 2, axis=-1)
@@ -181,10 +208,13 @@ class DiT(nn.Module):
 
 
 def count_params(variant: str, image_size: int = 32, channels: int = 4, num_classes: int = 1000,
-                 condition_names: Sequence[str] = ("t", "t_minus_r")) -> int:
-  """Parameter count from shapes alone (jax.eval_shape): nothing is allocated."""
+                 condition_names: Sequence[str] = ("t", "t_minus_r"), **overrides) -> int:
+  """Parameter count from shapes alone (jax.eval_shape): nothing is allocated.
+
+  `overrides` are further DiT fields (depth, hidden_size, num_heads).
+  """
   model = DiT(variant=variant, image_size=image_size, channels=channels, num_classes=num_classes,
-              condition_names=tuple(condition_names))
+              condition_names=tuple(condition_names), **overrides)
   b = 1
   shapes = jax.eval_shape(model.init, jax.random.key(0),
                           jax.ShapeDtypeStruct((b, image_size, image_size, channels), jnp.float32),

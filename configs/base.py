@@ -1,0 +1,88 @@
+"""The one config schema every run shares; other configs start here and override fields.
+
+Sections: data, model, meanflow (the objective), optim, train, sharding, sample, eval.
+Defaults follow the paper's ImageNet recipe (REFERENCE.md section 1) where one exists.
+"""
+import ml_collections
+
+
+def meanflow_config(num_classes=1000) -> ml_collections.ConfigDict:
+  """The objective's section: time sampler, r != t fraction, guidance in the target, weighting."""
+  return ml_collections.ConfigDict(dict(
+      num_classes=num_classes,  # Null label = num_classes; 0 = unconditional.
+      time_sampler="logit_normal",  # or "uniform"
+      time_mu=-0.4,
+      time_sigma=1.0,
+      r_neq_t_ratio=0.25,  # Fraction of the batch with r != t; 0 is flow matching.
+      adaptive_p=1.0,  # Weight 1 / sg((d + c)^p); p = 0 is plain L2.
+      adaptive_c=1e-3,
+      guidance_omega=1.0,  # omega = 1, kappa = 0: no guidance in the target.
+      guidance_kappa=0.0,
+      guidance_t_min=0.0,  # Guidance only for t in [t_min, t_max].
+      guidance_t_max=1.0,
+      class_dropout=0.1,
+  ))
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.method = "meanflow"  # "meanflow" | "drifting"
+
+  config.data = ml_collections.ConfigDict(dict(
+      name="imagenet_latents",  # "digits" | "imagenet_latents" | "cifar10"
+      path="",  # Folder of prepared records, or a TFDS data_dir.
+      image_size=32,
+      channels=4,
+      num_classes=1000,
+      latent_scale=0.18215,  # SD-VAE scale; latents only.
+      random_flip=True,
+      shuffle_buffer=50_000,
+  ))
+  num_classes = config.data.get_ref("num_classes")
+
+  config.model = ml_collections.ConfigDict(dict(
+      name="dit",
+      variant="B/2",
+      depth=ml_collections.FieldReference(None, field_type=int),
+      hidden_size=ml_collections.FieldReference(None, field_type=int),
+      num_heads=ml_collections.FieldReference(None, field_type=int),
+      compute_dtype="float32",  # "bfloat16": bf16 matmuls with fp32 parameters.
+  ))
+
+  config.meanflow = meanflow_config()
+  config.meanflow.num_classes = num_classes
+
+  config.optim = ml_collections.ConfigDict(dict(
+      learning_rate=1e-4,
+      b1=0.9,
+      b2=0.95,
+      weight_decay=0.0,
+      warmup_steps=0,
+      schedule="constant",  # "constant" | "cosine"
+      grad_clip=0.0,  # Global-norm clip; 0 disables.
+  ))
+  config.ema_decays = (0.9999,)
+
+  config.train = ml_collections.ConfigDict(dict(
+      global_batch_size=256,
+      num_steps=1_200_000,  # ~240 epochs of ImageNet at batch 256.
+      log_every=100,
+      checkpoint_every=5000,
+      keep_checkpoints=3,
+      sample_every=10_000,  # Sample grids to TensorBoard and WORKDIR/samples/; 0 disables.
+      profile=False,  # CLU profiler action around a few early steps.
+  ))
+  config.sharding = ml_collections.ConfigDict(dict(
+      fsdp=1,  # Devices per FSDP group; parameters and optimizer state are sharded over them.
+  ))
+  config.sample = ml_collections.ConfigDict(dict(
+      num_samples=64,
+      num_steps=1,
+      batch_size=64,
+      use_ema=True,
+      ema_index=0,
+      seed=1,
+  ))
+  config.eval = ml_collections.ConfigDict(dict(every_steps=0))
+  return config
