@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
       channels=4,
       num_classes=1000,
       latent_scale=0.18215,  # SD-VAE scale; latents only.
+      vae_path="",  # Local diffusers AutoencoderKL weights, to decode latent samples.
       random_flip=True,
       shuffle_buffer=50_000,
   ))

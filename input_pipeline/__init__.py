@@ -1,0 +1,34 @@
+"""Data sets by name. Every training iterator yields host-local numpy batches
+{"x": [B, H, W, C], "label": [B] int32, ...}; latent sets add "x_std", "x_flip", "x_flip_std"."""
+import jax
+
+DATASETS = ("digits", "imagenet_latents", "cifar10")
+
+
+def check_name(name: str) -> None:
+  if name not in DATASETS:
+    raise ValueError(f"data.name={name!r}: allowed values are {list(DATASETS)}.")
+
+
+def train_iterator(config, start_step: int):
+  """Host-local batches of config.train.global_batch_size / process_count, resuming at start_step."""
+  check_name(config.data.name)
+  kw = dict(global_batch_size=config.train.global_batch_size, seed=config.seed, start_step=start_step,
+            process_index=jax.process_index(), process_count=jax.process_count())
+  if config.data.name == "digits":
+    from input_pipeline import digits, in_memory
+    return in_memory.batch_iterator(digits.load("train"), **kw)
+  if config.data.name == "imagenet_latents":
+    from input_pipeline import latents
+    return latents.train_iterator(config, **kw)
+  from input_pipeline import cifar10
+  return cifar10.train_iterator(config, **kw)
+
+
+def eval_arrays(config):
+  """The held-out split as arrays, for sample quality metrics (digits only for now)."""
+  check_name(config.data.name)
+  if config.data.name == "digits":
+    from input_pipeline import digits
+    return digits.load("eval")
+  raise NotImplementedError(f"data.name={config.data.name!r} has no in-memory eval split.")

@@ -1,0 +1,16 @@
+"""ImageNet 256 on SD-VAE latents (32x32x4), the paper's recipe (REFERENCE.md section 1).
+
+240 epochs at batch 256, Adam lr 1e-4 constant, betas (0.9, 0.95), no weight decay or warmup,
+EMA 0.9999, logit-normal(-0.4, 1) times, 25% r != t, adaptive weighting p = 1.
+The size configs (imagenet_b2.py, ...) pick the variant and the guidance of the paper's runs.
+"""
+from configs import base
+
+
+def get_config(variant="B/2"):
+  config = base.get_config()
+  config.data.update(name="imagenet_latents", path="", image_size=32, channels=4, num_classes=1000,
+                     latent_scale=0.18215)
+  config.model.variant = variant
+  config.train.update(global_batch_size=256, num_steps=240 * 1_281_167 // 256)
+  return config

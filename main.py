@@ -1,0 +1,62 @@
+"""Entry point: flags, distributed initialisation, hand-off to mf_jax.
+
+  python main.py --config=configs/default.py --workdir=/tmp/digits
+  python main.py --config=configs/imagenet_b2.py --workdir=gs://... --config.train.global_batch_size=512
+  python main.py --config=configs/default.py --workdir=/tmp/digits --mode=sample --config.sample.num_steps=2
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, samples and run records.")
+flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to run.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs "
+                    "where JAX cannot detect the cluster itself (e.g. several processes on one host).")
+flags.DEFINE_integer("num_processes", None, "Process count, with --coordinator_address.")
+flags.DEFINE_integer("process_id", None, "This process's index, with --coordinator_address.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def init_distributed():
+  import jax
+  if FLAGS.coordinator_address:
+    if jax.default_backend() == "cpu" or jax.config.jax_platforms == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  else:
+    try:  # Detects TPU pods, SLURM and other managed clusters; a no-op failure on one host.
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+      logging.info("Single-process run (%s).", str(e).splitlines()[0][:120])
+
+
+class _QuietLibraries:
+  """Drops INFO records from Orbax's per-save internals, which would bury the training log."""
+
+  def filter(self, record):
+    return record.levelno > 20 or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  # tf.data must never take accelerator memory from JAX.
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")
+  tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
+
+  init_distributed()
+  import jax
+  from mf_jax import train
+  logging.info("JAX process %d of %d; %d local / %d global devices: %s", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
+  if FLAGS.mode == "train":
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    train.sample_to_files(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

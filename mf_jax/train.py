@@ -1,0 +1,158 @@
+"""Training loop: set-up, resume, the step loop with its periodic actions, preemption, final save."""
+import os
+import signal
+import threading
+
+import jax
+from absl import logging
+from clu import periodic_actions
+
+import input_pipeline
+from mf_jax import checkpointing, config_checks, generate, run_info, writers
+from mf_jax import sharding as sharding_lib
+from mf_jax import train_state as ts
+from mf_jax import train_step as step_lib
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up shared by training, sampling and evaluation.
+
+def setup_state(config, workdir: str):
+  """Validates, builds mesh/model/optimizer, and restores the newest good checkpoint if any.
+
+  Returns (state, shardings, mesh, model, optimizer, checkpointer).
+  """
+  config_checks.validate(config, workdir)
+  mesh = sharding_lib.make_mesh(config.sharding.fsdp)
+  model = ts.build_model(config)
+  optimizer = ts.make_optimizer(config)
+  init_key = jax.random.fold_in(jax.random.key(config.seed), -1 % 2**31)
+  state, shardings = ts.create_sharded_state(config, model, optimizer, mesh, init_key)
+  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
+  restored = ckpt.restore_latest(state, shardings)
+  if restored is not None:
+    state = restored
+    logging.info("Resumed from the checkpoint at step %d.", int(state.step))
+  return state, shardings, mesh, model, optimizer, ckpt
+
+
+class PreemptionFlag:
+  """Set by SIGTERM (the usual preemption notice); the loop saves and exits at the next step."""
+
+  def __init__(self):
+    self.event = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+
+  def __bool__(self):
+    return self.event.is_set()
+
+
+# ---------------------------------------------------------------------------------------------
+# Periodic actions.
+
+def write_sample_grids(config, sample_fn, state, mesh, writer, workdir, step):
+  """1-NFE and 2-NFE grids from the first EMA parameters, to TensorBoard and WORKDIR/samples/."""
+  params = state.ema_params[0] if state.ema_params else state.params
+  n = min(config.sample.batch_size, 64)
+  images = {}
+  for steps in (1, 2):
+    x, _ = generate.draw(config, sample_fn, params, mesh, n, steps, seed=config.sample.seed)
+    try:
+      img = generate.grid(generate.to_uint8(x, config), cols=8)
+    except NotImplementedError as e:
+      logging.warning("No sample grid: %s", e)
+      return
+    images[f"samples_{steps}nfe"] = img[None]
+    if jax.process_index() == 0:
+      generate.save_png(img, os.path.join(workdir, "samples", f"step_{step:08d}_{steps}nfe.png"))
+  writer.write_images(step, images)
+
+
+def check_finite(state, metrics):
+  if int(state.nonfinite_step) >= 0:
+    raise step_lib.nonfinite_error(state, jax.device_get(metrics))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+def train_and_evaluate(config, workdir: str, objective=None):
+  """Trains until config.train.num_steps, resuming from WORKDIR's newest good checkpoint.
+
+  Returns the final state. `objective` replaces the MeanFlow loss (e.g. the drifting objective).
+  """
+  state, shardings, mesh, model, optimizer, ckpt = setup_state(config, workdir)
+  start_step, num_steps = int(state.step), config.train.num_steps
+  run_info.write(workdir, config, start_step)
+  writer = writers.create_writer(workdir)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
+
+  train_step = step_lib.jit_train_step(
+      step_lib.make_train_step(config, model, optimizer, objective), mesh, shardings)
+  sample_fn = generate.make_sampler(config, model, mesh)
+  batches = input_pipeline.train_iterator(config, start_step)
+  preempted = PreemptionFlag()
+
+  hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                           every_steps=config.train.log_every)]
+  if config.train.profile and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir, first_profile=start_step + 5, num_profile_steps=5))
+
+  logging.info("Training steps %d..%d on %d devices (%d processes), mesh %s.", start_step, num_steps,
+               jax.device_count(), jax.process_count(), dict(mesh.shape))
+  step = start_step
+  metrics = None
+  try:
+    while step < num_steps:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = sharding_lib.global_batch(next(batches), mesh)
+        state, metrics = train_step(state, batch)
+      step += 1
+      for hook in hooks:
+        hook(step)
+      last = step == num_steps
+      if step % config.train.log_every == 0 or last:
+        check_finite(state, metrics)
+        writer.write_scalars(step, {k: float(v) for k, v in jax.device_get(metrics).items()})
+      if config.train.sample_every and (step % config.train.sample_every == 0 or last):
+        write_sample_grids(config, sample_fn, state, mesh, writer, workdir, step)
+      stop = bool(preempted) or ckpt.reached_preemption(step)
+      if step % config.train.checkpoint_every == 0 or last or stop:
+        check_finite(state, metrics)  # Never save past a non-finite step.
+        ckpt.save(step, state)
+      if stop:
+        logging.warning("Preemption notice: saved step %d, exiting.", step)
+        break
+  finally:
+    # Whatever stops the loop, a save already under way is finished, never left half-written.
+    writer.flush()
+    ckpt.wait()
+    ckpt.close()
+  logging.info("Finished at step %d; parameter checksum %.9e", int(state.step),
+               ts.params_checksum(state.params))
+  return state
+
+
+def sample_to_files(config, workdir: str):
+  """--mode=sample: newest checkpoint -> config.sample.num_samples samples -> .npz and PNG grid."""
+  state, _, mesh, model, _, ckpt = setup_state(config, workdir)
+  found = ckpt.latest_step()
+  ckpt.close()
+  if found is None:
+    raise FileNotFoundError(f"--mode=sample found no checkpoint in {ckpt.directory}: train first.")
+  s = config.sample
+  params = state.ema_params[s.ema_index] if s.use_ema else state.params
+  sample_fn = generate.make_sampler(config, model, mesh)
+  x, labels = generate.draw(config, sample_fn, params, mesh, s.num_samples, s.num_steps, s.seed,
+                            s.get("cfg_scale", 1.0))
+  images = generate.to_uint8(x, config)
+  tag = f"step_{int(state.step):08d}_{s.num_steps}nfe_{'ema' if s.use_ema else 'raw'}"
+  out = os.path.join(workdir, "samples", f"{tag}.npz")
+  if jax.process_index() == 0:
+    generate.save_npz(images, labels, out)
+    generate.save_png(generate.grid(images[:100], cols=10, upscale=4 if images.shape[1] < 32 else 1),
+                      os.path.join(workdir, "samples", f"{tag}.png"))
+  logging.info("Wrote %d samples to %s", len(images), out)
+  return out

@@ -1,0 +1,97 @@
+"""Training state: parameters, optimizer, EMA copies, and the network function built from a config.
+
+Parameters are plain pytrees kept in float32; `model.compute_dtype = "bfloat16"` runs the matmuls in
+bf16. The state is created directly in its sharded layout (jit with out_shardings), so no host ever
+holds a full copy of a large model.
+"""
+from typing import Any, Tuple
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from mf_jax.models.dit import DiT
+from mf_jax import sharding as sharding_lib
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: number of updates applied.
+  params: Any
+  opt_state: Any
+  ema_params: Tuple[Any, ...]  # One copy per entry of config.ema_decays.
+  # First step (1-based) whose loss or gradient was not finite (-1: none). Once set, updates stop, so the
+  # parameters and any checkpoint keep the last good values; the host raises at its next check.
+  nonfinite_step: jax.Array
+
+
+def build_model(config) -> nn.Module:
+  m = config.model
+  if m.compute_dtype not in DTYPES:
+    raise ValueError(f"model.compute_dtype={m.compute_dtype!r}: allowed values are {sorted(DTYPES)}.")
+  if m.name != "dit":
+    raise ValueError(f"model.name={m.name!r}: allowed values are ['dit'].")
+  conditions = ("alpha",) if config.method == "drifting" else ("t", "t_minus_r")
+  return DiT(variant=m.variant, image_size=config.data.image_size, channels=config.data.channels,
+             num_classes=config.data.num_classes, condition_names=conditions, depth=m.depth,
+             hidden_size=m.hidden_size, num_heads=m.num_heads,
+             attention_impl=m.get("attention_impl", "einsum"), dtype=DTYPES[m.compute_dtype])
+
+
+def meanflow_u_fn(model: nn.Module, params):
+  """The network as the objective sees it: u(z, r, t, labels), conditioned on (t, t - r)."""
+  return lambda z, r, t, labels: model.apply(params, z, (t, t - r), labels)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  o = config.optim
+  if o.schedule == "constant":
+    schedule = optax.constant_schedule(o.learning_rate)
+  elif o.schedule == "cosine":
+    schedule = optax.cosine_decay_schedule(o.learning_rate, max(1, config.train.num_steps - o.warmup_steps))
+  else:
+    raise ValueError(f"optim.schedule={o.schedule!r}: allowed values are ['constant', 'cosine'].")
+  if o.warmup_steps:
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps), schedule], [o.warmup_steps])
+  chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
+  chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+  return optax.chain(*chain)
+
+
+def example_inputs(config, batch_size: int = 1):
+  """Dummy (x, conditions, labels) with the shapes the model is called with."""
+  d = config.data
+  x = jnp.zeros((batch_size, d.image_size, d.image_size, d.channels), jnp.float32)
+  num_conditions = 1 if config.method == "drifting" else 2
+  conditions = tuple(jnp.zeros((batch_size,), jnp.float32) for _ in range(num_conditions))
+  return x, conditions, jnp.zeros((batch_size,), jnp.int32)
+
+
+def init_state(config, model, optimizer, key) -> TrainState:
+  params = model.init(key, *example_inputs(config))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                    ema_params=tuple(params for _ in config.ema_decays),
+                    nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def create_sharded_state(config, model, optimizer, mesh, key):
+  """Returns (state, state_shardings) with every array born in its sharded layout."""
+  abstract = jax.eval_shape(lambda k: init_state(config, model, optimizer, k), key)
+  shardings = sharding_lib.state_shardings(mesh, abstract)
+  state = jax.jit(lambda k: init_state(config, model, optimizer, k), out_shardings=shardings)(key)
+  return state, shardings
+
+
+def update_ema(ema_params, params, decays):
+  return tuple(jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+               for ema, d in zip(ema_params, decays))
+
+
+def params_checksum(params) -> float:
+  """Sum of |p| over all parameters: a cheap fingerprint to compare runs and processes."""
+  return float(sum(jnp.sum(jnp.abs(p.astype(jnp.float32))) for p in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,86 @@
+"""The jitted train step: batch preparation, objective, optimizer update, EMA, non-finite guard.
+
+Randomness comes from fold_in(seed, step), so a resumed run draws exactly the numbers the
+uninterrupted run would have drawn at the same step.
+"""
+import jax
+import jax.numpy as jnp
+import optax
+
+from mf_jax import meanflow
+from mf_jax import sharding as sharding_lib
+from mf_jax.train_state import TrainState, meanflow_u_fn, update_ema
+
+NONFINITE_LOSS, NONFINITE_GRAD = "loss", "grad_norm"
+
+
+def step_key(seed: int, step) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def prepare_batch(batch, key, config) -> jax.Array:
+  """Device-side data transforms: latent posterior sampling and flips, or pixel flips. -> x [B,H,W,C]."""
+  if "x_std" in batch:
+    from input_pipeline.latents import draw_latents  # Latent datasets only.
+    return draw_latents(batch, key, config.data.latent_scale)
+  x = batch["x"]
+  if config.data.random_flip:
+    flip = jax.random.bernoulli(key, 0.5, (x.shape[0],))
+    x = jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
+  return x
+
+
+def meanflow_objective(model, config):
+  """(params, x, labels, key) -> (loss, metrics) for the MeanFlow objective."""
+  def loss_fn(params, x, labels, key):
+    return meanflow.meanflow_loss(meanflow_u_fn(model, params), x, labels, key, config.meanflow)
+  return loss_fn
+
+
+def make_train_step(config, model, optimizer, objective=None):
+  """Returns train_step(state, batch) -> (state, metrics), not yet jitted."""
+  objective = objective or meanflow_objective(model, config)
+
+  def train_step(state: TrainState, batch):
+    k_data, k_loss = jax.random.split(step_key(config.seed, state.step))
+    x = prepare_batch(batch, k_data, config)
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+    (loss, metrics), grads = grad_fn(state.params, x, batch["label"], k_loss)
+    grad_norm = optax.global_norm(grads)
+
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = update_ema(state.ema_params, params, config.ema_decays)
+
+    # A non-finite step is not applied, and no later one is: the last good values survive.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    ok = finite & (state.nonfinite_step < 0)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+    new_state = state.replace(
+        step=state.step + ok.astype(jnp.int32),
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        ema_params=keep(ema_params, state.ema_params),
+        nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step + 1,
+                                 state.nonfinite_step))
+    metrics = dict(metrics, grad_norm=grad_norm, loss=loss)
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(train_step, mesh, state_shardings):
+  """jit with the state donated and sharded as created, the batch split over all devices."""
+  return jax.jit(train_step, donate_argnums=(0,),
+                 in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding_lib.replicated(mesh)))
+
+
+def nonfinite_error(state: TrainState, metrics) -> FloatingPointError:
+  """Describes the first non-finite step, naming the metric (checked on the host)."""
+  step = int(state.nonfinite_step)
+  names = [k for k in (NONFINITE_LOSS, NONFINITE_GRAD) if not jnp.isfinite(metrics[k])]
+  what = " and ".join(names) or "loss or grad_norm"
+  return FloatingPointError(
+      f"non-finite {what} at step {step}: training stopped; the update of that step was not applied "
+      "and the last good checkpoint is left intact. Lower optim.learning_rate or set optim.grad_clip.")

@@ -1,0 +1,150 @@
+"""The training system: one step, sharding equivalence, exact resume, bad configs, non-finite stops."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import input_pipeline
+from configs import tiny
+from mf_jax import sharding as sharding_lib
+from mf_jax import train
+from mf_jax import train_state as ts
+from mf_jax import train_step as step_lib
+
+
+def tiny_config(**train_overrides):
+  config = tiny.get_config()
+  config.train.update(train_overrides)
+  return config
+
+
+def leaves(tree):
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(tree))]
+
+
+def run_steps(config, mesh, num_steps):
+  """Builds state and step on `mesh` and runs num_steps; returns (state, [losses])."""
+  model, opt = ts.build_model(config), ts.make_optimizer(config)
+  state, shardings = ts.create_sharded_state(config, model, opt, mesh, jax.random.key(0))
+  step = step_lib.jit_train_step(step_lib.make_train_step(config, model, opt), mesh, shardings)
+  batches = input_pipeline.train_iterator(config, 0)
+  losses = []
+  for _ in range(num_steps):
+    state, metrics = step(state, sharding_lib.global_batch(next(batches), mesh))
+    losses.append(float(metrics["loss"]))
+  return state, losses
+
+
+def test_one_step_changes_params_with_finite_loss():
+  config = tiny_config()
+  mesh = sharding_lib.make_mesh(1)
+  model, opt = ts.build_model(config), ts.make_optimizer(config)
+  state0, _ = ts.create_sharded_state(config, model, opt, mesh, jax.random.key(0))
+  before = leaves(state0.params)
+  state, losses = run_steps(config, mesh, 1)
+  assert np.isfinite(losses[0]) and int(state.step) == 1
+  assert any(not np.allclose(a, b) for a, b in zip(before, leaves(state.params)))
+
+
+@pytest.mark.parametrize("fsdp", [1, 2])
+def test_sharded_step_matches_single_device(fsdp):
+  config = tiny_config(global_batch_size=16)
+  config.model.hidden_size = 64  # Big enough that FSDP really splits some arrays.
+  ref_state, ref_losses = run_steps(config, sharding_lib.make_mesh(1, jax.devices()[:1]), 2)
+  mesh = sharding_lib.make_mesh(fsdp)
+  state, losses = run_steps(config, mesh, 2)
+  if fsdp > 1:
+    specs = [x.sharding.spec for x in jax.tree_util.tree_leaves(state.params)]
+    assert any("fsdp" in tuple(s) for s in specs)
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  for a, b in zip(leaves((state.params, state.ema_params)), leaves((ref_state.params,
+                                                                    ref_state.ema_params))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_exact_resume(tmp_path):
+  config = tiny_config(num_steps=3, checkpoint_every=100)
+  train.train_and_evaluate(config, str(tmp_path / "a"))  # Saves at its last step.
+  config.train.num_steps = 6
+  resumed = train.train_and_evaluate(config, str(tmp_path / "a"))
+  straight = train.train_and_evaluate(config, str(tmp_path / "b"))
+  assert int(resumed.step) == int(straight.step) == 6
+  for a, b in zip(leaves((resumed.params, resumed.ema_params, resumed.opt_state)),
+                  leaves((straight.params, straight.ema_params, straight.opt_state))):
+    np.testing.assert_array_equal(a, b)
+  starts = sorted(os.listdir(tmp_path / "a" / "run_info"))
+  assert "start_000000003.json" in starts and "config_000000000.json" in starts
+  info = json.load(open(tmp_path / "a" / "run_info" / "start_000000003.json"))
+  assert info["packages"]["jax"] == jax.__version__ and info["git"]["commit"]
+
+
+def test_metrics_jsonl_has_every_logged_scalar(tmp_path):
+  train.train_and_evaluate(tiny_config(num_steps=4, log_every=2), str(tmp_path))
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  losses = [r for r in rows if "loss" in r]
+  assert [r["step"] for r in losses] == [2, 4]
+  assert all(np.isfinite(r["loss"]) and "mse" in r and "grad_norm" in r for r in losses)
+
+
+def test_corrupted_newest_checkpoint_falls_back(tmp_path):
+  workdir = str(tmp_path)
+  config = tiny_config(num_steps=4, checkpoint_every=2, keep_checkpoints=3)
+  train.train_and_evaluate(config, workdir)
+  # Corrupt every data file of the newest checkpoint, and leave a half-written one beside it.
+  newest = tmp_path / "checkpoints" / "4"
+  for root, _, files in os.walk(newest / "default"):
+    for f in files:
+      if f not in ("_CHECKPOINT_METADATA", "commit_success.txt"):
+        open(os.path.join(root, f), "wb").close()
+  os.makedirs(tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp-123")
+  config.train.num_steps = 6
+  state = train.train_and_evaluate(config, workdir)
+  assert int(state.step) == 6
+  assert os.path.exists(tmp_path / "run_info" / "start_000000002.json")  # Resumed from step 2.
+  assert os.path.isdir(tmp_path / "checkpoints_unreadable" / "4")  # Set aside, not deleted.
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  config = tiny_config(num_steps=6, checkpoint_every=1, log_every=1)
+  config.optim.learning_rate = 1e38  # Step 1 is finite; step 2 overflows.
+  with pytest.raises(FloatingPointError, match=r"non-finite (loss|grad_norm).* at step 2"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+  config.optim.learning_rate = 1e-3
+  state, *_ = train.setup_state(config, str(tmp_path))
+  assert int(state.step) == 1
+  assert all(np.all(np.isfinite(x)) for x in leaves(state.params))
+
+
+# --- Bad configs fail before any compilation ----------------------------------------------------
+
+@pytest.fixture
+def no_compile(monkeypatch):
+  def forbidden(*a, **k):
+    raise AssertionError("state creation reached before the config was validated")
+  monkeypatch.setattr(ts, "create_sharded_state", forbidden)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("train.global_batch_size", 12, r"train.global_batch_size=12 must be divisible by the number of "
+                                    r"devices \(8\)"),
+    ("model.variant", "Huge/2", r"model.variant='Huge/2'"),
+    ("data.name", "mnist", r"data.name='mnist': allowed values"),
+    ("sharding.fsdp", 3, r"sharding.fsdp=3"),
+    ("meanflow.guidance_kappa", 1.5, r"guidance_kappa"),
+])
+def test_config_errors_name_the_field(tmp_path, no_compile, field, value, match):
+  config = tiny_config()
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_unwritable_workdir(tmp_path, no_compile):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(PermissionError, match=r"--workdir=.*a_file/run is not writable"):
+    train.train_and_evaluate(tiny_config(), str(blocker / "run"))
