@@ -19,6 +19,7 @@ Output: dict with "pool" [N, 2048] (FID features), "logits_unbiased" [N, 1008] (
 Inception Score of the original TF code and ADM's evaluator uses these) and "logits" [N, 1008]
 (with the bias).
 """
+import functools
 from typing import Any, Callable, Dict, Sequence, Tuple
 
 import flax.linen as nn
@@ -278,9 +279,13 @@ def random_inception_params(key: jax.Array) -> Dict[str, Any]:
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
+@functools.lru_cache(maxsize=None)
 def make_apply_fn(preprocess: str = "tf1",
                   precision: Any = jax.lax.Precision.HIGHEST) -> Callable[..., Dict[str, jax.Array]]:
-  """Jitted apply_fn(params, images [N, H, W, 3] in [0, 255]) -> dict of pool / logits."""
+  """Jitted apply_fn(params, images [N, H, W, 3] in [0, 255]) -> dict of pool / logits.
+
+  Cached, so every caller shares one jit cache (one compile per input shape per process).
+  """
   if preprocess not in PREPROCESS_MODES:
     raise ValueError(f"preprocess={preprocess!r}: expected one of {PREPROCESS_MODES}.")
   model = FIDInceptionV3(preprocess, precision)
