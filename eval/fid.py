@@ -191,17 +191,20 @@ def main(argv=None) -> Dict[str, float]:
     from eval.inception_convert import missing_weights_message  # pylint: disable=g-import-not-at-top
     raise SystemExit(missing_weights_message(args.inception))
 
-  feature_fn = _make_feature_fn(args)
   name = _feature_name(args)
+  ref_is_stats = not args.write_stats and os.path.isfile(args.ref) and has_stats(args.ref)
+  if ref_is_stats:
+    _check_feature_tag(args.ref, name)
+
+  feature_fn = _make_feature_fn(args)
   if args.write_stats:
     acc, _ = feature_statistics(image_batches(args.images, args.batch_size), feature_fn)
     save_stats(args.write_stats, acc.mean, acc.cov, acc.count, feature=name,
                preprocess=args.preprocess)
     result = {"wrote": args.write_stats, "count": acc.count, "dim": acc.dim, "feature": name}
   else:
-    if os.path.isfile(args.ref) and has_stats(args.ref):
+    if ref_is_stats:
       ref_mu, ref_sigma = load_stats(args.ref)
-      _check_feature_tag(args.ref, name)
     else:
       ref_acc, _ = feature_statistics(image_batches(args.ref, args.batch_size), feature_fn)
       ref_mu, ref_sigma = ref_acc.mean, ref_acc.cov

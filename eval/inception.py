@@ -258,10 +258,11 @@ def random_inception_params(key: jax.Array) -> Dict[str, Any]:
   names = [path[-1].key for path, _ in with_paths]
   leaves = [leaf for _, leaf in with_paths]
   total = sum(int(np.prod(leaf.shape)) for leaf in leaves)
-  # Two draws for the whole tree, sliced per leaf: one small op each instead of ~500 dispatches.
-  k_normal, k_uniform = jax.random.split(key)
-  normal = np.asarray(jax.random.normal(k_normal, (total,)), np.float32)
-  uniform = np.asarray(jax.random.uniform(k_uniform, (total,)), np.float32)
+  # Two numpy draws for the whole tree (24M values), sliced per leaf: ~10x faster on CPU than
+  # threefry, and deterministic in the key.
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+  normal = rng.standard_normal(total, dtype=np.float32)
+  uniform = rng.random(total, dtype=np.float32)
   out, offset = [], 0
   for name, leaf in zip(names, leaves):
     shape, size = leaf.shape, int(np.prod(leaf.shape))
