@@ -27,24 +27,37 @@ class StatsAccumulator:
   acc.update_moments(n, mu, m2)   # e.g. from `sharded_moments` or another host
   acc.merge(other)                # combine two accumulators
   mu, sigma = acc.mean, acc.cov   # float64, [D] and [D, D]
+
+  Rows are buffered and folded in blocks of `block_rows`: each fold costs O(D^2) on top of the
+  O(rows D^2) product, which for D = 2048 and small batches would dominate the Inception time.
   """
 
-  def __init__(self, dim: int):
-    self.dim = int(dim)
-    self.count = 0
+  def __init__(self, dim: int, block_rows: int = 1024):
+    self.dim, self.block_rows = int(dim), int(block_rows)
+    self._count = 0
     self._mean = np.zeros(self.dim, np.float64)
     self._m2 = np.zeros((self.dim, self.dim), np.float64)
+    self._pending, self._pending_rows = [], 0
 
   def update(self, features) -> "StatsAccumulator":
-    x = np.asarray(features, np.float64)
+    x = np.asarray(features)
     if x.ndim != 2 or x.shape[1] != self.dim:
       raise ValueError(f"StatsAccumulator(dim={self.dim}) got features of shape {x.shape}; "
                        f"expected [N, {self.dim}].")
-    if len(x) == 0:
-      return self
+    self._pending.append(np.array(x, np.float64))  # a copy: callers may reuse their buffer
+    self._pending_rows += len(x)
+    if self._pending_rows >= self.block_rows:
+      self._flush()
+    return self
+
+  def _flush(self) -> None:
+    if not self._pending_rows:
+      return
+    x = np.concatenate(self._pending)
+    self._pending, self._pending_rows = [], 0
     mu = x.mean(axis=0)
     centred = x - mu
-    return self.update_moments(len(x), mu, centred.T @ centred)
+    self.update_moments(len(x), mu, centred.T @ centred)
 
   def update_moments(self, count, mean, m2) -> "StatsAccumulator":
     count = int(count)
@@ -54,29 +67,43 @@ class StatsAccumulator:
       raise ValueError(f"Moments of shapes {mean.shape}, {m2.shape} do not match dim={self.dim}.")
     if count == 0:
       return self
-    total = self.count + count
+    total = self._count + count
     delta = mean - self._mean
-    self._m2 = self._m2 + m2 + np.outer(delta, delta) * (self.count * count / total)
-    self._mean = self._mean + delta * (count / total)
-    self.count = total
+    self._m2 += m2
+    self._m2 += np.outer(delta, delta * (self._count * count / total))
+    self._mean += delta * (count / total)
+    self._count = total
     return self
 
   def merge(self, other: "StatsAccumulator") -> "StatsAccumulator":
-    return self.update_moments(other.count, other._mean, other._m2)
+    return self.update_moments(*other.moments())
 
   def moments(self) -> Tuple[int, np.ndarray, np.ndarray]:
     """(count, mean, centred scatter M2): what to send to another host."""
-    return self.count, self._mean.copy(), self._m2.copy()
+    self._flush()
+    return self._count, self._mean.copy(), self._m2.copy()
+
+  @property
+  def count(self) -> int:
+    return self._count + self._pending_rows
 
   @property
   def mean(self) -> np.ndarray:
+    self._flush()
     return self._mean.copy()
 
   @property
   def cov(self) -> np.ndarray:
-    if self.count < 2:
-      raise ValueError(f"Covariance needs at least 2 samples, have {self.count}.")
-    return self._m2 / (self.count - 1)
+    self._flush()
+    if self._count < 2:
+      raise ValueError(f"Covariance needs at least 2 samples, have {self._count}.")
+    return self._m2 / (self._count - 1)
+
+
+def _split_float64(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  # float64 as a float32 pair (hi + lo, ~48 significant bits): collectives need no x64 support.
+  hi = x.astype(np.float32)
+  return hi, (x - hi.astype(np.float64)).astype(np.float32)
 
 
 def merge_across_processes(acc: StatsAccumulator) -> StatsAccumulator:
@@ -85,12 +112,12 @@ def merge_across_processes(acc: StatsAccumulator) -> StatsAccumulator:
     return acc
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   count, mean, m2 = acc.moments()
-  # Gathered in float32 by default on accelerators; centred moments keep that accurate enough.
-  counts, means, m2s = multihost_utils.process_allgather(
-      (np.asarray(count, np.int64), mean, m2))
+  gathered = multihost_utils.process_allgather(
+      (np.asarray(count, np.int32),) + _split_float64(mean) + _split_float64(m2))
+  counts, mean_hi, mean_lo, m2_hi, m2_lo = (np.asarray(g, np.float64) for g in gathered)
   merged = StatsAccumulator(acc.dim)
-  for c, m, s in zip(np.asarray(counts), np.asarray(means), np.asarray(m2s)):
-    merged.update_moments(int(c), m, s)
+  for i in range(len(counts)):
+    merged.update_moments(int(counts[i]), mean_hi[i] + mean_lo[i], m2_hi[i] + m2_lo[i])
   return merged
 
 

@@ -1,6 +1,9 @@
 """Frechet distance, streaming statistics, Inception Score, statistics files and the FID CLI."""
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -73,7 +76,7 @@ def test_streaming_statistics_uneven_batches_equal_numpy():
   rng = np.random.default_rng(3)
   # A large common offset: a sum / sum-of-squares accumulator would lose digits here.
   x = 1e4 + rng.normal(size=(1003, 16)) @ rng.normal(size=(16, 16))
-  acc = stats.StatsAccumulator(16)
+  acc = stats.StatsAccumulator(16, block_rows=100)  # folds blocks of 258, 500 and 245 rows
   start = 0
   for size in [1, 7, 250, 0, 500, 245]:
     acc.update(x[start:start + size])
@@ -116,6 +119,44 @@ def test_sharded_moments_over_8_devices_equal_numpy():
   assert acc2.count == 200
   np.testing.assert_allclose(acc2.cov, np.cov(x, rowvar=False), rtol=1e-4, atol=1e-4)
   assert stats.merge_across_processes(acc2) is acc2  # single process: unchanged
+
+
+_TWO_PROCESS_WORKER = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, sys.argv[3])
+import jax, numpy as np
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+pid = int(sys.argv[1])
+jax.distributed.initialize(coordinator_address="127.0.0.1:" + sys.argv[2], num_processes=2,
+                           process_id=pid)
+from eval import stats
+x = 1e3 + np.random.default_rng(0).normal(size=(301, 8))
+merged = stats.merge_across_processes(stats.StatsAccumulator(8).update(x[:120] if pid == 0 else x[120:]))
+np.savez(sys.argv[4], count=merged.count, mean=merged.mean, cov=merged.cov)
+"""
+
+
+def test_merge_across_two_processes(tmp_path):
+  # Two JAX processes over loopback, each holding part of the features: both end with the
+  # statistics of the whole set (float64 travels as a float32 pair, so no precision is lost).
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = str(s.getsockname()[1])
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS_WORKER, str(i), port, root,
+                             str(tmp_path / f"out{i}.npz")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT) for i in range(2)]
+  logs = [p.communicate(timeout=120)[0].decode() for p in procs]
+  assert all(p.returncode == 0 for p in procs), logs
+  x = 1e3 + np.random.default_rng(0).normal(size=(301, 8))
+  for i in range(2):
+    out = np.load(tmp_path / f"out{i}.npz")
+    assert int(out["count"]) == 301
+    np.testing.assert_allclose(out["mean"], x.mean(0), rtol=1e-14)
+    np.testing.assert_allclose(out["cov"], np.cov(x, rowvar=False), rtol=1e-10, atol=1e-12)
 
 
 def test_inception_score_limits():
