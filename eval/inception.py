@@ -297,8 +297,10 @@ def load_inception(path: str, sha256: Any = "auto", preprocess: str = "tf1"):
   """Loads the FID Inception from a PyTorch state dict file -> (apply_fn, params).
 
   path: pytorch-fid's pt_inception-2015-12-05-6726825d.pth or torch-fidelity's
-  weights-inception-2015-12-05-6726825d.pth. sha256: full hex digest or prefix to check; "auto"
-  checks the prefix embedded in a torch-hub style file name (NAME-HEXPREFIX.pth); None skips.
+  weights-inception-2015-12-05-6726825d.pth (needs torch to read), or the .npz that
+  `python -m eval.inception_convert` makes from either (no torch needed). sha256: full hex digest
+  or prefix to check; "auto" checks the prefix embedded in a torch-hub style file name
+  (NAME-HEXPREFIX.pth); None skips.
   """
   from eval import inception_convert  # Local import: conversion code is only needed here.
   params = inception_convert.load_flax_params(path, sha256=sha256)

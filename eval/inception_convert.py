@@ -8,7 +8,8 @@ params["Mixed_5b"]["branch1x1"]["conv"]["kernel"] etc. Conv kernels go OIHW -> H
 Every Flax parameter must be found and every torch tensor used (BN's num_batches_tracked counters
 aside), else a ValueError names the keys.
 
-torch is imported lazily, only to read the .pth file.
+torch is imported lazily, only to read a .pth file. `python -m eval.inception_convert --pth=X.pth
+--out=X.npz` rewrites the state dict (same keys) as .npz, which loads without torch.
 """
 import hashlib
 import os
@@ -137,7 +138,7 @@ def check_sha256(path: str, expected: Optional[str]) -> None:
   """expected: full hex digest or a prefix (torch hub names carry the first 8+ digits); "auto"
   takes the prefix from a NAME-HEX.pth file name if it has one; None checks nothing."""
   if expected == "auto":
-    m = re.search(r"-([0-9a-f]{8,64})\.[A-Za-z]+$", os.path.basename(path))
+    m = re.search(r"-([0-9a-f]{8,64})\.pth$", os.path.basename(path))
     expected = m.group(1) if m else None
   if not expected:
     return
@@ -148,12 +149,17 @@ def check_sha256(path: str, expected: Optional[str]) -> None:
 
 
 def read_state_dict(path: str) -> Dict[str, Any]:
-  """Reads a PyTorch state dict file (torch.load, tensors only)."""
+  """Reads a state dict: a PyTorch file (torch.load, tensors only) or an .npz with the same keys
+  (written by this module's CLI; reading it needs no torch)."""
+  if path.endswith(".npz"):
+    with np.load(path) as data:
+      return {k: data[k] for k in data.files}
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError(f"Reading {path!r} needs PyTorch (CPU build is enough): pip install torch.") \
-        from e
+    raise ImportError(f"Reading {path!r} needs PyTorch (a CPU build is enough), or convert it once "
+                      "to .npz where torch is installed: python -m eval.inception_convert "
+                      "--pth=FILE.pth --out=FILE.npz") from e
   state = torch.load(path, map_location="cpu", weights_only=True)
   if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
     state = state["state_dict"]
@@ -162,12 +168,24 @@ def read_state_dict(path: str) -> Dict[str, Any]:
   return state
 
 
+def pth_to_npz(pth_path: str, npz_path: str, sha256: Optional[str] = "auto") -> str:
+  """Validates a .pth state dict (all keys and shapes) and rewrites it as a torch-free .npz."""
+  if not os.path.isfile(pth_path):
+    raise FileNotFoundError(missing_weights_message(pth_path))
+  check_sha256(pth_path, sha256)
+  state = {k: _as_numpy(v) for k, v in read_state_dict(pth_path).items()
+           if not k.endswith(IGNORED_TORCH_SUFFIXES)}
+  torch_state_dict_to_flax(state)  # raises naming keys if it is not the FID Inception
+  np.savez(npz_path, **state)
+  return npz_path
+
+
 def load_flax_params(path: str, sha256: Optional[str] = "auto") -> Dict[str, Any]:
   """Checks that the file exists (and its checksum), reads and converts it."""
   if not path or not os.path.isfile(path):
     raise FileNotFoundError(missing_weights_message(path))
   check_sha256(path, sha256)
-  return jax.tree_util.tree_map(np.asarray, torch_state_dict_to_flax(read_state_dict(path)))
+  return torch_state_dict_to_flax(read_state_dict(path))
 
 
 def download_weights(directory: str, name: str = WEIGHTS_FILE) -> str:
@@ -182,3 +200,19 @@ def download_weights(directory: str, name: str = WEIGHTS_FILE) -> str:
     os.replace(tmp, path)
   check_sha256(path, "auto")
   return path
+
+
+def main(argv=None):
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(
+      prog="python -m eval.inception_convert",
+      description="Check a FID Inception .pth and rewrite it as .npz (loads without torch).")
+  parser.add_argument("--pth", required=True)
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--sha256", default="auto")
+  args = parser.parse_args(argv)
+  print(pth_to_npz(args.pth, args.out, args.sha256 or None))
+
+
+if __name__ == "__main__":
+  main()

@@ -243,11 +243,11 @@ def test_cli_inception_statistics_with_random_weights(tmp_path):
   # eigendecompositions take ~10 s on a loaded 2-core machine and are tested at lower dimension).
   from eval import inception
   rng = np.random.default_rng(8)
-  images = rng.integers(0, 256, (3, 64, 48, 3), dtype=np.uint8)
+  images = rng.integers(0, 256, (2, 64, 48, 3), dtype=np.uint8)
   np.savez(tmp_path / "s.npz", arr_0=images)
   result = fid.main([f"--images={tmp_path / 's.npz'}", f"--write_stats={tmp_path / 'st.npz'}",
                      "--random_inception_weights", "--batch_size=2"])
-  assert result["count"] == 3 and result["dim"] == 2048
+  assert result["count"] == 2 and result["dim"] == 2048
   features = inception.InceptionFeatures(
       inception.make_apply_fn("tf1"), inception.random_inception_params(jax.random.key(0)), 2)
   pool, logits = features.pool_and_logits(images)
@@ -255,7 +255,7 @@ def test_cli_inception_statistics_with_random_weights(tmp_path):
   np.testing.assert_allclose(mu, pool.mean(0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(sigma, np.cov(pool.astype(np.float64), rowvar=False), rtol=1e-4,
                              atol=1e-6)
-  assert logits.shape == (3, 1008) and stats.inception_score(logits, splits=1)[0] >= 1.0
+  assert logits.shape == (2, 1008) and stats.inception_score(logits, splits=1)[0] >= 1.0
 
 
 def test_pixel_features_scaling():

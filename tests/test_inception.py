@@ -124,3 +124,10 @@ def test_missing_or_corrupt_weights_file(random_weights, tmp_path):
   os.symlink(path, absent)
   with pytest.raises(ValueError, match="does not start with 6726825d"):
     inception.load_inception(absent)
+
+
+def test_npz_weights_load_without_torch(random_weights, tmp_path):
+  params, _, path = random_weights
+  npz = inception_convert.pth_to_npz(path, str(tmp_path / "inception.npz"))
+  _, loaded = inception.load_inception(npz)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
