@@ -24,8 +24,10 @@ from typing import Callable, Dict, Iterator, Optional
 
 import numpy as np
 
-from eval.stats import (StatsAccumulator, frechet_distance, has_stats, inception_score,  # noqa: F401
-                        load_stats, merge_across_processes, save_stats, sharded_moments)
+# Re-exported: eval.fid is the one import an evaluator needs.
+from eval.stats import (StatsAccumulator, frechet_distance, has_stats,  # noqa: F401
+                        inception_score, load_stats, merge_across_processes, save_stats,
+                        sharded_moments)
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -50,7 +52,8 @@ def npz_image_batches(path: str, batch_size: int, key: str = "arr_0") -> Iterato
     member = key + ".npy"
     if member not in archive.namelist():
       raise ValueError(f"{path!r} has no {key!r} array (it holds "
-                       f"{[n[:-4] for n in archive.namelist()]}); ADM batches store images in arr_0.")
+                       f"{[n[:-4] for n in archive.namelist()]}); ADM batches store images in "
+                       "arr_0.")
     with archive.open(member) as f:
       version = np.lib.format.read_magic(f)
       read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -168,7 +171,7 @@ def main(argv=None) -> Dict[str, float]:
   parser.add_argument("--inception", default=DEFAULT_INCEPTION_PATH,
                       help="FID Inception weights (pytorch-fid / torch-fidelity .pth)")
   parser.add_argument("--inception_sha256", default="auto",
-                      help="sha256 (or prefix) to check; 'auto' uses the file name's hash; '' skips")
+                      help="sha256 (or prefix) to check; 'auto': the file name's hash; '': skip")
   parser.add_argument("--preprocess", choices=("tf1", "pytorch_fid"), default="tf1")
   parser.add_argument("--random_inception_weights", action="store_true",
                       help="TESTS ONLY: random Inception weights instead of --inception")
@@ -188,8 +191,8 @@ def main(argv=None) -> Dict[str, float]:
     _check_input(args.ref, "ref")
   if args.features == "inception" and not args.random_inception_weights \
       and not os.path.isfile(args.inception):
-    from eval.inception_convert import missing_weights_message  # pylint: disable=g-import-not-at-top
-    raise SystemExit(missing_weights_message(args.inception))
+    from eval import inception_convert  # pylint: disable=g-import-not-at-top
+    raise SystemExit(inception_convert.missing_weights_message(args.inception))
 
   name = _feature_name(args)
   ref_is_stats = not args.write_stats and os.path.isfile(args.ref) and has_stats(args.ref)

@@ -216,7 +216,8 @@ MIXED_BLOCKS = (
 
 
 class FIDInceptionV3(nn.Module):
-  """images [N, H, W, 3] in [0, 255] -> {"pool": [N, 2048], "logits_unbiased", "logits": [N, 1008]}."""
+  """images [N, H, W, 3] in [0, 255] -> {"pool": [N, 2048], "logits_unbiased", "logits": [N, 1008]}.
+  """
   preprocess: str = "tf1"
   precision: Any = jax.lax.Precision.HIGHEST
 
@@ -281,8 +282,8 @@ def random_inception_params(key: jax.Array) -> Dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=None)
-def make_apply_fn(preprocess: str = "tf1",
-                  precision: Any = jax.lax.Precision.HIGHEST) -> Callable[..., Dict[str, jax.Array]]:
+def make_apply_fn(preprocess: str = "tf1", precision: Any = jax.lax.Precision.HIGHEST
+                  ) -> Callable[..., Dict[str, jax.Array]]:
   """Jitted apply_fn(params, images [N, H, W, 3] in [0, 255]) -> dict of pool / logits.
 
   Cached, so every caller shares one jit cache (one compile per input shape per process).

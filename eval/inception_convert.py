@@ -2,9 +2,10 @@
 
 Both pytorch-fid's pt_inception-2015-12-05-6726825d.pth and torch-fidelity's
 weights-inception-2015-12-05-6726825d.pth use the module names of torchvision's Inception3
-("Mixed_5b.branch1x1.conv.weight", "...bn.running_mean", "fc.weight"), which the Flax module mirrors:
-params["Mixed_5b"]["branch1x1"]["conv"]["kernel"] etc. Conv kernels go OIHW -> HWIO, the fc weight
-[out, in] -> [in, out]; batch norm weight/bias/running_mean/running_var -> scale/bias/mean/var.
+("Mixed_5b.branch1x1.conv.weight", "...bn.running_mean", "fc.weight"), which the Flax module
+mirrors: params["Mixed_5b"]["branch1x1"]["conv"]["kernel"] etc. Conv kernels go OIHW -> HWIO, the
+fc weight [out, in] -> [in, out] (params "fc_kernel", "fc_bias"); batch norm weight / bias /
+running_mean / running_var -> scale / bias / mean / var.
 Every Flax parameter must be found and every torch tensor used (BN's num_batches_tracked counters
 aside), else a ValueError names the keys.
 

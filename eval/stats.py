@@ -1,4 +1,4 @@
-"""Feature statistics for FID: streaming float64 moments, merging, Frechet distance, Inception Score.
+"""FID statistics: streaming float64 moments and their merging, Frechet distance, Inception Score.
 
 Moments are kept as (count n, mean mu, centred scatter M2 = sum (x - mu)(x - mu)^T), merged with
 Chan et al.'s pairwise rule
@@ -9,8 +9,9 @@ M2 / (n - 1) (unbiased, as numpy.cov and every FID implementation use).
 Per-device moments come from `sharded_moments` (jit + shard_map over a mesh axis, merged with psum);
 moments from several hosts merge on the host with `StatsAccumulator.merge`.
 """
+import functools
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -121,21 +122,12 @@ def merge_across_processes(acc: StatsAccumulator) -> StatsAccumulator:
   return merged
 
 
-def sharded_moments(features: jax.Array, mesh: Mesh, axis: str = "data",
-                    weights: Optional[jax.Array] = None):
-  """(count, mean, M2) of [N, D] features split along `axis` of `mesh`, merged with psum.
-
-  Each device computes its local count, mean and centred scatter, then the global moments follow
-  from the exact decomposition M2 = sum_i [M2_i + n_i (mu_i - mu)(mu_i - mu)^T]. weights: optional
-  [N] 0/1 mask (e.g. padding of the last batch); masked rows do not count. Runs in the input's float
-  dtype (float64 when jax x64 is enabled); feed the result to StatsAccumulator.update_moments.
-  """
-  n, _ = features.shape
-  dtype = features.dtype if jnp.issubdtype(features.dtype, jnp.floating) else jnp.float32
-  if weights is None:
-    weights = jnp.ones((n,), dtype)
+@functools.lru_cache(maxsize=None)
+def _sharded_moments_fn(mesh: Mesh, axis: str):
+  """One jitted function per (mesh, axis), so repeated evaluation batches reuse its compilation."""
 
   def local(x, w):
+    dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
     x, w = x.astype(dtype), w.astype(dtype)
     n_i = jnp.sum(w)
     mu_i = jnp.sum(x * w[:, None], axis=0) / jnp.maximum(n_i, 1)
@@ -147,8 +139,23 @@ def sharded_moments(features: jax.Array, mesh: Mesh, axis: str = "data",
     m2 = jax.lax.psum(m2_i + n_i * jnp.outer(d, d), axis)
     return total, mu, m2
 
-  fn = jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=(P(), P(), P()))
-  count, mean, m2 = jax.jit(fn)(features, weights)
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis)),
+                               out_specs=(P(), P(), P())))
+
+
+def sharded_moments(features: jax.Array, mesh: Mesh, axis: str = "data",
+                    weights: Optional[jax.Array] = None) -> Tuple[int, np.ndarray, np.ndarray]:
+  """(count, mean, M2) of [N, D] features split along `axis` of `mesh`, merged with psum.
+
+  Each device computes its local count, mean and centred scatter, then the global moments follow
+  from the exact decomposition M2 = sum_i [M2_i + n_i (mu_i - mu)(mu_i - mu)^T]. weights: optional
+  [N] 0/1 mask (e.g. padding of the last batch); masked rows do not count. Runs in the input's float
+  dtype (float64 when jax x64 is enabled); feed the result to StatsAccumulator.update_moments.
+  With D = 2048 each call moves a 16 MB matrix to the host: call it on large chunks.
+  """
+  if weights is None:
+    weights = jnp.ones(features.shape[:1], jnp.float32)
+  count, mean, m2 = _sharded_moments_fn(mesh, axis)(features, weights)
   return int(np.round(float(count))), np.asarray(mean, np.float64), np.asarray(m2, np.float64)
 
 
@@ -196,7 +203,8 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, method: str = "ei
 def frechet_distance(mu1, sigma1, mu2, sigma2, method: str = "eigh") -> float:
   """||mu1 - mu2||^2 + tr(s1) + tr(s2) - 2 tr sqrt(s1 s2), computed in float64."""
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-  s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+  s1 = np.atleast_2d(np.asarray(sigma1, np.float64))
+  s2 = np.atleast_2d(np.asarray(sigma2, np.float64))
   if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
     raise ValueError(f"Frechet distance needs matching shapes: mu {mu1.shape} vs {mu2.shape}, "
                      f"sigma {s1.shape} vs {s2.shape}. Were the statistics made with the same "

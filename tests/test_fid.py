@@ -85,8 +85,8 @@ def test_streaming_statistics_uneven_batches_equal_numpy():
   np.testing.assert_allclose(acc.mean, x.mean(0), rtol=1e-13)
   np.testing.assert_allclose(acc.cov, np.cov(x, rowvar=False), rtol=1e-9, atol=1e-9)
   # Merging two accumulators (e.g. two hosts) is the same as one stream.
-  left, right = stats.StatsAccumulator(16).update(x[:400]), stats.StatsAccumulator(16).update(x[400:])
-  merged = left.merge(right)
+  left = stats.StatsAccumulator(16).update(x[:400])
+  merged = left.merge(stats.StatsAccumulator(16).update(x[400:]))
   np.testing.assert_allclose(merged.cov, np.cov(x, rowvar=False), rtol=1e-9, atol=1e-9)
   with pytest.raises(ValueError, match=r"expected \[N, 16\]"):
     acc.update(x[:, :5])
@@ -133,7 +133,8 @@ jax.distributed.initialize(coordinator_address="127.0.0.1:" + sys.argv[2], num_p
                            process_id=pid)
 from eval import stats
 x = 1e3 + np.random.default_rng(0).normal(size=(301, 8))
-merged = stats.merge_across_processes(stats.StatsAccumulator(8).update(x[:120] if pid == 0 else x[120:]))
+part = x[:120] if pid == 0 else x[120:]
+merged = stats.merge_across_processes(stats.StatsAccumulator(8).update(part))
 np.savez(sys.argv[4], count=merged.count, mean=merged.mean, cov=merged.cov)
 """
 
@@ -168,7 +169,8 @@ def test_inception_score_limits():
   mean, std = stats.inception_score(confident, splits=10)
   assert mean == pytest.approx(k, rel=1e-6) and std < 1e-6
   # Confident but all the same class: IS = 1.
-  assert stats.inception_score(50.0 * np.eye(k)[np.zeros(n, int)])[0] == pytest.approx(1.0, abs=1e-6)
+  one_class = 50.0 * np.eye(k)[np.zeros(n, int)]
+  assert stats.inception_score(one_class)[0] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_stats_files_roundtrip_and_adm_reference(tmp_path):
