@@ -313,7 +313,7 @@ class InceptionFeatures:
 
   Runs the jitted network on fixed-size batches (the last one padded), so a stream of any length
   compiles once. `pool_and_logits(images)` also returns the unbiased logits for Inception Score.
-  images: [N, H, W, 3] uint8 in [0, 255], or float in [0, 255].
+  images: [N, H, W, 3] uint8 in [0, 255], or float in [0, 255]; numpy or jax.
   """
   dim = POOL_DIM
 
@@ -321,7 +321,9 @@ class InceptionFeatures:
     self.apply_fn, self.params, self.batch_size = apply_fn, params, int(batch_size)
 
   def pool_and_logits(self, images) -> Tuple[np.ndarray, np.ndarray]:
-    images = np.asarray(images)
+    # jax arrays (e.g. decoded samples already on the accelerator) stay there until the features.
+    xp = jnp if isinstance(images, jax.Array) else np
+    images = images if xp is jnp else np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"Inception features need images [N, H, W, 3], got {images.shape}.")
     pools, logits = [], []
@@ -329,7 +331,7 @@ class InceptionFeatures:
       chunk = images[start:start + self.batch_size]
       n = len(chunk)
       if n < self.batch_size:
-        chunk = np.concatenate([chunk, np.zeros((self.batch_size - n,) + chunk.shape[1:],
+        chunk = xp.concatenate([chunk, xp.zeros((self.batch_size - n,) + chunk.shape[1:],
                                                 chunk.dtype)])
       out = self.apply_fn(self.params, chunk)
       pools.append(np.asarray(out["pool"])[:n])

@@ -65,8 +65,11 @@ def test_parity_with_torch_fidelity(random_weights):
     assert np.abs(ref).mean() > 0.1  # the random network is not degenerate
     assert np.max(np.abs(got - ref)) <= 1e-4 * np.max(np.abs(ref)), name
   # The feature-function wrapper pads the odd batch and gives the same features.
-  features = inception.InceptionFeatures(apply_fn, params, batch_size=2)(images[:1])
-  np.testing.assert_allclose(features, pool_ref[:1], rtol=0, atol=1e-4 * np.abs(pool_ref).max())
+  features = inception.InceptionFeatures(apply_fn, params, batch_size=2)
+  for batch in (images[:1], jax.numpy.asarray(images[1:])):  # numpy on the host, or a jax array
+    start = 0 if isinstance(batch, np.ndarray) else 1
+    np.testing.assert_allclose(features(batch), pool_ref[start:start + 1], rtol=0,
+                               atol=1e-4 * np.abs(pool_ref).max())
 
 
 @pytest.mark.parametrize("size", [(17, 40), (512, 300)])
