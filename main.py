@@ -10,7 +10,7 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics, samples and run records.")
-flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to run.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs "
                     "where JAX cannot detect the cluster itself (e.g. several processes on one host).")
 flags.DEFINE_integer("num_processes", None, "Process count, with --coordinator_address.")
@@ -52,10 +52,9 @@ def main(argv):
   from mf_jax import train
   logging.info("JAX process %d of %d; %d local / %d global devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
-  if FLAGS.mode == "train":
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  else:
-    train.sample_to_files(FLAGS.config, FLAGS.workdir)
+  run = {"train": train.train_and_evaluate, "sample": train.sample_to_files,
+         "eval": train.evaluate_checkpoint}[FLAGS.mode]
+  run(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

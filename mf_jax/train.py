@@ -69,6 +69,22 @@ def write_sample_grids(config, sample_fn, state, mesh, writer, workdir, step):
   writer.write_images(step, images)
 
 
+def build_evaluators(config, model, mesh, sample_fn):
+  """Evaluator plug-ins from eval/evaluators.py; none unless config.eval.every_steps > 0."""
+  if not config.eval.every_steps:
+    return []
+  from eval import evaluators as eval_lib
+  return eval_lib.build_evaluators(config, model, mesh, sample_fn)
+
+
+def run_evaluators(evaluators, state, step, writer):
+  """Each evaluator maps (state, step) to scalars, written to TensorBoard and metrics.jsonl."""
+  for evaluator in evaluators:
+    scalars = evaluator(state, step)
+    logging.info("Evaluation %s at step %d: %s", evaluator.name, step, scalars)
+    writer.write_scalars(step, scalars)
+
+
 def check_finite(state, metrics):
   if int(state.nonfinite_step) >= 0:
     raise step_lib.nonfinite_error(state, jax.device_get(metrics))
@@ -92,6 +108,7 @@ def train_and_evaluate(config, workdir: str, objective=None):
   train_step = step_lib.jit_train_step(
       step_lib.make_train_step(config, model, optimizer, objective), mesh, shardings)
   sample_fn = generate.make_sampler(config, model, mesh)
+  evaluators = build_evaluators(config, model, mesh, sample_fn)
   batches = input_pipeline.train_iterator(config, start_step)
   preempted = PreemptionFlag()
 
@@ -118,6 +135,8 @@ def train_and_evaluate(config, workdir: str, objective=None):
         writer.write_scalars(step, {k: float(v) for k, v in jax.device_get(metrics).items()})
       if config.train.sample_every and (step % config.train.sample_every == 0 or last):
         write_sample_grids(config, sample_fn, state, mesh, writer, workdir, step)
+      if evaluators and (step % config.eval.every_steps == 0 or last):
+        run_evaluators(evaluators, state, step, writer)
       stop = bool(preempted) or ckpt.reached_preemption(step)
       if step % config.train.checkpoint_every == 0 or last or stop:
         check_finite(state, metrics)  # Never save past a non-finite step.
@@ -156,3 +175,18 @@ def sample_to_files(config, workdir: str):
                       os.path.join(workdir, "samples", f"{tag}.png"))
   logging.info("Wrote %d samples to %s", len(images), out)
   return out
+
+
+def evaluate_checkpoint(config, workdir: str):
+  """--mode=eval: runs every evaluator once on the newest checkpoint and logs the numbers."""
+  state, _, mesh, model, _, ckpt = setup_state(config, workdir)
+  found = ckpt.latest_step()
+  ckpt.close()
+  if found is None:
+    raise FileNotFoundError(f"--mode=eval found no checkpoint in {ckpt.directory}: train first.")
+  if not config.eval.every_steps:
+    config.unlock().eval.every_steps = 1  # --mode=eval always evaluates.
+  evaluators = build_evaluators(config, model, mesh, generate.make_sampler(config, model, mesh))
+  writer = writers.create_writer(workdir)
+  run_evaluators(evaluators, state, int(state.step), writer)
+  writer.flush()
