@@ -185,7 +185,7 @@ def evaluate_checkpoint(config, workdir: str):
   if found is None:
     raise FileNotFoundError(f"--mode=eval found no checkpoint in {ckpt.directory}: train first.")
   if not config.eval.every_steps:
-    config.unlock().eval.every_steps = 1  # --mode=eval always evaluates.
+    config.eval.every_steps = 1  # --mode=eval always evaluates (the field exists, so a locked config allows it).
   evaluators = build_evaluators(config, model, mesh, generate.make_sampler(config, model, mesh))
   writer = writers.create_writer(workdir)
   run_evaluators(evaluators, state, int(state.step), writer)
