@@ -22,6 +22,7 @@ from typing import Any, Dict, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # SD-VAE latent scale (diffusers config `scaling_factor`): unit-variance latents for the generator.
 SCALE_FACTOR = 0.18215
@@ -235,16 +236,33 @@ class AutoencoderKL(nn.Module):
     return self.decode(self.encode(x)[0])
 
 
-def init_params(config: VAEConfig, key: jax.Array, image_size: int = 0):
-  """Random parameters (tests, and the test-only random-init path of prepare_imagenet)."""
-  size = image_size or 2 * config.downsample_factor
-  x = jnp.zeros((1, size, size, config.in_channels), jnp.float32)
-  return AutoencoderKL(config).init(key, x)["params"]
+def random_params(config: VAEConfig, seed: int = 0):
+  """Random parameters drawn in numpy (tests and the test-only path of prepare_imagenet).
+
+  Kernels ~ N(0, 1/fan_in), biases ~ N(0, 0.02), norm scales ~ 1 + N(0, 0.05). numpy instead of
+  `Module.init` because compiling the init's many RNG ops takes tens of seconds on a busy CPU.
+  """
+  rng = np.random.RandomState(seed)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      v = rng.normal(0.0, 1.0 / np.sqrt(fan_in), leaf.shape)
+    elif name == "scale":
+      v = 1.0 + 0.05 * rng.normal(size=leaf.shape)
+    else:
+      v = 0.02 * rng.normal(size=leaf.shape)
+    return jnp.asarray(v, jnp.float32)
+  return jax.tree_util.tree_map_with_path(draw, param_shapes(config))
 
 
 def param_shapes(config: VAEConfig):
   """Parameter tree of jax.ShapeDtypeStruct without allocating (what the converter must fill)."""
-  return jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))
+  x = jax.ShapeDtypeStruct((1, 2 * config.downsample_factor, 2 * config.downsample_factor,
+                            config.in_channels), jnp.float32)
+  return jax.eval_shape(lambda k, x: AutoencoderKL(config).init(k, x)["params"],
+                        jax.random.key(0), x)
 
 
 def encode_moments(config: VAEConfig, params, images: jax.Array) -> Tuple[jax.Array, jax.Array]:
