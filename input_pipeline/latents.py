@@ -72,7 +72,7 @@ def make_tf_dataset(path: str, *, batch_size: int, seed: int = 0,
                     shuffle: bool = True, repeat: bool = True,
                     drop_remainder: Optional[bool] = None, shuffle_buffer: int = 16384,
                     cycle_length: int = 8) -> tf.data.Dataset:
-  """The tf.data pipeline behind `make_dataset` (same arguments); also returns the manifest.
+  """The tf.data pipeline behind `make_dataset` (same arguments).
 
   Returns (dataset, manifest, shard paths of this process).
   """
@@ -84,18 +84,20 @@ def make_tf_dataset(path: str, *, batch_size: int, seed: int = 0,
   files, _ = _shards_for_process(m, process_index, process_count)
   drop_remainder = repeat if drop_remainder is None else drop_remainder
 
+  # Shuffle (files, then records) inside an epoch and repeat after it: exact epochs, each record
+  # once per epoch on exactly one process, a new order every epoch.
   ds = tf.data.Dataset.from_tensor_slices(files)
   if shuffle:
-    # Different per process so processes do not walk their shards in lock step; same under a seed.
+    # Seeds differ per process so processes do not walk their shards in lock step.
     ds = ds.shuffle(len(files), seed=seed * 1000003 + process_index, reshuffle_each_iteration=True)
-  if repeat:
-    ds = ds.repeat()
   ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20),
                      cycle_length=min(cycle_length, len(files)), block_length=1,
                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if shuffle:
     ds = ds.shuffle(shuffle_buffer, seed=seed * 1000003 + process_index + 1,
                     reshuffle_each_iteration=True)
+  if repeat:
+    ds = ds.repeat()
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   ds = ds.map(_parse_batch(m["layout"]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.prefetch(tf.data.AUTOTUNE)
