@@ -106,6 +106,13 @@ def make_tf_dataset(path: str, *, batch_size: int, seed: int = 0,
   return ds.with_options(options), m, files
 
 
+def dataset_info(path: str) -> dict:
+  """count, num_classes and latent shape [h, w, c] of a prepared directory (reads the manifest only)."""
+  m = records.read_manifest(path)
+  return {"count": m["count"], "num_classes": m["num_classes"], "shape": tuple(m["latent_shape"]),
+          "dtype": m["dtype"], "num_shards": len(m["shards"])}
+
+
 def _diagnose(m: dict, files, err: Exception):
   """Find which of this process's shards is bad, to raise an error that names it."""
   for shard in m["shards"]:

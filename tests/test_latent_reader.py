@@ -48,6 +48,8 @@ def test_reader_yields_exactly_what_was_written(data):
     np.testing.assert_array_equal(got[key], arrays[field][pos])
   assert got["label"].dtype == np.int32 and got["index"].dtype == np.int64
   np.testing.assert_array_equal(got["label"], arrays["label"][pos])
+  assert latents.dataset_info(path) == {"count": N, "num_classes": 10, "shape": SHAPE,
+                                        "dtype": "float32", "num_shards": 8}
 
 
 def test_float16_storage_round_trips(tmp_path):

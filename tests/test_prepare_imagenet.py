@@ -148,5 +148,8 @@ def test_bad_sources_give_errors_naming_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     prepare_imagenet.main(["--src", str(tmp_path / "broken"), "--out", str(tmp_path / "o3"),
                            "--vae", str(tmp_path / "no_vae")])
+  with pytest.raises(FileNotFoundError, match="imagenet2012 is not prepared.*nothing is downloaded"):
+    prepare_imagenet.main(["--tfds_data_dir", str(tmp_path / "tfds"), "--out", str(tmp_path / "o5"),
+                           "--vae_random_init_layout", "tiny"])
   with pytest.raises(ValueError, match="multiple of the VAE downsampling"):
     run(make_tree(str(tmp_path / "ok"), per_class=1), tmp_path / "o4", "--image_size", "33")

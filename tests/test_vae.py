@@ -11,7 +11,8 @@ from mf_jax.models import vae, vae_convert
 
 
 def torch_vae(cfg: vae.VAEConfig, seed: int = 0) -> AutoencoderKL:
-  """diffusers model of the same layout; every parameter perturbed so no norm stays at 1/0."""
+  """diffusers model of the same layout, default random init; the 1-D parameters (norm scales and
+  biases, start at 1 and 0) perturbed so that swapping them in the converter would show."""
   torch.manual_seed(seed)
   n = len(cfg.block_out_channels)
   model = AutoencoderKL(block_out_channels=cfg.block_out_channels,
@@ -21,7 +22,8 @@ def torch_vae(cfg: vae.VAEConfig, seed: int = 0) -> AutoencoderKL:
                         up_block_types=("UpDecoderBlock2D",) * n).eval()
   with torch.no_grad():
     for p in model.parameters():
-      p.add_(0.05 * torch.randn_like(p))
+      if p.ndim == 1:
+        p.add_(0.05 * torch.randn_like(p))
   return model
 
 
