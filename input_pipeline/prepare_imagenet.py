@@ -162,7 +162,8 @@ def load_model(args):
     # TEST ONLY: random weights give meaningless latents; the manifest marks them as such.
     config = vae.LAYOUTS[args.vae_random_init_layout]
     params = vae.random_params(config, args.vae_random_init_seed)
-    return config, params, {"random_init_layout": args.vae_random_init_layout,
+    return config, params, {"TEST_ONLY_random_weights": True,
+                            "random_init_layout": args.vae_random_init_layout,
                             "random_init_seed": args.vae_random_init_seed, "sha256": None}
   if not args.vae:
     raise ValueError("--vae is required: a local diffusers AutoencoderKL folder or weights file "

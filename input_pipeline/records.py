@@ -184,8 +184,8 @@ def check_shard_header(m: dict, shard: dict) -> str:
   size = os.path.getsize(path)
   if size != shard["bytes"]:
     raise ValueError(f"Latent shard {path!r} has {size} bytes, the manifest says {shard['bytes']}: "
-                     "truncated or replaced. Run `python -m input_pipeline.prepare_imagenet --verify "
-                     f"--out={m['dir']}` and re-create it.")
+                     "truncated or replaced. Rerun input_pipeline.prepare_imagenet with the same flags and "
+                     f"--out={m['dir']}: it rewrites shards whose size does not match.")
   n = first_record_length(path)
   if shard["count"] and n != m["layout"].record_bytes:
     raise ValueError(f"Latent shard {path!r}: records of {n} bytes, but the manifest's latent_shape "
