@@ -16,15 +16,17 @@ the last batch is padded). A shard is written under a temp name and renamed when
 rerun skips finished shards and resumes; manifest.json is written when every shard exists.
 """
 import argparse
+import collections
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import os
 import sys
 import time
 from concurrent import futures
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -52,15 +54,24 @@ def center_crop_adm(image: Image.Image, size: int) -> np.ndarray:
   return arr[top:top + size, left:left + size]
 
 
+def decode_and_crop(name: str, data, size: int) -> np.ndarray:
+  """Image file path or encoded bytes -> uint8 [size, size, 3]; errors name the image."""
+  try:
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+      return center_crop_adm(im, size)
+  except OSError as e:
+    raise ValueError(f"Cannot decode image {name}: {e}") from e
+
+
 @dataclasses.dataclass
 class Source:
-  """Examples in a fixed order: `load(i)` -> (PIL image, label) for i in [0, count)."""
+  """Examples in a fixed order. `items(a, b)` yields cheap (name, path or encoded bytes, label)
+  for examples a..b-1; decoding happens in worker threads."""
   count: int
   num_classes: int
   description: dict  # goes into the manifest; also guards resumption against a changed source
-  load: Callable[[int], tuple]
+  items: Callable[[int, int], Iterator[Tuple[str, object, int]]]
   classes: Optional[List[str]] = None
-  load_range: Optional[Callable[[int, int], list]] = None  # faster bulk loading (TFDS)
 
 
 def folder_source(src: str) -> Source:
@@ -79,20 +90,14 @@ def folder_source(src: str) -> Source:
                      f"{'/'.join(IMAGE_EXTENSIONS)} files under them.")
   listing = hashlib.sha256("\n".join(os.path.relpath(f, src) for f in files).encode()).hexdigest()
 
-  def load(i):
-    try:
-      with Image.open(files[i]) as im:
-        im.load()
-        return im, labels[i]
-    except OSError as e:
-      raise ValueError(f"Cannot decode image {files[i]!r}: {e}") from e
+  def items(a, b):
+    return ((repr(files[i]), files[i], labels[i]) for i in range(a, b))
   return Source(len(files), len(classes), {"kind": "image_folder", "path": os.path.abspath(src),
-                                           "listing_sha256": listing}, load, classes)
+                                           "listing_sha256": listing}, items, classes)
 
 
 def tfds_source(data_dir: str, manual_dir: Optional[str], split: str) -> Source:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  import io  # pylint: disable=g-import-not-at-top
   builder = tfds.builder("imagenet2012", data_dir=data_dir)
   if not builder.is_prepared():
     if not manual_dir or not os.path.isdir(manual_dir):
@@ -104,21 +109,27 @@ def tfds_source(data_dir: str, manual_dir: Optional[str], split: str) -> Source:
         manual_dir=manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
   if split not in builder.info.splits or not builder.info.splits[split].num_examples:
     raise ValueError(f"TFDS imagenet2012 in {data_dir!r} has no examples in split {split!r}.")
-  count = builder.info.splits[split].num_examples
 
-  def load_range(a, b):
+  def items(a, b):
     ds = builder.as_dataset(split=f"{split}[{a}:{b}]", shuffle_files=False,
                             decoders={"image": tfds.decode.SkipDecoding()})
-    out = []
-    for ex in ds.as_numpy_iterator():
-      with Image.open(io.BytesIO(ex["image"])) as im:
-        im.load()
-        out.append((im, int(ex["label"])))
-    return out
-  return Source(count, builder.info.features["label"].num_classes,
+    for i, ex in enumerate(ds.as_numpy_iterator()):
+      yield f"{split}[{a + i}] ({ex.get('file_name', b'').decode()})", ex["image"], int(ex["label"])
+  return Source(builder.info.splits[split].num_examples,
+                builder.info.features["label"].num_classes,
                 {"kind": "tfds", "name": "imagenet2012", "data_dir": os.path.abspath(data_dir),
-                 "split": split, "version": str(builder.info.version)},
-                lambda i: load_range(i, i + 1)[0], None, load_range)
+                 "split": split, "version": str(builder.info.version)}, items)
+
+
+def _prefetched(pool, fn, iterable, depth: int):
+  """pool.map(fn, iterable) in order, with at most `depth` items in flight (bounded memory)."""
+  pending = collections.deque()
+  for x in iterable:
+    pending.append(pool.submit(fn, x))
+    if len(pending) >= depth:
+      yield pending.popleft().result()
+  while pending:
+    yield pending.popleft().result()
 
 
 @functools.lru_cache(maxsize=None)
@@ -218,21 +229,18 @@ def prepare(args) -> Optional[dict]:
   images_todo = sum(min(args.shard_size, source.count - i * args.shard_size) for i in todo)
   done_images, t_start, t_log = 0, time.time(), 0.0
   pool = futures.ThreadPoolExecutor(args.num_workers)
+  if args.max_shards is not None:
+    todo = todo[:args.max_shards]
 
-  def load_cropped(i):
-    im, label = source.load(i)
-    return center_crop_adm(im, args.image_size), label
+  def stream():  # cheap items of every shard to write, in order
+    for i in todo:
+      yield from source.items(i * args.shard_size, min((i + 1) * args.shard_size, source.count))
+  # Decoding runs ahead across shard boundaries, bounded to a few batches.
+  loaded = _prefetched(pool, lambda item: (decode_and_crop(item[0], item[1], args.image_size),
+                                           item[2]), stream(), 4 * encoder.batch_size)
 
   for written, i in enumerate(todo):
-    if args.max_shards is not None and written >= args.max_shards:
-      print(f"[prepare] stopped after {written} shards (--max_shards); rerun to resume.", flush=True)
-      return None
     start, end = i * args.shard_size, min((i + 1) * args.shard_size, source.count)
-    if source.load_range is not None:
-      loaded = iter([(center_crop_adm(im, args.image_size), lab)
-                     for im, lab in source.load_range(start, end)])
-    else:
-      loaded = pool.map(load_cropped, range(start, end))
     payloads, pending = [], None
     for b0 in range(start, end + encoder.batch_size, encoder.batch_size):
       # Encode batch k while the previous batch's results are copied back and serialised.
@@ -257,6 +265,9 @@ def prepare(args) -> Optional[dict]:
         t_log = now
     records.write_shard(paths[i], payloads, start)
   pool.shutdown()
+  if args.max_shards is not None and any(records.finished_shard(p) is None for p in paths):
+    print(f"[prepare] stopped after {len(todo)} shards (--max_shards); rerun to resume.", flush=True)
+    return None
 
   shards = [records.finished_shard(p) for p in paths]
   manifest = {"format": records.FORMAT, **settings, "scale_factor_not_applied": vae.SCALE_FACTOR,
