@@ -14,6 +14,8 @@ posterior mean and std of the image and of its horizontal flip, the label and th
 Encoding is batched and data-parallel over all local devices (jit + NamedSharding over a 1-D mesh;
 the last batch is padded). A shard is written under a temp name and renamed when complete, so a
 rerun skips finished shards and resumes; manifest.json is written when every shard exists.
+Several hosts may share one --out with --num_tasks/--task_index (task k writes shards k, k+n, ...);
+whichever run finds every shard finished writes the manifest.
 """
 import argparse
 import collections
@@ -184,9 +186,11 @@ def load_model(args):
 
 
 def prepare(args) -> Optional[dict]:
-  """Runs (or resumes) one preparation; returns the manifest, or None if stopped by --max_shards."""
+  """Runs (or resumes) one preparation; returns the manifest, or None while shards are missing."""
   if args.image_size <= 0 or args.shard_size <= 0 or args.batch_size <= 0:
     raise ValueError("--image_size, --shard_size and --batch_size must be positive.")
+  if not 0 <= args.task_index < args.num_tasks:
+    raise ValueError(f"--task_index={args.task_index} must lie in [0, --num_tasks={args.num_tasks}).")
   if args.src:
     source = folder_source(args.src)
   elif args.tfds_data_dir:
@@ -222,7 +226,9 @@ def prepare(args) -> Optional[dict]:
   encoder = Encoder(config, params, args.batch_size)
   paths = [os.path.join(args.out, records.shard_name(args.split, i, num_shards))
            for i in range(num_shards)]
-  todo = [i for i in range(num_shards) if records.finished_shard(paths[i]) is None]
+  # Several tasks (hosts) may split the work on a shared --out: task k writes shards k, k+n, ...
+  todo = [i for i in range(args.task_index, num_shards, args.num_tasks)
+          if records.finished_shard(paths[i]) is None]
   print(f"[prepare] {source.count} images -> {num_shards} shards in {args.out}; "
         f"{num_shards - len(todo)} already finished, {len(todo)} to write; "
         f"{len(jax.local_devices())} devices, batch {encoder.batch_size}", flush=True)
@@ -265,8 +271,11 @@ def prepare(args) -> Optional[dict]:
         t_log = now
     records.write_shard(paths[i], payloads, start)
   pool.shutdown()
-  if args.max_shards is not None and any(records.finished_shard(p) is None for p in paths):
-    print(f"[prepare] stopped after {len(todo)} shards (--max_shards); rerun to resume.", flush=True)
+  unfinished = [p for p in paths if records.finished_shard(p) is None]
+  if unfinished:  # --max_shards, or other tasks still working
+    print(f"[prepare] wrote {len(todo)} shards; {len(unfinished)} of {num_shards} not finished yet "
+          "(--max_shards or other tasks): rerun to resume; the run that finds every shard done "
+          "writes the manifest.", flush=True)
     return None
 
   shards = [records.finished_shard(p) for p in paths]
@@ -298,6 +307,8 @@ def parse_args(argv: Sequence[str]):
   p.add_argument("--limit", type=int, default=0, help="only the first N examples (smoke runs)")
   p.add_argument("--max_shards", type=int, default=None,
                  help="stop after writing this many shards (to split a long run; rerun resumes)")
+  p.add_argument("--num_tasks", type=int, default=1, help="hosts sharing this --out")
+  p.add_argument("--task_index", type=int, default=0, help="this host's task, in [0, num_tasks)")
   p.add_argument("--log_every_s", type=float, default=10.0)
   p.add_argument("--verify", action="store_true",
                  help="only re-read every shard in --out against its manifest")

@@ -109,6 +109,17 @@ def test_interrupted_then_resumed_equals_uninterrupted(tree, prepared, tmp_path)
   assert records.verify(str(out))["ok"]
 
 
+def test_two_tasks_sharing_an_output_equal_one_run(tree, prepared, tmp_path):
+  out = tmp_path / "tasks"
+  run(tree, out, "--num_tasks", "2", "--task_index", "1")
+  assert not (out / records.MANIFEST).exists()
+  assert sorted(p.name for p in out.glob("*.tfrecord")) == [
+      "train-00001-of-00004.tfrecord", "train-00003-of-00004.tfrecord"]
+  run(tree, out, "--num_tasks", "2", "--task_index", "0")  # the last task writes the manifest
+  full = json.load(open(os.path.join(prepared, records.MANIFEST)))
+  assert json.load(open(out / records.MANIFEST))["shards"] == full["shards"]
+
+
 def test_resume_with_other_settings_is_refused(tree, prepared, tmp_path):
   out = tmp_path / "copy"
   shutil.copytree(prepared, out)
