@@ -1,0 +1,265 @@
+"""Latent record format: TFRecord shards of fixed-layout binary records, plus a manifest JSON.
+
+Why TFRecord (and not ArrayRecord): tf.data reads it natively with parallel interleave and every
+record carries a CRC, so the reader needs nothing beyond TensorFlow; ArrayRecord's strength is random
+access (for grain), which this sequential shuffle-buffer reader does not use.
+
+Why raw records (and not tf.train.Example): the payload of each record is the little-endian
+concatenation, in this order, of
+  mean, std, flip_mean, flip_std   each `dtype` [h, w, c]  (posterior of the image / of its flip)
+  label, index                     each int64
+so that a batch parses with one `decode_raw` and slices; the protobuf parse of four 16 KiB features
+costs several times more. The layout is written in the manifest ("fields", "record_bytes").
+
+Directory: `<split>-SSSSS-of-NNNNN.tfrecord` shards, `manifest.json` (written last, when every shard
+is complete), and one `<shard>.done.json` per finished shard (what resumption trusts).
+"""
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+FORMAT = "mf_jax-latents-tfrecord-v1"
+MANIFEST = "manifest.json"
+LATENT_FIELDS = ("mean", "std", "flip_mean", "flip_std")
+INT_FIELDS = ("label", "index")
+DTYPES = ("float32", "float16")
+
+if sys.byteorder != "little":  # tf.bitcast in the reader follows host byte order
+  raise RuntimeError("input_pipeline.records assumes a little-endian host.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordLayout:
+  """Binary layout of one record: four latent arrays of `shape` and `dtype`, then label and index."""
+  shape: tuple
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.dtype not in DTYPES:
+      raise ValueError(f"record dtype {self.dtype!r}: expected one of {DTYPES}.")
+    if len(self.shape) != 3 or min(self.shape) <= 0:
+      raise ValueError(f"record shape {self.shape}: expected [height, width, channels].")
+
+  @property
+  def numpy_dtype(self) -> np.dtype:
+    return np.dtype([(f, "<" + np.dtype(self.dtype).str[1:], tuple(self.shape))
+                     for f in LATENT_FIELDS] + [(f, "<i8") for f in INT_FIELDS])
+
+  @property
+  def record_bytes(self) -> int:
+    return self.numpy_dtype.itemsize
+
+  def offsets(self) -> Dict[str, int]:
+    return {f: self.numpy_dtype.fields[f][1] for f in LATENT_FIELDS + INT_FIELDS}
+
+  def encode(self, **arrays) -> List[bytes]:
+    """Arrays mean/std/flip_mean/flip_std [B, h, w, c], label/index [B] -> B record payloads."""
+    n = len(arrays["label"])
+    rows = np.zeros(n, self.numpy_dtype)
+    for f in LATENT_FIELDS + INT_FIELDS:
+      rows[f] = arrays[f]
+    raw = rows.tobytes()
+    r = self.record_bytes
+    return [raw[i * r:(i + 1) * r] for i in range(n)]
+
+  def decode(self, payloads: Sequence[bytes]) -> Dict[str, np.ndarray]:
+    """Inverse of `encode` in numpy (verification and tests; the reader parses inside tf.data)."""
+    rows = np.frombuffer(b"".join(payloads), self.numpy_dtype)
+    return {f: np.array(rows[f]) for f in LATENT_FIELDS + INT_FIELDS}
+
+  def to_json(self) -> dict:
+    return {"latent_shape": list(self.shape), "dtype": self.dtype, "record_bytes": self.record_bytes,
+            "fields": [{"name": f, "dtype": self.dtype, "shape": list(self.shape)}
+                       for f in LATENT_FIELDS] + [{"name": f, "dtype": "int64", "shape": []}
+                                                  for f in INT_FIELDS]}
+
+
+def shard_name(split: str, i: int, n: int) -> str:
+  return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
+
+
+def file_sha256(path: str, chunk: int = 1 << 22) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(chunk), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def atomic_write_json(path: str, obj) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def write_shard(path: str, payloads: Sequence[bytes], first_index: int) -> dict:
+  """Write a complete shard under a temp name, then rename: a shard file exists only when whole.
+
+  Returns the shard's manifest entry, also stored as `<path>.done.json`.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with tf.io.TFRecordWriter(tmp) as writer:
+    for p in payloads:
+      writer.write(p)
+  with open(tmp, "rb+") as f:
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  info = {"file": os.path.basename(path), "count": len(payloads), "first_index": first_index,
+          "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+  atomic_write_json(path + ".done.json", info)
+  return info
+
+
+def finished_shard(path: str):
+  """The shard's entry if it was completely written by `write_shard` (and not altered since)."""
+  done = path + ".done.json"
+  if not (os.path.isfile(path) and os.path.isfile(done)):
+    return None
+  with open(done) as f:
+    info = json.load(f)
+  return info if os.path.getsize(path) == info.get("bytes") else None
+
+
+def manifest_path(path: str) -> str:
+  """Manifest file for a data directory, a manifest path, or a glob pattern inside a data directory."""
+  if os.path.isdir(path):
+    path = os.path.join(path, MANIFEST)
+  elif not path.endswith(".json"):
+    path = os.path.join(os.path.dirname(path) or ".", MANIFEST)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Latent manifest {path!r} not found: pass the --out directory of "
+                            "input_pipeline.prepare_imagenet (a run that finished writes it last).")
+  return path
+
+
+def read_manifest(path: str) -> dict:
+  """Load and sanity-check a manifest; adds 'dir' (absolute directory of the shards) and 'layout'."""
+  mpath = manifest_path(path)
+  try:
+    with open(mpath) as f:
+      m = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"Latent manifest {mpath!r} is not valid JSON: {e}") from e
+  if m.get("format") != FORMAT:
+    raise ValueError(f"Latent manifest {mpath!r}: format {m.get('format')!r}, expected {FORMAT!r}.")
+  try:
+    layout = RecordLayout(tuple(m["latent_shape"]), m["dtype"])
+  except (KeyError, TypeError) as e:
+    raise ValueError(f"Latent manifest {mpath!r}: missing or bad latent_shape/dtype ({e}).") from e
+  if m.get("record_bytes") != layout.record_bytes:
+    raise ValueError(f"Latent manifest {mpath!r}: record_bytes {m.get('record_bytes')} disagrees "
+                     f"with latent_shape {m['latent_shape']} and dtype {m['dtype']} "
+                     f"({layout.record_bytes} bytes).")
+  if sum(s["count"] for s in m["shards"]) != m["count"]:
+    raise ValueError(f"Latent manifest {mpath!r}: shard counts do not add up to count={m['count']}.")
+  m["dir"] = os.path.dirname(os.path.abspath(mpath))
+  m["layout"] = layout
+  return m
+
+
+def first_record_length(path: str) -> int:
+  """Length of the first record from the TFRecord header (8-byte little-endian length)."""
+  with open(path, "rb") as f:
+    head = f.read(8)
+  if len(head) < 8:
+    raise ValueError(f"Latent shard {path!r} is truncated ({len(head)} bytes): rerun "
+                     "prepare_imagenet on that directory to rewrite it.")
+  return int.from_bytes(head, "little")
+
+
+def check_shard_header(m: dict, shard: dict) -> str:
+  """Cheap pre-flight check of one shard against the manifest (size, record length); returns path."""
+  path = os.path.join(m["dir"], shard["file"])
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Latent shard {path!r} listed in the manifest is missing.")
+  size = os.path.getsize(path)
+  if size != shard["bytes"]:
+    raise ValueError(f"Latent shard {path!r} has {size} bytes, the manifest says {shard['bytes']}: "
+                     "truncated or replaced. Rerun input_pipeline.prepare_imagenet with the same flags and "
+                     f"--out={m['dir']}: it rewrites shards whose size does not match.")
+  n = first_record_length(path)
+  if shard["count"] and n != m["layout"].record_bytes:
+    raise ValueError(f"Latent shard {path!r}: records of {n} bytes, but the manifest's latent_shape "
+                     f"{list(m['layout'].shape)} and dtype {m['layout'].dtype} need "
+                     f"{m['layout'].record_bytes}: shard and manifest come from different runs.")
+  return path
+
+
+def read_shard(m: dict, shard: dict) -> Dict[str, np.ndarray]:
+  """Every record of one shard decoded in numpy; clear errors for corrupt or short records."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  path = os.path.join(m["dir"], shard["file"])
+  layout = m["layout"]
+  payloads = []
+  try:
+    for rec in tf.data.TFRecordDataset(path).as_numpy_iterator():
+      if len(rec) != layout.record_bytes:
+        raise ValueError(f"Latent shard {path!r}: record {len(payloads)} has {len(rec)} bytes, "
+                         f"expected {layout.record_bytes} (manifest shape/dtype disagree).")
+      payloads.append(rec)
+  except tf.errors.OpError as e:
+    raise ValueError(f"Latent shard {path!r} is corrupt or truncated after {len(payloads)} records "
+                     f"({type(e).__name__}: {e.message.splitlines()[0]}).") from e
+  if len(payloads) != shard["count"]:
+    raise ValueError(f"Latent shard {path!r}: {len(payloads)} records, manifest says "
+                     f"{shard['count']}.")
+  return layout.decode(payloads)
+
+
+def verify(path: str) -> dict:
+  """Re-read every shard against the manifest (size, sha256, record count and length, indices).
+
+  Raises ValueError listing every bad shard; returns a summary dict when all are good.
+  """
+  m = read_manifest(path)
+  problems = []
+  for shard in m["shards"]:
+    try:
+      p = check_shard_header(m, shard)
+      digest = file_sha256(p)
+      if digest != shard["sha256"]:
+        raise ValueError(f"Latent shard {p!r}: sha256 {digest} != manifest {shard['sha256']}.")
+      rows = read_shard(m, shard)
+      want = np.arange(shard["first_index"], shard["first_index"] + shard["count"])
+      if not np.array_equal(rows["index"], want):
+        raise ValueError(f"Latent shard {p!r}: indices are not {want[0]}..{want[-1]} in order.")
+      if rows["label"].size and not (0 <= rows["label"].min() and
+                                     rows["label"].max() < m["num_classes"]):
+        raise ValueError(f"Latent shard {p!r}: labels outside [0, {m['num_classes']}).")
+    except (ValueError, FileNotFoundError) as e:
+      problems.append(str(e))
+  if problems:
+    raise ValueError(f"{len(problems)} of {len(m['shards'])} shards in {m['dir']!r} failed "
+                     "verification:\n  " + "\n  ".join(problems))
+  return {"dir": m["dir"], "shards": len(m["shards"]), "count": m["count"], "ok": True}
+
+
+def write_arrays(out: str, arrays: Dict[str, np.ndarray], *, shard_size: int, split: str = "train",
+                 dtype: str = "float32", num_classes: int = 1000, **extra) -> dict:
+  """Write ready-made arrays (mean/std/flip_mean/flip_std [N, h, w, c], label [N]; index optional)
+  as shards plus manifest. Used for synthetic data (benchmark, tests) and small conversions."""
+  n = len(arrays["label"])
+  arrays = dict(arrays)
+  arrays.setdefault("index", np.arange(n))
+  layout = RecordLayout(tuple(arrays["mean"].shape[1:]), dtype)
+  num_shards = max(1, -(-n // shard_size))
+  os.makedirs(out, exist_ok=True)
+  shards = []
+  for i in range(num_shards):
+    sl = slice(i * shard_size, min((i + 1) * shard_size, n))
+    payloads = layout.encode(**{f: arrays[f][sl] for f in LATENT_FIELDS + INT_FIELDS})
+    shards.append(write_shard(os.path.join(out, shard_name(split, i, num_shards)), payloads,
+                              int(arrays["index"][sl][0]) if payloads else 0))
+  manifest = {"format": FORMAT, "count": n, "num_classes": num_classes, "split": split,
+              **layout.to_json(), **extra, "shards": shards}
+  atomic_write_json(os.path.join(out, MANIFEST), manifest)
+  return manifest
