@@ -3,6 +3,7 @@
 import jax
 
 DATASETS = ("digits", "imagenet_latents", "cifar10")
+STEP_KEYS = ("x", "x_std", "x_flip", "x_flip_std", "label")  # What the train step reads.
 
 
 def check_name(name: str) -> None:
@@ -18,11 +19,19 @@ def train_iterator(config, start_step: int):
   if config.data.name == "digits":
     from input_pipeline import digits, in_memory
     return in_memory.batch_iterator(digits.load("train"), **kw)
+  # File-backed sets stream with a shuffle buffer, so a resumed run cannot replay the exact order;
+  # it continues with a fresh order seeded by (seed, start_step) - the same law, other draws.
+  # (In-memory sets such as digits resume exactly.)
+  stream = dict(batch_size=kw["global_batch_size"] // kw["process_count"],
+                seed=hash((config.seed, start_step)) % 2**31, process_index=kw["process_index"],
+                process_count=kw["process_count"])
   if config.data.name == "imagenet_latents":
     from input_pipeline import latents
-    return latents.train_iterator(config, **kw)
-  from input_pipeline import cifar10
-  return cifar10.train_iterator(config, **kw)
+    it = latents.make_dataset(config.data.path, shuffle_buffer=config.data.shuffle_buffer, **stream)
+  else:
+    from input_pipeline import cifar10
+    it = cifar10.make_dataset(config.data.path, **stream)
+  return ({k: v for k, v in batch.items() if k in STEP_KEYS} for batch in it)
 
 
 def eval_arrays(config):
