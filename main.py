@@ -21,8 +21,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def init_distributed():
   import jax
   if FLAGS.coordinator_address:
-    if jax.default_backend() == "cpu" or jax.config.jax_platforms == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU processes need gloo for cross-process collectives; the option is ignored by accelerators.
+    # (Nothing may touch the backend before initialize(), so it is set unconditionally.)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   else:
