@@ -9,6 +9,7 @@ Conventions (Geng et al. 2025, REFERENCE.md section 1):
 MeanFlow identity: u = v - (t - r) du/dt, with du/dt = v . grad_z u + d_t u (r fixed), which is the
 jvp of u_fn along (v, 0, 1). The target is stop-gradiented, so training needs no second derivative.
 """
+import fractions
 from typing import Callable, Mapping, Tuple
 
 import jax
@@ -56,17 +57,23 @@ def validate_labels(labels, num_classes: int) -> None:
                      "for classifier-free guidance and is applied by the objective.")
 
 
-def num_r_neq_t(batch_size: int, ratio: float) -> int:
-  """Static count of samples with r != t; they occupy the first slots of the batch."""
-  return int(round(ratio * batch_size))
+def r_neq_t_pattern(batch_size: int, ratio: float) -> Tuple[int, int]:
+  """(period P, count n): sample i has r != t iff i mod P < n, with n / P = ratio.
+
+  Interleaving (rather than a first-k slice) keeps the r != t part static, independent of the
+  device count, and spread evenly over every shard of a batch split across devices.
+  """
+  frac = fractions.Fraction(ratio).limit_denominator(batch_size)
+  period = frac.denominator if batch_size % frac.denominator == 0 else batch_size
+  return period, int(round(ratio * period))
 
 
 def sample_times(key: Array, batch_size: int, config) -> Tuple[Array, Array]:
   """Draws (r, t), each [B], with 0 <= r <= t <= 1.
 
   Two independent draws from logit-normal(time_mu, time_sigma) (or uniform); t is the larger.
-  The first round(r_neq_t_ratio * B) samples keep r != t and the rest get r = t. A fixed slice rather
-  than a random mask makes the r != t part static (batches are i.i.d., so the law is the same).
+  A static r_neq_t_ratio of the batch keeps r != t (positions given by r_neq_t_pattern); the rest
+  get r = t. Batches are i.i.d., so a fixed pattern has the same law as a random mask.
   """
   k_a, k_b = jax.random.split(key)
   shape = (batch_size,)
@@ -78,7 +85,8 @@ def sample_times(key: Array, batch_size: int, config) -> Tuple[Array, Array]:
   else:
     raise ValueError(f"meanflow.time_sampler={config.time_sampler!r}: use 'logit_normal' or 'uniform'.")
   t, r = jnp.maximum(a, b), jnp.minimum(a, b)
-  distinct = jnp.arange(batch_size) < num_r_neq_t(batch_size, config.r_neq_t_ratio)
+  period, n = r_neq_t_pattern(batch_size, config.r_neq_t_ratio)
+  distinct = jnp.arange(batch_size) % period < n
   return jnp.where(distinct, r, t), t
 
 
@@ -95,26 +103,38 @@ def average_velocity_target(u_fn: UFn, z: Array, r: Array, t: Array, v: Array,
   return u, jax.lax.stop_gradient(u_tgt)
 
 
+def is_guided(config) -> bool:
+  return config.guidance_omega != 1.0 or config.guidance_kappa != 0.0
+
+
+def guidance_weights(t: Array, dropped: Array, config) -> Tuple[Array, Array]:
+  """Per-sample (omega, kappa), [B] each: the configured values inside [guidance_t_min,
+  guidance_t_max] for kept labels, and (1, 0) - no guidance - for dropped labels or other times."""
+  active = (~dropped) & (t >= config.guidance_t_min) & (t <= config.guidance_t_max)
+  return (jnp.where(active, config.guidance_omega, 1.0),
+          jnp.where(active, config.guidance_kappa, 0.0))
+
+
+def combine_guidance(v: Array, u_cond: Array, u_null: Array, w_omega: Array, w_kappa: Array) -> Array:
+  """v_tilde = omega v + kappa u(z, t, t | c) + (1 - omega - kappa) u(z, t, t | null)."""
+  w_omega, w_kappa = _bcast(w_omega, v), _bcast(w_kappa, v)
+  return w_omega * v + w_kappa * u_cond + (1.0 - w_omega - w_kappa) * u_null
+
+
 def guided_velocity(u_fn: UFn, z: Array, t: Array, v: Array, labels: Array, dropped: Array,
                     config) -> Array:
-  """Velocity with classifier-free guidance folded in (used as jvp tangent and in the target).
+  """Velocity with classifier-free guidance folded in (jvp tangent and target), whole batch.
 
-  v_tilde = omega v + kappa u(z, t, t | c) + (1 - omega - kappa) u(z, t, t | null), both network
-  terms under stop-gradient. Samples whose label was dropped, or whose t lies outside
-  [guidance_t_min, guidance_t_max], keep the plain v (omega = 1, kappa = 0).
+  Both network terms are inference calls under stop-gradient, batched into one call. meanflow_loss
+  uses a cheaper arrangement of the same computation.
   """
-  omega, kappa = config.guidance_omega, config.guidance_kappa
-  if omega == 1.0 and kappa == 0.0:
-    return v  # No guidance: skip both network calls at trace time.
-  active = (~dropped) & (t >= config.guidance_t_min) & (t <= config.guidance_t_max)
-  w_omega = _bcast(jnp.where(active, omega, 1.0), v)
-  w_kappa = _bcast(jnp.where(active, kappa, 0.0), v)
+  if not is_guided(config):
+    return v
   null = jnp.full_like(labels, config.num_classes)
-  # One batched inference call for the conditional and the null-class velocities.
   both = u_fn(jnp.concatenate([z, z]), jnp.concatenate([t, t]), jnp.concatenate([t, t]),
               jnp.concatenate([labels, null]))
   u_cond, u_null = jax.lax.stop_gradient(jnp.split(both, 2))
-  return w_omega * v + w_kappa * u_cond + (1.0 - w_omega - w_kappa) * u_null
+  return combine_guidance(v, u_cond, u_null, *guidance_weights(t, dropped, config))
 
 
 def adaptive_weighted_loss(u: Array, u_tgt: Array, p: float, c: float) -> Tuple[Array, Array]:
@@ -126,6 +146,16 @@ def adaptive_weighted_loss(u: Array, u_tgt: Array, p: float, c: float) -> Tuple[
   d = jnp.sum(jnp.square(err), axis=tuple(range(1, err.ndim)))
   weight = jax.lax.stop_gradient(1.0 / jnp.power(d + c, p))
   return jnp.mean(weight * d), jnp.mean(jnp.square(err))
+
+
+def _split_pattern(tree, period: int, n: int):
+  """Splits every [B, ...] leaf into (i mod period < n, the rest), keeping shards local."""
+  def split(a):
+    a = a.reshape((-1, period) + a.shape[1:])
+    flat = lambda b: b.reshape((-1,) + b.shape[2:])
+    return flat(a[:, :n]), flat(a[:, n:])
+  pairs = {k: split(v) for k, v in tree.items()}
+  return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
 
 
 def meanflow_loss(u_fn: UFn, x: Array, labels: Array, key: Array,
@@ -141,11 +171,44 @@ def meanflow_loss(u_fn: UFn, x: Array, labels: Array, key: Array,
   e = jax.random.normal(k_noise, x.shape, x.dtype)
   z = (1.0 - _bcast(t, x)) * x + _bcast(t, x) * e
   v = e - x
-
   dropped = jax.random.bernoulli(k_drop, config.class_dropout, (batch,))
   labels = jnp.where(dropped, config.num_classes, labels)
-  v_tilde = guided_velocity(u_fn, z, t, v, labels, dropped, config)
 
-  u, u_tgt = average_velocity_target(u_fn, z, r, t, v_tilde, labels)
+  # Where r = t the term (t - r) du/dt vanishes: only the r != t part ("avg") needs the jvp, the
+  # rest ("inst") takes a plain forward. Both parts are static, interleaved slices of the batch.
+  period, n_avg = r_neq_t_pattern(batch, config.r_neq_t_ratio)
+  avg, inst = _split_pattern(dict(z=z, r=r, t=t, v=v, y=labels, dropped=dropped), period, n_avg)
+  has_avg, has_inst = n_avg > 0, n_avg < period
+
+  if is_guided(config):
+    # One inference call: u(z, t, t | c) and u(z, t, t | null) on the avg part; only the null
+    # velocity on the inst part, whose conditional velocity is the main forward's own output.
+    null = lambda part: jnp.full_like(part["y"], config.num_classes)
+    zs = [avg["z"], avg["z"], inst["z"]]
+    ts = [avg["t"], avg["t"], inst["t"]]
+    ys = [avg["y"], null(avg), null(inst)]
+    out = jax.lax.stop_gradient(u_fn(jnp.concatenate(zs), jnp.concatenate(ts),
+                                     jnp.concatenate(ts), jnp.concatenate(ys)))
+    u_cond_avg, u_null_avg, u_null_inst = jnp.split(out, [len(avg["z"]), 2 * len(avg["z"])])
+
+  us, targets = [], []
+  if has_avg:
+    v_avg = avg["v"]
+    if is_guided(config):
+      v_avg = combine_guidance(v_avg, u_cond_avg, u_null_avg,
+                               *guidance_weights(avg["t"], avg["dropped"], config))
+    u, u_tgt = average_velocity_target(u_fn, avg["z"], avg["r"], avg["t"], v_avg, avg["y"])
+    us.append(u)
+    targets.append(u_tgt)
+  if has_inst:
+    u = u_fn(inst["z"], inst["t"], inst["t"], inst["y"])
+    u_tgt = inst["v"]
+    if is_guided(config):
+      u_tgt = combine_guidance(u_tgt, jax.lax.stop_gradient(u), u_null_inst,
+                               *guidance_weights(inst["t"], inst["dropped"], config))
+    us.append(u)
+    targets.append(jax.lax.stop_gradient(u_tgt))
+
+  u, u_tgt = jnp.concatenate(us), jnp.concatenate(targets)
   loss, mse = adaptive_weighted_loss(u, u_tgt, config.adaptive_p, config.adaptive_c)
   return loss, {"loss": loss, "mse": mse, "u_tgt_rms": jnp.sqrt(jnp.mean(jnp.square(u_tgt)))}
