@@ -66,13 +66,30 @@ def draw(config, sample_fn, params, mesh, num_samples: int, num_steps: int, seed
   return np.concatenate(outs)[:num_samples], np.concatenate(labels_all)[:num_samples]
 
 
-def to_uint8(x: np.ndarray, config) -> np.ndarray:
-  """Data-space samples -> uint8 images. Latent models would decode through the SD-VAE here."""
-  if config.data.name == "imagenet_latents":
-    raise NotImplementedError(
-        "Sampling a latent model needs the SD-VAE decoder (data.vae_path), which is not wired into "
-        "sampling yet; pixel-space configs (digits, cifar10) sample directly.")
-  return np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+@functools.lru_cache(maxsize=2)
+def load_decoder(vae_path: str, scale: float):
+  """Jitted latents -> images in [-1, 1] through the SD-VAE at `vae_path` (loaded once)."""
+  from mf_jax.models import vae, vae_convert
+  vae_config, params, _ = vae_convert.load_vae(vae_path)
+  return jax.jit(lambda z: vae.decode_latents(vae_config, params, z / scale))
+
+
+def decode(x, config, batch_size: int = 32) -> np.ndarray:
+  """Data-space samples -> images in [-1, 1]: latent models go through the SD-VAE decoder."""
+  if config.data.name != "imagenet_latents":
+    return np.asarray(x)
+  if not config.data.vae_path:
+    raise ValueError("data.vae_path is empty: decoding latent samples needs local SD-VAE weights "
+                     "(a diffusers AutoencoderKL folder, .safetensors or .bin), e.g. "
+                     "--config.data.vae_path=/models/sd-vae-ft-mse.")
+  decoder = load_decoder(config.data.vae_path, config.data.latent_scale)
+  return np.concatenate([np.asarray(decoder(x[i:i + batch_size]))
+                         for i in range(0, len(x), batch_size)])
+
+
+def to_uint8(x, config) -> np.ndarray:
+  """Data-space samples -> uint8 images [N, H, W, C] (decoded first for latent models)."""
+  return np.clip(np.round((decode(x, config) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def grid(images: np.ndarray, cols: int = 8, upscale: int = 1) -> np.ndarray:

@@ -58,11 +58,10 @@ def write_sample_grids(config, sample_fn, state, mesh, writer, workdir, step):
   images = {}
   for steps in (1, 2):
     x, _ = generate.draw(config, sample_fn, params, mesh, n, steps, seed=config.sample.seed)
-    try:
-      img = generate.grid(generate.to_uint8(x, config), cols=8)
-    except NotImplementedError as e:
-      logging.warning("No sample grid: %s", e)
+    if config.data.name == "imagenet_latents" and not config.data.vae_path:
+      logging.warning("No sample grid: set data.vae_path to decode latent samples.")
       return
+    img = generate.grid(generate.to_uint8(x, config), cols=8)
     images[f"samples_{steps}nfe"] = img[None]
     if jax.process_index() == 0:
       generate.save_png(img, os.path.join(workdir, "samples", f"step_{step:08d}_{steps}nfe.png"))
