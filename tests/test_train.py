@@ -148,3 +148,16 @@ def test_unwritable_workdir(tmp_path, no_compile):
   blocker.write_text("")
   with pytest.raises(PermissionError, match=r"--workdir=.*a_file/run is not writable"):
     train.train_and_evaluate(tiny_config(), str(blocker / "run"))
+
+
+def test_sample_mode_writes_adm_npz_and_grid(tmp_path):
+  config = tiny_config(num_steps=2)
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    train.sample_to_files(config, str(tmp_path / "empty"))
+  train.train_and_evaluate(config, str(tmp_path))
+  config.sample.update(num_samples=20, num_steps=2)
+  path = train.sample_to_files(config, str(tmp_path))
+  batch = np.load(path)
+  assert batch["arr_0"].shape == (20, 8, 8, 1) and batch["arr_0"].dtype == np.uint8
+  np.testing.assert_array_equal(batch["arr_1"], np.arange(20) % 10)
+  assert os.path.exists(path.replace(".npz", ".png")) and "2nfe_ema" in path
