@@ -10,6 +10,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mf_jax import drifting
 from mf_jax.models.mlp import MLP
 
+# Jitted once per static configuration: eager dispatch of many small ops is slow on a busy CPU.
+drift_field = jax.jit(drifting.drift_field, static_argnums=3, static_argnames="mask_self")
+feature_set_drift = jax.jit(drifting.feature_set_drift, static_argnums=(4, 5, 6))
+
 
 def reference_field(x, y_pos, y_neg, tau, mask_self, neg_weights):
   """Double loop over pairs (float64): the batch form, and the same field in mean-shift form."""
@@ -57,7 +61,7 @@ def test_batch_form_matches_double_loop_and_mean_shift_form():
   tau = 0.7
   batch_form, mean_shift = reference_field(x, y_pos, y_neg, tau, True, weights)
   np.testing.assert_allclose(batch_form, mean_shift, rtol=1e-9, atol=1e-12)
-  v = drifting.drift_field(jnp.asarray(x, jnp.float32), jnp.asarray(y_pos, jnp.float32),
+  v = drift_field(jnp.asarray(x, jnp.float32), jnp.asarray(y_pos, jnp.float32),
                            jnp.asarray(y_neg, jnp.float32), tau, mask_self=True,
                            neg_weights=jnp.asarray(weights, jnp.float32))
   np.testing.assert_allclose(np.asarray(v), batch_form, rtol=2e-4, atol=1e-6)
@@ -69,10 +73,10 @@ def test_antisymmetric_and_zero_when_positives_equal_negatives():
   a = jax.random.normal(k[1], (12, 4)) + 1.0
   b = jax.random.normal(k[2], (20, 4)) * 0.5
   for tau in (0.1, 1.0):
-    v_ab = drifting.drift_field(x, a, b, tau)
-    np.testing.assert_allclose(drifting.drift_field(x, b, a, tau), -v_ab, rtol=1e-5, atol=1e-7)
+    v_ab = drift_field(x, a, b, tau)
+    np.testing.assert_allclose(drift_field(x, b, a, tau), -v_ab, rtol=1e-5, atol=1e-7)
     assert float(jnp.abs(v_ab).max()) > 1e-3  # Not trivially zero.
-    same = drifting.drift_field(x, a, a[::-1], tau)  # Same set, other order.
+    same = drift_field(x, a, a[::-1], tau)  # Same set, other order.
     np.testing.assert_allclose(same, 0.0, atol=1e-6)
 
 
@@ -80,9 +84,9 @@ def test_integer_weight_equals_duplicated_negatives():
   k = jax.random.split(jax.random.key(1), 3)
   x, y_pos, extra = (jax.random.normal(k[0], (6, 2)), jax.random.normal(k[1], (5, 2)),
                      jax.random.normal(k[2], (3, 2)))
-  weighted = drifting.drift_field(x, y_pos, jnp.concatenate([x, extra]), 0.5, mask_self=True,
+  weighted = drift_field(x, y_pos, jnp.concatenate([x, extra]), 0.5, mask_self=True,
                                   neg_weights=jnp.array([1.0] * 6 + [2.0] * 3))
-  copies = drifting.drift_field(x, y_pos, jnp.concatenate([x, extra, extra]), 0.5, mask_self=True)
+  copies = drift_field(x, y_pos, jnp.concatenate([x, extra, extra]), 0.5, mask_self=True)
   np.testing.assert_allclose(weighted, copies, rtol=1e-5, atol=1e-7)
 
 
@@ -90,8 +94,8 @@ def test_field_points_from_far_samples_to_the_data():
   k = jax.random.split(jax.random.key(2), 2)
   data = 0.3 * jax.random.normal(k[0], (64, 2))
   generated = jnp.array([6.0, 4.0]) + 0.5 * jax.random.normal(k[1], (32, 2))
-  for v in (drifting.drift_field(generated, data, generated, 0.5, mask_self=True),
-            drifting.feature_set_drift(generated[:, None], data[:, None], jnp.zeros((0, 1, 2)),
+  for v in (drift_field(generated, data, generated, 0.5, mask_self=True),
+            feature_set_drift(generated[:, None], data[:, None], jnp.zeros((0, 1, 2)),
                                        jnp.zeros(()), (0.02, 0.05, 0.2))[0][:, 0]):
     to_data = jnp.mean(data, 0) - generated
     cos = jnp.sum(v * to_data, 1) / (jnp.linalg.norm(v, axis=1) * jnp.linalg.norm(to_data, axis=1))
@@ -104,7 +108,7 @@ def test_feature_normalisation_and_unit_rms():
   phi_pos = jax.random.normal(k[1], (7, 3, 8)) + 0.3
   phi_unc = jax.random.normal(k[2], (4, 3, 8))
   w = jnp.full((10,), 1.5)
-  v, scale, rms = drifting.feature_set_drift(phi_x, phi_pos, phi_unc, w, (0.05,))
+  v, scale, rms = feature_set_drift(phi_x, phi_pos, phi_unc, w, (0.05,))
   # Mean pairwise distance (self pairs out, guidance negatives weighted) computed directly.
   x, yp, yu = map(np.asarray, (phi_x, phi_pos, phi_unc))
   total, count = 0.0, 0.0
@@ -119,7 +123,7 @@ def test_feature_normalisation_and_unit_rms():
   np.testing.assert_allclose(float(scale), total / count / math.sqrt(8), rtol=1e-5)
   np.testing.assert_allclose(float(jnp.sqrt(jnp.mean(v ** 2))), 1.0, rtol=1e-5)
   # Scaling every feature by 7 scales S by 7 and leaves the field (in units of phi / S) unchanged.
-  v7, scale7, rms7 = drifting.feature_set_drift(7 * phi_x, 7 * phi_pos, 7 * phi_unc, w, (0.05,))
+  v7, scale7, rms7 = feature_set_drift(7 * phi_x, 7 * phi_pos, 7 * phi_unc, w, (0.05,))
   np.testing.assert_allclose(float(scale7), 7 * float(scale), rtol=1e-5)
   np.testing.assert_allclose(v7, v, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(rms7, rms, rtol=1e-4)
@@ -130,8 +134,8 @@ def test_guidance_weight_zero_ignores_guidance_negatives():
   phi_x, phi_pos = jax.random.normal(k[0], (6, 1, 3)), jax.random.normal(k[1], (5, 1, 3))
   phi_unc = jax.random.normal(k[2], (4, 1, 3))
   alpha_one = drifting.guidance_weight(jnp.ones(()), num_neg=6, num_unc=4)
-  v_unc = drifting.feature_set_drift(phi_x, phi_pos, phi_unc, alpha_one, (0.05, 0.2))[0]
-  v_none = drifting.feature_set_drift(phi_x, phi_pos, phi_unc[:0], alpha_one, (0.05, 0.2))[0]
+  v_unc = feature_set_drift(phi_x, phi_pos, phi_unc, alpha_one, (0.05, 0.2))[0]
+  v_none = feature_set_drift(phi_x, phi_pos, phi_unc[:0], alpha_one, (0.05, 0.2))[0]
   np.testing.assert_allclose(v_unc, v_none, rtol=1e-5, atol=1e-6)
   # alpha = 3 with N_neg = 6, N_unc = 4: w = 2 * 5 / 4.
   np.testing.assert_allclose(drifting.guidance_weight(jnp.array(3.0), 6, 4), 2.5)
@@ -140,9 +144,9 @@ def test_guidance_weight_zero_ignores_guidance_negatives():
 def test_loss_value_is_mean_squared_field_and_gradient_is_minus_field():
   k = jax.random.split(jax.random.key(5), 2)
   phi_x, phi_pos = jax.random.normal(k[0], (8, 2, 5)), jax.random.normal(k[1], (9, 2, 5))
-  v, scale, _ = drifting.feature_set_drift(phi_x, phi_pos, jnp.zeros((0, 2, 5)), jnp.zeros(()),
+  v, scale, _ = feature_set_drift(phi_x, phi_pos, jnp.zeros((0, 2, 5)), jnp.zeros(()),
                                            (0.02, 0.05, 0.2))
-  loss, grad = jax.value_and_grad(drifting.drifting_mse)(phi_x, v, scale)
+  loss, grad = jax.jit(jax.value_and_grad(drifting.drifting_mse))(phi_x, v, scale)
   np.testing.assert_allclose(float(loss), float(jnp.mean(v ** 2)), rtol=1e-5)
   np.testing.assert_allclose(grad, -2 * v / (v.size * scale), rtol=1e-4, atol=1e-7)
 
