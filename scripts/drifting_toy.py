@@ -70,7 +70,7 @@ def train(data: str = "checkerboard", steps: int = 1500, batch: int = 512, lr: f
   model = MLP(out_dim=2, hidden_widths=tuple(hidden_widths))
   key = jax.random.key(seed)
   key, k_init = jax.random.split(key)
-  params = model.init(k_init, jnp.zeros((1, NOISE_DIM)))
+  params = jax.jit(model.init)(k_init, jnp.zeros((1, NOISE_DIM)))
   optimizer = optax.adam(lr)
   opt_state = optimizer.init(params)
   labels = jnp.zeros((1,), jnp.int32)

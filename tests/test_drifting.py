@@ -8,6 +8,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mf_jax import drifting
+from mf_jax.models import feature_encoder
 from mf_jax.models.mlp import MLP
 
 # Jitted once per static configuration: eager dispatch of many small ops is slow on a busy CPU.
@@ -187,8 +188,8 @@ def test_sharded_loss_and_grad_match_single_device():
   config.num_neg, config.num_unc, config.noise_shape = 4, 3, (4,)
   model = MLP(out_dim=2, hidden_widths=(32, 32), condition_names=("alpha",), num_classes=n_c,
               embed_dim=8)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 4)), (jnp.ones((1,)),),
-                      jnp.zeros((1,), jnp.int32))
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4)), (jnp.ones((1,)),),
+                               jnp.zeros((1,), jnp.int32))
   real = jax.random.normal(jax.random.key(1), (n_c, n_pos, 2)) + jnp.arange(n_c)[:, None, None]
   labels = jnp.arange(n_c, dtype=jnp.int32)
   key = jax.random.key(2)
@@ -213,3 +214,63 @@ def test_sharded_loss_and_grad_match_single_device():
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
                          grads8, grads1)
   assert float(jnp.abs(jax.tree_util.tree_leaves(grads1)[0]).max()) > 0
+
+
+def test_multiscale_statistics_match_loops():
+  fmap = np.asarray(jax.random.normal(jax.random.key(6), (2, 8, 8, 3)))
+  stats = feature_encoder.multiscale_statistics(jnp.asarray(fmap), (2, 4), eps=0.0)
+  assert set(stats) == {"loc", "global", "patch2", "patch4"}
+  np.testing.assert_allclose(stats["loc"][1, 8 * 2 + 5], fmap[1, 2, 5], rtol=1e-6)
+  np.testing.assert_allclose(stats["global"][0, 0], fmap[0].reshape(-1, 3).mean(0), rtol=1e-5)
+  np.testing.assert_allclose(stats["global"][0, 1], fmap[0].reshape(-1, 3).std(0), rtol=1e-5)
+  for p, grid in ((2, 4), (4, 2)):
+    got = np.asarray(stats[f"patch{p}"])
+    assert got.shape == (2, 2 * grid * grid, 3)
+    for i in range(grid):
+      for j in range(grid):
+        window = fmap[:, i * p:(i + 1) * p, j * p:(j + 1) * p].reshape(2, -1, 3)
+        np.testing.assert_allclose(got[:, i * grid + j], window.mean(1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[:, grid * grid + i * grid + j], window.std(1), rtol=1e-4,
+                                   atol=1e-6)
+
+
+def test_mae_loss_decreases_and_encoder_features_drive_drifting_loss():
+  import optax
+  # Smooth latents (random low-frequency waves) so hidden patches are predictable from the rest.
+  k = jax.random.split(jax.random.key(7), 3)
+  grid = jnp.linspace(0, 2 * jnp.pi, 8)
+  freq = jax.random.uniform(k[0], (16, 1, 1, 4, 2), minval=0.3, maxval=1.0)
+  phase = jax.random.uniform(k[1], (16, 1, 1, 4), maxval=2 * jnp.pi)
+  x = jnp.sin(freq[..., 0] * grid[:, None, None] + freq[..., 1] * grid[None, :, None] + phase)
+  mae = feature_encoder.MaskedAutoencoder(channels=4, widths=(16, 32), blocks_per_stage=1,
+                                          groups=4, decoder_width=16)
+  params = jax.jit(mae.init)(k[2], x[:1], jnp.zeros((1, 8, 8, 1), bool))
+  opt = optax.adam(3e-3)
+
+  @jax.jit
+  def step(params, state, key):
+    (loss, _), grads = jax.value_and_grad(feature_encoder.mae_loss, 1, has_aux=True)(
+        mae.apply, params, x, key, 0.5, 2)
+    updates, state = opt.update(grads, state)
+    return optax.apply_updates(params, updates), state, loss
+
+  state, losses = opt.init(params), []
+  for i in range(40):
+    params, state, loss = step(params, state, jax.random.key(i % 4))
+    losses.append(float(loss))
+  assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), losses
+
+  # The pretrained encoder as the drifting feature space (frozen), on 8x8x4 "latents".
+  feature_fn = feature_encoder.encoder_feature_fn(
+      lambda z: mae.apply(params, z, method=feature_encoder.MaskedAutoencoder.features))
+  names = set(feature_fn(x[:2]))
+  assert {"stage0/loc", "stage0/global", "stage0/patch2", "stage0/patch4", "stage1/loc",
+          "stage1/global", "stage1/patch2", "raw"} == names
+  config = drifting.default_config()
+  config.num_neg, config.num_unc = 4, 2
+  bias = jnp.zeros((8, 8, 4))
+  gen_fn = lambda b: (lambda z, a, y: z + b + 0.1 * a[:, None, None, None])
+  real = x[:12].reshape(3, 4, 8, 8, 4)
+  grad = jax.jit(jax.grad(lambda b: drifting.drifting_loss(
+      gen_fn(b), real, jnp.arange(3), jax.random.key(0), config, feature_fn)[0]))(bias)
+  assert np.all(np.isfinite(grad)) and float(jnp.abs(grad).max()) > 0
