@@ -171,15 +171,19 @@ def feature_set_drift(phi_x: Array, phi_pos: Array, phi_unc: Array, unc_weight: 
   log_w = jnp.log(jnp.where(is_self, 1.0, weights))[:, p:]  # Negatives' log weights; self is masked.
   log_w = jnp.concatenate([jnp.zeros((n, p)), log_w], axis=1)
 
-  field = jax.vmap(_field_from_logits, in_axes=(0, None, 0, 0))
-  total, rms = jnp.zeros_like(x), []
-  for tau in temperatures:
+  field = jax.vmap(_field_from_logits, in_axes=(0, None, 0, 0))  # Over locations.
+
+  def one_temperature(tau):
     logits = jnp.where(is_self, -jnp.inf, -dist / (tau * mean_dist))
     v = field(logits, log_w, y_pos, y_neg) / scale  # V is linear in y: normalised-feature units.
-    v_rms = jnp.sqrt(jnp.mean(jnp.square(v)))
-    rms.append(v_rms)
-    total = total + (v / jnp.maximum(v_rms, 1e-12) if normalize_drift else v)
-  return jnp.swapaxes(total, 0, 1), scale, jnp.stack(rms)
+    return v, jnp.sqrt(jnp.mean(jnp.square(v)))
+
+  # One traced body for all temperatures keeps the compiled program small with many feature sets.
+  v_all, rms = jax.vmap(one_temperature)(jnp.asarray(temperatures, jnp.float32))
+  if normalize_drift:
+    v_all = v_all / jnp.maximum(rms, 1e-12)[:, None, None, None]
+  total = jnp.sum(v_all, axis=0)
+  return jnp.swapaxes(total, 0, 1), scale, rms
 
 
 def drifting_mse(phi_x: Array, v: Array, scale: Array) -> Array:

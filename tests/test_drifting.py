@@ -262,10 +262,10 @@ def test_mae_loss_decreases_and_encoder_features_drive_drifting_loss():
 
   # The pretrained encoder as the drifting feature space (frozen), on 8x8x4 "latents".
   feature_fn = feature_encoder.encoder_feature_fn(
-      lambda z: mae.apply(params, z, method=feature_encoder.MaskedAutoencoder.features))
-  names = set(feature_fn(x[:2]))
-  assert {"stage0/loc", "stage0/global", "stage0/patch2", "stage0/patch4", "stage1/loc",
-          "stage1/global", "stage1/patch2", "raw"} == names
+      lambda z: mae.apply(params, z, method=feature_encoder.MaskedAutoencoder.features), (2,))
+  names = set(jax.eval_shape(feature_fn, x[:2]))
+  assert {"stage0/loc", "stage0/global", "stage0/patch2", "stage1/loc", "stage1/global",
+          "stage1/patch2", "raw"} == names
   config = drifting.default_config()
   config.num_neg, config.num_unc = 4, 2
   bias = jnp.zeros((8, 8, 4))
@@ -274,3 +274,25 @@ def test_mae_loss_decreases_and_encoder_features_drive_drifting_loss():
   grad = jax.jit(jax.grad(lambda b: drifting.drifting_loss(
       gen_fn(b), real, jnp.arange(3), jax.random.key(0), config, feature_fn)[0]))(bias)
   assert np.all(np.isfinite(grad)) and float(jnp.abs(grad).max()) > 0
+
+
+def test_mlp_conditions_labels_and_meanflow_signature():
+  model = MLP(out_dim=2, hidden_widths=(16, 16), condition_names=("t", "t_minus_r"),
+              num_classes=3, embed_dim=8)
+  z = jax.random.normal(jax.random.key(8), (5, 2))
+  t, r = jnp.full((5,), 0.7), jnp.full((5,), 0.2)
+  labels = jnp.array([0, 1, 2, 3, 0])  # 3 is the null label.
+  params = jax.jit(model.init)(jax.random.key(9), z, (t, t - r), labels)
+  u_fn = lambda z_, r_, t_, y_: model.apply(params, z_, (t_, t_ - r_), y_)
+  u = u_fn(z, r, t, labels)
+  assert u.shape == (5, 2)
+  assert not np.allclose(u[0], u_fn(z, r, t, labels.at[0].set(1))[0])  # Labels matter.
+  assert not np.allclose(u[0], u_fn(z, r, t + 0.1, labels)[0])  # Times matter.
+  # The MeanFlow target's du/dt (a jvp through the MLP) against a central difference along (v, 0, 1).
+  v = jax.random.normal(jax.random.key(10), (5, 2))
+  _, dudt = jax.jvp(lambda z_, t_: u_fn(z_, r, t_, labels), (z, t), (v, jnp.ones_like(t)))
+  h = 1e-2
+  fd = (u_fn(z + h * v, r, t + h, labels) - u_fn(z - h * v, r, t - h, labels)) / (2 * h)
+  np.testing.assert_allclose(dudt, fd, rtol=2e-2, atol=2e-3)
+  with pytest.raises(ValueError, match="conditions"):
+    model.apply(params, z, (t,), labels)
