@@ -86,6 +86,10 @@ def validate_config(config) -> None:
 
 def pairwise_distance(a: Array, b: Array) -> Array:
   """Euclidean distances [..., N, M] between a [..., N, C] and b [..., M, C] (matmul form)."""
+  # Distances are translation invariant; centring first limits float32 cancellation in |a|^2 + |b|^2
+  # - 2ab when the features share a large offset.
+  center = jnp.mean(b, axis=-2, keepdims=True)
+  a, b = a - center, b - center
   sq = (jnp.sum(a * a, -1)[..., :, None] + jnp.sum(b * b, -1)[..., None, :]
         - 2.0 * jnp.einsum("...nc,...mc->...nm", a, b))
   return jnp.sqrt(jnp.maximum(sq, 0.0))
