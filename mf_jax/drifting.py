@@ -298,10 +298,11 @@ def drifting_loss(generator_fn: GeneratorFn, real_by_class: Array, labels: Array
     if uncond_real.shape[:2] != (n_c, n_unc):
       raise ValueError(f"uncond_real has shape {uncond_real.shape}; expected [{n_c}, {n_unc}, ...] "
                        "(N_c, drifting.num_unc).")
-    refs = jnp.concatenate([real_by_class.reshape((-1,) + sample_shape),
-                            uncond_real.reshape((-1,) + sample_shape)])
+    refs = jnp.concatenate([real_by_class, uncond_real.astype(real_by_class.dtype)], axis=1)
   else:
-    refs = real_by_class.reshape((-1,) + sample_shape)
+    refs = real_by_class
+  # Class-major flat batch: row c of the regrouped features is [positives, guidance negatives] of c.
+  refs = refs.reshape((-1,) + sample_shape)
   real_feats = _features(feature_fn, jax.lax.stop_gradient(refs), n_c)
   gen_feats = _features(feature_fn, generated, n_c)
   n_pos = real_by_class.shape[1]
