@@ -234,7 +234,7 @@ def test_multiscale_statistics_match_loops():
                                    atol=1e-6)
 
 
-def test_mae_loss_decreases_and_encoder_features_drive_drifting_loss():
+def test_mae_loss_decreases_and_encoder_gives_feature_sets():
   import optax
   # Smooth latents (random low-frequency waves) so hidden patches are predictable from the rest.
   k = jax.random.split(jax.random.key(7), 3)
@@ -260,19 +260,35 @@ def test_mae_loss_decreases_and_encoder_features_drive_drifting_loss():
     losses.append(float(loss))
   assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), losses
 
-  # The pretrained encoder as the drifting feature space (frozen), on 8x8x4 "latents".
+  # Its feature maps as drifting feature sets (names and shapes; eval_shape compiles nothing).
   feature_fn = feature_encoder.encoder_feature_fn(
       lambda z: mae.apply(params, z, method=feature_encoder.MaskedAutoencoder.features), (2,))
-  names = set(jax.eval_shape(feature_fn, x[:2]))
-  assert {"stage0/loc", "stage0/global", "stage0/patch2", "stage1/loc", "stage1/global",
-          "stage1/patch2", "raw"} == names
+  shapes = jax.eval_shape(feature_fn, x[:2])
+  assert {name: s.shape for name, s in shapes.items()} == {
+      "stage0/loc": (2, 64, 16), "stage0/global": (2, 2, 16), "stage0/patch2": (2, 32, 16),
+      "stage1/loc": (2, 16, 32), "stage1/global": (2, 2, 32), "stage1/patch2": (2, 8, 32),
+      "raw": (2, 1, 256)}
+
+
+def test_encoder_feature_sets_drive_the_drifting_loss():
+  # A fixed random conv pyramid stands in for the pretrained encoder (same interface, cheap).
+  kernels = jax.random.normal(jax.random.key(12), (3, 3, 4, 6)) / 6
+  def pyramid(z):
+    h = jax.lax.conv_general_dilated(z, kernels, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return [h.reshape(h.shape[0], 4, 2, 4, 2, 6).mean(axis=(2, 4))]
+  feature_fn = feature_encoder.encoder_feature_fn(pyramid, (2,), include_raw=False)
   config = drifting.default_config()
   config.num_neg, config.num_unc = 4, 2
-  bias = jnp.zeros((8, 8, 4))
+  real = jax.random.normal(jax.random.key(13), (3, 4, 8, 8, 4))
   gen_fn = lambda b: (lambda z, a, y: z + b + 0.1 * a[:, None, None, None])
-  real = x[:12].reshape(3, 4, 8, 8, 4)
-  grad = jax.jit(jax.grad(lambda b: drifting.drifting_loss(
-      gen_fn(b), real, jnp.arange(3), jax.random.key(0), config, feature_fn)[0]))(bias)
+  loss_fn = lambda b: drifting.drifting_loss(gen_fn(b), real, jnp.arange(3), jax.random.key(0),
+                                             config, feature_fn)
+  (loss, metrics), grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(jnp.zeros((8, 8, 4)))
+  sets = {"stage0/loc", "stage0/global", "stage0/patch2"}
+  assert {f"loss/{name}" for name in sets} == {m for m in metrics if m.startswith("loss/")}
+  # Per set, mean |sum of 3 unit-RMS fields|^2 lies in (0, 9]; well-mixed fields give about 3-9.
+  assert 3 * 1.0 < float(loss) <= 3 * 9.0 + 1e-3
   assert np.all(np.isfinite(grad)) and float(jnp.abs(grad).max()) > 0
 
 
