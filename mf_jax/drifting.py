@@ -326,7 +326,7 @@ def drifting_loss(generator_fn: GeneratorFn, real_by_class: Array, labels: Array
     metrics[f"feature_scale/{name}"] = jnp.mean(scale)
   metrics["loss"] = loss
   for i, tau in enumerate(temps):
-    metrics[f"drift_rms/tau={tau:g}"] = rms_sum[i] / len(gen_feats)
+    metrics[f"drift_rms/tau{tau:g}"] = rms_sum[i] / len(gen_feats)
   metrics["alpha_mean"] = jnp.mean(alpha)
   return loss, metrics
 
