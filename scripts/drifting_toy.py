@@ -69,8 +69,8 @@ def train(data: str = "checkerboard", steps: int = 1500, batch: int = 512, lr: f
 
   model = MLP(out_dim=2, hidden_widths=tuple(hidden_widths))
   key = jax.random.key(seed)
-  key, k_init = jax.random.split(key)
-  params = jax.jit(model.init)(k_init, jnp.zeros((1, NOISE_DIM)))
+  # Init keys use rbg: threefry for every parameter array compiles slowly on CPU.
+  params = jax.jit(model.init)(jax.random.key(seed, impl="unsafe_rbg"), jnp.zeros((1, NOISE_DIM)))
   optimizer = optax.adam(lr)
   opt_state = optimizer.init(params)
   labels = jnp.zeros((1,), jnp.int32)

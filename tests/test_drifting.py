@@ -11,6 +11,10 @@ from mf_jax import drifting
 from mf_jax.models import feature_encoder
 from mf_jax.models.mlp import MLP
 
+# Parameter init draws many random arrays; threefry compiles slowly on CPU, rbg does not. Only used
+# where the random stream itself does not matter.
+fast_key = lambda seed: jax.random.key(seed, impl="unsafe_rbg")
+
 # Jitted once per static configuration: eager dispatch of many small ops is slow on a busy CPU.
 drift_field = jax.jit(drifting.drift_field, static_argnums=3, static_argnames="mask_self")
 feature_set_drift = jax.jit(drifting.feature_set_drift, static_argnums=(4, 5, 6))
@@ -188,7 +192,7 @@ def test_sharded_loss_and_grad_match_single_device():
   config.num_neg, config.num_unc, config.noise_shape = 4, 3, (4,)
   model = MLP(out_dim=2, hidden_widths=(32, 32), condition_names=("alpha",), num_classes=n_c,
               embed_dim=8)
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4)), (jnp.ones((1,)),),
+  params = jax.jit(model.init)(fast_key(0), jnp.zeros((1, 4)), (jnp.ones((1,)),),
                                jnp.zeros((1,), jnp.int32))
   real = jax.random.normal(jax.random.key(1), (n_c, n_pos, 2)) + jnp.arange(n_c)[:, None, None]
   labels = jnp.arange(n_c, dtype=jnp.int32)
@@ -244,7 +248,7 @@ def test_mae_loss_decreases_and_encoder_gives_feature_sets():
   x = jnp.sin(freq[..., 0] * grid[:, None, None] + freq[..., 1] * grid[None, :, None] + phase)
   mae = feature_encoder.MaskedAutoencoder(channels=4, widths=(16, 32), blocks_per_stage=1,
                                           groups=4, decoder_width=16)
-  params = jax.jit(mae.init)(k[2], x[:1], jnp.zeros((1, 8, 8, 1), bool))
+  params = jax.jit(mae.init)(fast_key(2), x[:1], jnp.zeros((1, 8, 8, 1), bool))
   opt = optax.adam(3e-3)
 
   @jax.jit
@@ -256,7 +260,7 @@ def test_mae_loss_decreases_and_encoder_gives_feature_sets():
 
   state, losses = opt.init(params), []
   for i in range(40):
-    params, state, loss = step(params, state, jax.random.key(i % 4))
+    params, state, loss = step(params, state, fast_key(i % 4))
     losses.append(float(loss))
   assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), losses
 
@@ -276,7 +280,7 @@ def test_mlp_conditions_labels_and_meanflow_signature():
   z = jax.random.normal(jax.random.key(8), (5, 2))
   t, r = jnp.full((5,), 0.7), jnp.full((5,), 0.2)
   labels = jnp.array([0, 1, 2, 3, 0])  # 3 is the null label.
-  params = jax.jit(model.init)(jax.random.key(9), z, (t, t - r), labels)
+  params = jax.jit(model.init)(fast_key(9), z, (t, t - r), labels)
   u_fn = lambda z_, r_, t_, y_: model.apply(params, z_, (t_, t_ - r_), y_)
   u = u_fn(z, r, t, labels)
   assert u.shape == (5, 2)
