@@ -44,7 +44,8 @@ def test_partial_queue_and_skipped_labels():
   queues = _push_all(queues, ids, labels, batch=6)
   np.testing.assert_array_equal(np.asarray(queues.count), [3, 0, 1])
   assert not bool(class_queues.ready(queues, 1))
-  out = np.asarray(class_queues.draw(queues, jax.random.key(1), jnp.array([0, 2, 1]), 6))
+  out = np.asarray(jax.jit(class_queues.draw, static_argnums=3)(
+      queues, jax.random.key(1), jnp.array([0, 2, 1]), 6))
   # Class 0 holds 3 samples: 6 draws cycle through a random order, each sample exactly twice.
   np.testing.assert_array_equal(np.sort(out[0, :, 0]), [0, 0, 1, 1, 5, 5])
   np.testing.assert_array_equal(out[1, :, 0], 3)
@@ -53,8 +54,8 @@ def test_partial_queue_and_skipped_labels():
 
 def test_draw_is_uniform_over_stored_samples():
   queues = _push_all(class_queues.init(1, 6, (2,)), np.arange(10), np.zeros(10, int), batch=5)
-  keys = jax.random.split(jax.random.key(0), 3000)
-  out = jax.vmap(lambda k: class_queues.draw(queues, k, jnp.array([0]), 2))(keys)
+  keys = jax.random.split(jax.random.key(0, impl="rbg"), 3000)  # rbg: quick to compile on CPU.
+  out = jax.jit(jax.vmap(lambda k: class_queues.draw(queues, k, jnp.array([0]), 2)))(keys)
   ids = np.asarray(out[:, 0, :, 0]).astype(int)
   assert np.all(ids[:, 0] != ids[:, 1])  # Without replacement.
   freq = np.bincount(ids.ravel(), minlength=10)[4:] / ids.size

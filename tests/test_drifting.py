@@ -281,7 +281,7 @@ def test_mlp_conditions_labels_and_meanflow_signature():
   t, r = jnp.full((5,), 0.7), jnp.full((5,), 0.2)
   labels = jnp.array([0, 1, 2, 3, 0])  # 3 is the null label.
   params = jax.jit(model.init)(fast_key(9), z, (t, t - r), labels)
-  u_fn = lambda z_, r_, t_, y_: model.apply(params, z_, (t_, t_ - r_), y_)
+  u_fn = jax.jit(lambda z_, r_, t_, y_: model.apply(params, z_, (t_, t_ - r_), y_))
   u = u_fn(z, r, t, labels)
   assert u.shape == (5, 2)
   assert not np.allclose(u[0], u_fn(z, r, t, labels.at[0].set(1))[0])  # Labels matter.
