@@ -1,0 +1,93 @@
+"""Device-resident per-class queues of real samples, so a step can draw N_pos positives per class.
+
+The queues are one array [num_classes, queue_len, *sample_shape] plus, per class, the slot of the
+next write and the number of stored samples. Each class's row is a ring buffer: `push` writes new
+samples after the newest ones and, once the row is full, overwrites the oldest (first in, first out),
+so a row always holds the most recent `queue_len` samples of its class. `draw` picks samples of the
+requested classes uniformly at random among the stored ones, without replacement while there are
+enough. All functions are pure and jit-able; the trainer refills the queues from the data pipeline
+(push every incoming batch) and should wait until `ready` before the first step.
+"""
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class ClassQueues(NamedTuple):
+  samples: Array    # [num_classes, queue_len, *sample_shape]
+  write_pos: Array  # [num_classes] int32: slot of the next write (the oldest sample once full).
+  count: Array      # [num_classes] int32: stored samples, at most queue_len.
+
+
+def init(num_classes: int, queue_len: int, sample_shape: Sequence[int],
+         dtype=jnp.float32) -> ClassQueues:
+  """Empty queues."""
+  if num_classes < 1 or queue_len < 1:
+    raise ValueError(f"class queues need num_classes >= 1 and queue_len >= 1, got {num_classes} and "
+                     f"{queue_len}.")
+  return ClassQueues(jnp.zeros((num_classes, queue_len) + tuple(sample_shape), dtype),
+                     jnp.zeros((num_classes,), jnp.int32), jnp.zeros((num_classes,), jnp.int32))
+
+
+def push(queues: ClassQueues, samples: Array, labels: Array) -> ClassQueues:
+  """Appends samples [B, *sample_shape] with labels [B] in batch order.
+
+  Samples with a label outside [0, num_classes) are skipped (use -1 to pad a batch). When one push
+  brings more than queue_len samples of a class, the last queue_len of them are kept.
+  """
+  num_classes, queue_len = queues.samples.shape[:2]
+  if samples.shape[1:] != queues.samples.shape[2:]:
+    raise ValueError(f"push: samples have shape {samples.shape[1:]} per sample, the queues hold "
+                     f"{queues.samples.shape[2:]}.")
+  labels = labels.astype(jnp.int32)
+  valid = (labels >= 0) & (labels < num_classes)
+  onehot = (labels[:, None] == jnp.arange(num_classes)[None, :]) & valid[:, None]  # [B, K]
+  added = jnp.sum(onehot, axis=0, dtype=jnp.int32)  # [K]
+  safe = jnp.where(valid, labels, 0)
+  # Rank of each sample among the earlier samples of its class in this batch.
+  rank = jnp.take_along_axis(jnp.cumsum(onehot, axis=0, dtype=jnp.int32), safe[:, None], 1)[:, 0] - 1
+  # Samples that a later sample of the same push would overwrite are dropped, so no two writes
+  # share a slot (the order of duplicate scatter writes is unspecified).
+  keep = valid & (rank >= added[safe] - queue_len)
+  slot = (queues.write_pos[safe] + rank) % queue_len
+  row = jnp.where(keep, safe, num_classes)  # Out of range: dropped by the scatter.
+  new = queues.samples.at[row, slot].set(samples.astype(queues.samples.dtype), mode="drop")
+  return ClassQueues(new, (queues.write_pos + added) % queue_len,
+                     jnp.minimum(queues.count + added, queue_len))
+
+
+def draw(queues: ClassQueues, key: Array, classes: Array, num: int) -> Array:
+  """num samples of each of the given classes [N_c] -> [N_c, num, *sample_shape].
+
+  Uniform without replacement among the stored samples of the class; if fewer than num are stored,
+  the random order repeats (samples appear more than once). A class with no samples yields zeros:
+  check `ready` first.
+  """
+  queue_len = queues.samples.shape[1]
+  classes = classes.astype(jnp.int32)
+  count = queues.count[classes]  # [N_c]
+  # Age 0 is the newest sample; ages < count are stored. A random order of the stored ages first.
+  u = jax.random.uniform(key, (classes.shape[0], queue_len))
+  order = jnp.argsort(jnp.where(jnp.arange(queue_len)[None] < count[:, None], u, 2.0), axis=1)
+  picks = jnp.arange(num)[None, :] % jnp.maximum(count, 1)[:, None]
+  age = jnp.take_along_axis(order, picks, axis=1)  # [N_c, num]
+  slot = (queues.write_pos[classes][:, None] - 1 - age) % queue_len
+  out = queues.samples[classes[:, None], slot]
+  empty = (count == 0).reshape((-1, 1) + (1,) * (out.ndim - 2))
+  return jnp.where(empty, jnp.zeros_like(out), out)
+
+
+def ready(queues: ClassQueues, min_count: int) -> Array:
+  """True when every class holds at least min_count samples (scalar bool)."""
+  return jnp.all(queues.count >= min_count)
+
+
+def sample_classes(key: Array, num_classes: int, num: int) -> Array:
+  """num distinct classes drawn uniformly, [num] int32."""
+  if num > num_classes:
+    raise ValueError(f"cannot draw {num} distinct classes from {num_classes}; lower the number of "
+                     "classes per step.")
+  return jax.random.choice(key, num_classes, (num,), replace=False).astype(jnp.int32)

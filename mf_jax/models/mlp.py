@@ -1,0 +1,53 @@
+"""An MLP generator / field for small vector data (2-D toys, 8x8 digits).
+
+One module serves both methods:
+  * drifting generator: MLP(out_dim=2, condition_names=("alpha",)) called as
+    apply(params, noise [B, 32], (alpha,), labels) -> samples [B, 2];
+  * MeanFlow u-network: MLP(out_dim=2, condition_names=("t", "t_minus_r")) called as
+    apply(params, z [B, 2], (t, t - r), labels) -> u [B, 2].
+Each scalar condition enters through sinusoidal features of its value (frequencies 1 down to
+1/10000, as in the DiT, so inputs in [0, 1] or [1, 4] need no rescaling); the class label through an
+embedding table with one extra row, `num_classes`, for the null label. Inputs [B, ...] are flattened.
+"""
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mf_jax.models.dit import timestep_features
+
+
+class MLP(nn.Module):
+  """SiLU MLP on concat(x, sinusoid(condition) for each condition, label embedding).
+
+  Attributes:
+    out_dim: output width; the output is [B, out_dim].
+    hidden_widths: widths of the hidden layers, e.g. (256, 256, 256).
+    condition_names: one sinusoidal embedding per scalar condition, in call order.
+    num_classes: real classes (0: unconditional, labels ignored).
+    embed_dim: width of each condition's sinusoidal features and of the label embedding.
+  """
+  out_dim: int
+  hidden_widths: Sequence[int] = (256, 256, 256)
+  condition_names: Sequence[str] = ()
+  num_classes: int = 0
+  embed_dim: int = 64
+
+  @nn.compact
+  def __call__(self, x: jax.Array, conditions: Sequence[jax.Array] = (),
+               labels: Optional[jax.Array] = None) -> jax.Array:
+    if len(conditions) != len(self.condition_names):
+      raise ValueError(f"MLP expects conditions {tuple(self.condition_names)}, got "
+                       f"{len(conditions)} arrays.")
+    parts = [x.reshape(x.shape[0], -1).astype(jnp.float32)]
+    parts += [timestep_features(jnp.reshape(c, (-1,)), self.embed_dim) for c in conditions]
+    if self.num_classes > 0:
+      if labels is None:
+        raise ValueError(f"MLP has num_classes={self.num_classes} but got no labels.")
+      parts.append(nn.Embed(self.num_classes + 1, self.embed_dim, name="label_embedding",
+                            embedding_init=nn.initializers.normal(1.0))(labels))
+    h = jnp.concatenate(parts, axis=-1)
+    for i, width in enumerate(self.hidden_widths):
+      h = nn.silu(nn.Dense(width, name=f"hidden_{i}")(h))
+    return nn.Dense(self.out_dim, name="out")(h)

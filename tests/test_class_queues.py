@@ -1,0 +1,63 @@
+"""Per-class queues: class purity, first-in-first-out eviction, sampling without replacement."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mf_jax import class_queues
+
+
+def _push_all(queues, ids, labels, batch):
+  """Pushes samples whose value is their id (shape [B, 2]: id and label) in batches of `batch`."""
+  push = jax.jit(class_queues.push)
+  for s in range(0, len(ids), batch):
+    x = np.stack([ids[s:s + batch], labels[s:s + batch]], 1).astype(np.float32)
+    queues = push(queues, jnp.asarray(x), jnp.asarray(labels[s:s + batch]))
+  return queues
+
+
+def test_draw_returns_only_requested_class_and_most_recent_samples():
+  rng = np.random.default_rng(0)
+  num_classes, queue_len = 5, 4
+  labels = rng.integers(0, num_classes, 200)
+  labels[labels == 3] = 4
+  labels[:7] = 3  # Class 3: 7 > queue_len samples, all inside the first push.
+  ids = np.arange(len(labels))
+  queues = _push_all(class_queues.init(num_classes, queue_len, (2,)), ids, labels, batch=16)
+
+  draw = jax.jit(class_queues.draw, static_argnums=3)
+  classes = jnp.arange(num_classes)
+  for seed in range(3):
+    out = np.asarray(draw(queues, jax.random.key(seed), classes, queue_len))
+    for c in range(num_classes):
+      assert np.all(out[c, :, 1] == c)
+      # The queue keeps exactly the last queue_len pushed samples of the class (FIFO eviction);
+      # drawing queue_len of them without replacement gives each once.
+      expected = ids[labels == c][-queue_len:]
+      np.testing.assert_array_equal(np.sort(out[c, :, 0]), np.sort(expected))
+  np.testing.assert_array_equal(np.asarray(queues.count), queue_len)
+
+
+def test_partial_queue_and_skipped_labels():
+  queues = class_queues.init(3, 8, (2,))
+  labels = np.array([0, 0, -1, 2, 7, 0])  # -1 and 7 are outside [0, 3): skipped.
+  ids = np.arange(len(labels))
+  queues = _push_all(queues, ids, labels, batch=6)
+  np.testing.assert_array_equal(np.asarray(queues.count), [3, 0, 1])
+  assert not bool(class_queues.ready(queues, 1))
+  out = np.asarray(jax.jit(class_queues.draw, static_argnums=3)(
+      queues, jax.random.key(1), jnp.array([0, 2, 1]), 6))
+  # Class 0 holds 3 samples: 6 draws cycle through a random order, each sample exactly twice.
+  np.testing.assert_array_equal(np.sort(out[0, :, 0]), [0, 0, 1, 1, 5, 5])
+  np.testing.assert_array_equal(out[1, :, 0], 3)
+  np.testing.assert_array_equal(out[2], 0)  # Empty class: zeros.
+
+
+def test_draw_is_uniform_over_stored_samples():
+  queues = _push_all(class_queues.init(1, 6, (2,)), np.arange(10), np.zeros(10, int), batch=5)
+  keys = jax.random.split(jax.random.key(0, impl="rbg"), 3000)  # rbg: quick to compile on CPU.
+  out = jax.jit(jax.vmap(lambda k: class_queues.draw(queues, k, jnp.array([0]), 2)))(keys)
+  ids = np.asarray(out[:, 0, :, 0]).astype(int)
+  assert np.all(ids[:, 0] != ids[:, 1])  # Without replacement.
+  freq = np.bincount(ids.ravel(), minlength=10)[4:] / ids.size
+  # Each of the 6 stored samples: 1/6; binomial std over 6000 draws is about 0.005.
+  np.testing.assert_allclose(freq, 1 / 6, atol=0.025)

@@ -1,0 +1,345 @@
+"""The drifting field and loss against hand-written references and the field's defining properties."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mf_jax import drifting
+from mf_jax.models import feature_encoder
+from mf_jax.models.mlp import MLP
+
+# Parameter init draws many random arrays; threefry compiles slowly on CPU, rbg does not. Only used
+# where the random stream itself does not matter.
+fast_key = lambda seed: jax.random.key(seed, impl="unsafe_rbg")
+
+# Jitted once per static configuration: eager dispatch of many small ops is slow on a busy CPU.
+drift_field = jax.jit(drifting.drift_field, static_argnums=3, static_argnames="mask_self")
+feature_set_drift = jax.jit(drifting.feature_set_drift, static_argnums=(4, 5, 6))
+
+
+def reference_field(x, y_pos, y_neg, tau, mask_self, neg_weights):
+  """Double loop over pairs (float64): the batch form, and the same field in mean-shift form."""
+  n, p, m = len(x), len(y_pos), len(y_neg)
+  ys = list(y_pos) + list(y_neg)
+  kern = np.zeros((n, p + m))
+  wts = np.ones((n, p + m))
+  for i in range(n):
+    for j in range(p + m):
+      if j >= p:
+        wts[i, j] = neg_weights[i][j - p]
+      if mask_self and j == p + i:
+        continue
+      kern[i, j] = math.exp(-math.sqrt(sum((a - b) ** 2 for a, b in zip(x[i], ys[j]))) / tau)
+  z_row = [sum(wts[i, j] * kern[i, j] for j in range(p + m)) for i in range(n)]
+  z_col = [sum(kern[i, j] for i in range(n)) for j in range(p + m)]
+  a = np.zeros((n, p + m))
+  for i in range(n):
+    for j in range(p + m):
+      a[i, j] = wts[i, j] * kern[i, j] / math.sqrt(z_row[i] * z_col[j])
+  batch_form = np.zeros_like(np.asarray(x, np.float64))
+  mean_shift = np.zeros_like(batch_form)
+  for i in range(n):
+    s_pos, s_neg = sum(a[i, :p]), sum(a[i, p:])
+    for j in range(p + m):
+      sign, other = (1.0, s_neg) if j < p else (-1.0, s_pos)
+      batch_form[i] += sign * a[i, j] * other * np.asarray(ys[j])
+    # Mean-shift form: V = (Z~+ Z~- / Z)(V~+ - V~-) with the kernel w K / sqrt(C_j).
+    kt = [wts[i, j] * kern[i, j] / math.sqrt(z_col[j]) for j in range(p + m)]
+    zp, zn = sum(kt[:p]), sum(kt[p:])
+    vp = sum(kt[j] * (np.asarray(ys[j]) - x[i]) for j in range(p)) / zp
+    vn = sum(kt[j] * (np.asarray(ys[j]) - x[i]) for j in range(p, p + m)) / zn
+    mean_shift[i] = zp * zn / z_row[i] * (vp - vn)
+  return batch_form, mean_shift
+
+
+def test_batch_form_matches_double_loop_and_mean_shift_form():
+  rng = np.random.default_rng(0)
+  n, p, extra, c = 5, 4, 3, 3
+  x = rng.normal(size=(n, c))
+  y_pos = rng.normal(size=(p, c)) + 0.5
+  y_neg = np.concatenate([x, rng.normal(size=(extra, c))])  # Negatives start with x (self-masked).
+  weights = np.concatenate([np.ones((n, n)), rng.uniform(0.0, 3.0, (n, extra))], axis=1)
+  weights[0, n:] = 0.0  # A zero weight removes a column from that row.
+  tau = 0.7
+  batch_form, mean_shift = reference_field(x, y_pos, y_neg, tau, True, weights)
+  np.testing.assert_allclose(batch_form, mean_shift, rtol=1e-9, atol=1e-12)
+  v = drift_field(jnp.asarray(x, jnp.float32), jnp.asarray(y_pos, jnp.float32),
+                           jnp.asarray(y_neg, jnp.float32), tau, mask_self=True,
+                           neg_weights=jnp.asarray(weights, jnp.float32))
+  np.testing.assert_allclose(np.asarray(v), batch_form, rtol=2e-4, atol=1e-6)
+
+
+def test_antisymmetric_and_zero_when_positives_equal_negatives():
+  k = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(k[0], (16, 4))
+  a = jax.random.normal(k[1], (12, 4)) + 1.0
+  b = jax.random.normal(k[2], (20, 4)) * 0.5
+  for tau in (0.1, 1.0):
+    v_ab = drift_field(x, a, b, tau)
+    np.testing.assert_allclose(drift_field(x, b, a, tau), -v_ab, rtol=1e-5, atol=1e-7)
+    assert float(jnp.abs(v_ab).max()) > 1e-3  # Not trivially zero.
+    same = drift_field(x, a, a[::-1], tau)  # Same set, other order.
+    np.testing.assert_allclose(same, 0.0, atol=1e-6)
+
+
+def test_integer_weight_equals_duplicated_negatives():
+  k = jax.random.split(jax.random.key(1), 3)
+  x, y_pos, extra = (jax.random.normal(k[0], (6, 2)), jax.random.normal(k[1], (5, 2)),
+                     jax.random.normal(k[2], (3, 2)))
+  weighted = drift_field(x, y_pos, jnp.concatenate([x, extra]), 0.5, mask_self=True,
+                                  neg_weights=jnp.array([1.0] * 6 + [2.0] * 3))
+  copies = drift_field(x, y_pos, jnp.concatenate([x, extra, extra]), 0.5, mask_self=True)
+  np.testing.assert_allclose(weighted, copies, rtol=1e-5, atol=1e-7)
+
+
+def test_field_points_from_far_samples_to_the_data():
+  k = jax.random.split(jax.random.key(2), 2)
+  data = 0.3 * jax.random.normal(k[0], (64, 2))
+  generated = jnp.array([6.0, 4.0]) + 0.5 * jax.random.normal(k[1], (32, 2))
+  for v in (drift_field(generated, data, generated, 0.5, mask_self=True),
+            feature_set_drift(generated[:, None], data[:, None], jnp.zeros((0, 1, 2)),
+                                       jnp.zeros(()), (0.02, 0.05, 0.2))[0][:, 0]):
+    to_data = jnp.mean(data, 0) - generated
+    cos = jnp.sum(v * to_data, 1) / (jnp.linalg.norm(v, axis=1) * jnp.linalg.norm(to_data, axis=1))
+    assert float(cos.min()) > 0.9
+
+
+def test_feature_normalisation_and_unit_rms():
+  k = jax.random.split(jax.random.key(3), 3)
+  phi_x = jax.random.normal(k[0], (10, 3, 8))
+  phi_pos = jax.random.normal(k[1], (7, 3, 8)) + 0.3
+  phi_unc = jax.random.normal(k[2], (4, 3, 8))
+  w = jnp.full((10,), 1.5)
+  v, scale, rms = feature_set_drift(phi_x, phi_pos, phi_unc, w, (0.05,))
+  # Mean pairwise distance (self pairs out, guidance negatives weighted) computed directly.
+  x, yp, yu = map(np.asarray, (phi_x, phi_pos, phi_unc))
+  total, count = 0.0, 0.0
+  for l in range(3):
+    for i in range(10):
+      for ys, wt in ((yp, 1.0), (x, 1.0), (yu, 1.5)):
+        for j, y in enumerate(ys):
+          if ys is x and j == i:
+            continue
+          total += wt * np.linalg.norm(x[i, l] - y[l])
+          count += wt
+  np.testing.assert_allclose(float(scale), total / count / math.sqrt(8), rtol=1e-5)
+  np.testing.assert_allclose(float(jnp.sqrt(jnp.mean(v ** 2))), 1.0, rtol=1e-5)
+  # Scaling every feature by 7 scales S by 7 and leaves the field (in units of phi / S) unchanged.
+  v7, scale7, rms7 = feature_set_drift(7 * phi_x, 7 * phi_pos, 7 * phi_unc, w, (0.05,))
+  np.testing.assert_allclose(float(scale7), 7 * float(scale), rtol=1e-5)
+  np.testing.assert_allclose(v7, v, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(rms7, rms, rtol=1e-4)
+
+
+def test_guidance_weight_zero_ignores_guidance_negatives():
+  k = jax.random.split(jax.random.key(4), 3)
+  phi_x, phi_pos = jax.random.normal(k[0], (6, 1, 3)), jax.random.normal(k[1], (5, 1, 3))
+  phi_unc = jax.random.normal(k[2], (4, 1, 3))
+  alpha_one = drifting.guidance_weight(jnp.ones(()), num_neg=6, num_unc=4)
+  v_unc = feature_set_drift(phi_x, phi_pos, phi_unc, alpha_one, (0.05, 0.2))[0]
+  v_none = feature_set_drift(phi_x, phi_pos, phi_unc[:0], alpha_one, (0.05, 0.2))[0]
+  np.testing.assert_allclose(v_unc, v_none, rtol=1e-5, atol=1e-6)
+  # alpha = 3 with N_neg = 6, N_unc = 4: w = 2 * 5 / 4.
+  np.testing.assert_allclose(drifting.guidance_weight(jnp.array(3.0), 6, 4), 2.5)
+
+
+def test_loss_value_is_mean_squared_field_and_gradient_is_minus_field():
+  k = jax.random.split(jax.random.key(5), 2)
+  phi_x, phi_pos = jax.random.normal(k[0], (8, 2, 5)), jax.random.normal(k[1], (9, 2, 5))
+  v, scale, _ = feature_set_drift(phi_x, phi_pos, jnp.zeros((0, 2, 5)), jnp.zeros(()),
+                                           (0.02, 0.05, 0.2))
+  loss, grad = jax.jit(jax.value_and_grad(drifting.drifting_mse))(phi_x, v, scale)
+  np.testing.assert_allclose(float(loss), float(jnp.mean(v ** 2)), rtol=1e-5)
+  np.testing.assert_allclose(grad, -2 * v / (v.size * scale), rtol=1e-4, atol=1e-7)
+
+
+def test_other_class_samples_come_from_other_classes():
+  real = jnp.broadcast_to(jnp.arange(5.0)[:, None, None], (5, 3, 1))  # Value = class row.
+  out = drifting.other_class_samples(jax.random.key(0), real, 50)
+  rows = np.asarray(out[..., 0])
+  assert np.all(rows != np.arange(5)[:, None])
+  assert set(np.unique(rows)) == set(range(5))
+
+
+def test_validate_config_names_the_field():
+  config = drifting.default_config()
+  drifting.validate_config(config)
+  config.num_neg = 1
+  with pytest.raises(ValueError, match="num_neg"):
+    drifting.validate_config(config)
+  config = drifting.default_config()
+  config.alpha_min = 0.5
+  with pytest.raises(ValueError, match="alpha_min"):
+    drifting.validate_config(config)
+
+
+def _loss_and_grad(model, config, params, real, labels, key, constrain=lambda t: t):
+  def gen_fn(p):
+    return lambda z, a, y: model.apply(p, constrain(z), (a,), y)
+  fn = lambda p: drifting.drifting_loss(gen_fn(p), real, labels, key, config)
+  (loss, metrics), grads = jax.value_and_grad(fn, has_aux=True)(params)
+  return loss, metrics, grads
+
+
+def test_sharded_loss_and_grad_match_single_device():
+  devices = jax.devices()
+  assert len(devices) == 8, "tests/conftest.py should simulate 8 CPU devices"
+  n_c, n_pos = 8, 6
+  config = drifting.default_config()
+  config.num_neg, config.num_unc, config.noise_shape = 4, 3, (4,)
+  model = MLP(out_dim=2, hidden_widths=(32, 32), condition_names=("alpha",), num_classes=n_c,
+              embed_dim=8)
+  params = jax.jit(model.init)(fast_key(0), jnp.zeros((1, 4)), (jnp.ones((1,)),),
+                               jnp.zeros((1,), jnp.int32))
+  real = jax.random.normal(jax.random.key(1), (n_c, n_pos, 2)) + jnp.arange(n_c)[:, None, None]
+  labels = jnp.arange(n_c, dtype=jnp.int32)
+  key = jax.random.key(2)
+
+  single = jax.jit(lambda p, r, y, k: _loss_and_grad(model, config, p, r, y, k))
+  loss1, metrics1, grads1 = single(params, real, labels, key)
+
+  mesh = Mesh(np.array(devices), ("data",))
+  batch = NamedSharding(mesh, P("data"))
+  replicated = NamedSharding(mesh, P())
+  constrain = lambda t: jax.lax.with_sharding_constraint(t, batch)
+  sharded = jax.jit(lambda p, r, y, k: _loss_and_grad(model, config, p, r, y, k, constrain),
+                    in_shardings=(replicated, batch, batch, replicated),
+                    out_shardings=replicated)
+  real_s = jax.device_put(real, batch)
+  assert len(real_s.sharding.device_set) == 8
+  loss8, metrics8, grads8 = sharded(jax.device_put(params, replicated), real_s,
+                                    jax.device_put(labels, batch), key)
+  np.testing.assert_allclose(float(loss8), float(loss1), rtol=1e-5)
+  for name in metrics1:
+    np.testing.assert_allclose(float(metrics8[name]), float(metrics1[name]), rtol=1e-4, atol=1e-7)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+                         grads8, grads1)
+  assert float(jnp.abs(jax.tree_util.tree_leaves(grads1)[0]).max()) > 0
+
+
+def test_multiscale_statistics_match_loops():
+  fmap = np.asarray(jax.random.normal(jax.random.key(6), (2, 8, 8, 3)))
+  stats = feature_encoder.multiscale_statistics(jnp.asarray(fmap), (2, 4), eps=0.0)
+  assert set(stats) == {"loc", "global", "patch2", "patch4"}
+  np.testing.assert_allclose(stats["loc"][1, 8 * 2 + 5], fmap[1, 2, 5], rtol=1e-6)
+  np.testing.assert_allclose(stats["global"][0, 0], fmap[0].reshape(-1, 3).mean(0), rtol=1e-5)
+  np.testing.assert_allclose(stats["global"][0, 1], fmap[0].reshape(-1, 3).std(0), rtol=1e-5)
+  for p, grid in ((2, 4), (4, 2)):
+    got = np.asarray(stats[f"patch{p}"])
+    assert got.shape == (2, 2 * grid * grid, 3)
+    for i in range(grid):
+      for j in range(grid):
+        window = fmap[:, i * p:(i + 1) * p, j * p:(j + 1) * p].reshape(2, -1, 3)
+        np.testing.assert_allclose(got[:, i * grid + j], window.mean(1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[:, grid * grid + i * grid + j], window.std(1), rtol=1e-4,
+                                   atol=1e-6)
+
+
+def test_mae_loss_decreases_and_encoder_gives_feature_sets():
+  import optax
+  # Smooth latents (random low-frequency waves) so hidden patches are predictable from the rest.
+  k = jax.random.split(jax.random.key(7), 3)
+  grid = jnp.linspace(0, 2 * jnp.pi, 8)
+  freq = jax.random.uniform(k[0], (16, 1, 1, 4, 2), minval=0.3, maxval=1.0)
+  phase = jax.random.uniform(k[1], (16, 1, 1, 4), maxval=2 * jnp.pi)
+  x = jnp.sin(freq[..., 0] * grid[:, None, None] + freq[..., 1] * grid[None, :, None] + phase)
+  mae = feature_encoder.MaskedAutoencoder(channels=4, widths=(16, 32), blocks_per_stage=1,
+                                          groups=4, decoder_width=16)
+  params = jax.jit(mae.init)(fast_key(2), x[:1], jnp.zeros((1, 8, 8, 1), bool))
+  opt = optax.adam(3e-3)
+
+  @jax.jit
+  def step(params, state, key):
+    (loss, _), grads = jax.value_and_grad(feature_encoder.mae_loss, 1, has_aux=True)(
+        mae.apply, params, x, key, 0.5, 2)
+    updates, state = opt.update(grads, state)
+    return optax.apply_updates(params, updates), state, loss
+
+  state, losses = opt.init(params), []
+  for i in range(40):
+    params, state, loss = step(params, state, fast_key(i % 4))
+    losses.append(float(loss))
+  assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), losses
+
+  # Its feature maps as drifting feature sets (names and shapes; eval_shape compiles nothing).
+  feature_fn = feature_encoder.encoder_feature_fn(
+      lambda z: mae.apply(params, z, method=feature_encoder.MaskedAutoencoder.features), (2,))
+  shapes = jax.eval_shape(feature_fn, x[:2])
+  assert {name: s.shape for name, s in shapes.items()} == {
+      "stage0/loc": (2, 64, 16), "stage0/global": (2, 2, 16), "stage0/patch2": (2, 32, 16),
+      "stage1/loc": (2, 16, 32), "stage1/global": (2, 2, 32), "stage1/patch2": (2, 8, 32),
+      "raw": (2, 1, 256)}
+
+
+def test_mlp_conditions_labels_and_meanflow_signature():
+  model = MLP(out_dim=2, hidden_widths=(16, 16), condition_names=("t", "t_minus_r"),
+              num_classes=3, embed_dim=8)
+  z = jax.random.normal(jax.random.key(8), (5, 2))
+  t, r = jnp.full((5,), 0.7), jnp.full((5,), 0.2)
+  labels = jnp.array([0, 1, 2, 3, 0])  # 3 is the null label.
+  params = jax.jit(model.init)(fast_key(9), z, (t, t - r), labels)
+  u_fn = jax.jit(lambda z_, r_, t_, y_: model.apply(params, z_, (t_, t_ - r_), y_))
+  u = u_fn(z, r, t, labels)
+  assert u.shape == (5, 2)
+  assert not np.allclose(u[0], u_fn(z, r, t, labels.at[0].set(1))[0])  # Labels matter.
+  assert not np.allclose(u[0], u_fn(z, r, t + 0.1, labels)[0])  # Times matter.
+  # The MeanFlow target's du/dt (a jvp through the MLP) against a central difference along (v, 0, 1).
+  v = jax.random.normal(jax.random.key(10), (5, 2))
+  _, dudt = jax.jvp(lambda z_, t_: u_fn(z_, r, t_, labels), (z, t), (v, jnp.ones_like(t)))
+  h = 1e-2
+  fd = (u_fn(z + h * v, r, t + h, labels) - u_fn(z - h * v, r, t - h, labels)) / (2 * h)
+  np.testing.assert_allclose(dudt, fd, rtol=2e-2, atol=2e-3)
+  with pytest.raises(ValueError, match="conditions"):
+    model.apply(params, z, (t,), labels)
+
+
+def test_drifting_loss_groups_classes_like_a_loop_over_classes():
+  """drifting_loss on encoder-style feature sets equals a loop over classes and sets."""
+  n_c, n_pos, n_neg, n_unc = 2, 5, 4, 2
+  config = drifting.default_config()
+  config.num_neg, config.num_unc, config.temperatures = n_neg, n_unc, (0.05, 0.2)
+  k = jax.random.split(jax.random.key(11), 4)
+  # A fixed random conv layer stands in for the pretrained encoder (same interface, cheap).
+  kernels = jax.random.normal(k[3], (3, 3, 2, 3)) / 4
+
+  def encoder(z):
+    return [jnp.tanh(jax.lax.conv_general_dilated(z, kernels, (1, 1), "SAME",
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC")))]
+
+  feature_fn = feature_encoder.encoder_feature_fn(encoder, (2, 4), include_raw=False)
+  real = jax.random.normal(k[0], (n_c, n_pos, 4, 4, 2)) + jnp.arange(n_c)[:, None, None, None, None]
+  uncond = jax.random.normal(k[1], (n_c, n_unc, 4, 4, 2)) * 3.0
+  labels = jnp.array([4, 2])
+  shift = jnp.array([0.5, -1.0, 2.0, 0.0, 1.0])  # Per label, so outputs depend on the class.
+  gen_fn = lambda b: (lambda z, a, y: b * z + shift[y][:, None, None, None] +
+                      0.1 * a[:, None, None, None])
+  loss_fn = lambda b: drifting.drifting_loss(gen_fn(b), real, labels, k[2], config, feature_fn,
+                                             uncond_real=uncond)
+  (loss, metrics), grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(jnp.ones(()))
+  sets = {"stage0/loc", "stage0/global", "stage0/patch2"}  # A 4x4 map: no 4x4 patches.
+  assert {f"loss/{name}" for name in sets} == {m for m in metrics if m.startswith("loss/")}
+  assert float(metrics["alpha_mean"]) > 1.0
+
+  # The same numbers from the public pieces, one class and one feature set at a time.
+  k_noise, k_alpha, _ = jax.random.split(k[2], 3)
+  alpha = drifting.sample_alpha(k_alpha, n_c, config)
+  noise = jax.random.normal(k_noise, (n_c * n_neg, 4, 4, 2))
+
+  def manual(b):
+    gen = gen_fn(b)(noise, alpha.reshape(-1), jnp.repeat(labels, n_neg)).reshape(n_c, n_neg, 4, 4, 2)
+    total = 0.0
+    for c in range(n_c):
+      w = drifting.guidance_weight(alpha[c], n_neg, n_unc)
+      f_gen, f_pos, f_unc = feature_fn(gen[c]), feature_fn(real[c]), feature_fn(uncond[c])
+      for name in sets:
+        v, scale, _ = feature_set_drift(f_gen[name], f_pos[name], f_unc[name], w, (0.05, 0.2))
+        total = total + drifting.drifting_mse(f_gen[name], v, scale) / n_c
+    return total
+
+  want, want_grad = jax.jit(jax.value_and_grad(manual))(jnp.ones(()))
+  np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
+  np.testing.assert_allclose(float(grad), float(want_grad), rtol=1e-4)
+  assert abs(float(grad)) > 0
