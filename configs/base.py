@@ -5,6 +5,8 @@ Defaults follow the paper's ImageNet recipe (REFERENCE.md section 1) where one e
 """
 import ml_collections
 
+from mf_jax import drifting
+
 
 def meanflow_config(num_classes=1000) -> ml_collections.ConfigDict:
   """The objective's section: time sampler, r != t fraction, guidance in the target, weighting."""
@@ -49,10 +51,20 @@ def get_config() -> ml_collections.ConfigDict:
       hidden_size=ml_collections.FieldReference(None, field_type=int),
       num_heads=ml_collections.FieldReference(None, field_type=int),
       compute_dtype="float32",  # "bfloat16": bf16 matmuls with fp32 parameters.
+      attention_impl="einsum",  # "einsum" (jvp-friendly everywhere) | "fused" (jax.nn.dot_product_attention)
+      mlp_widths=(512, 512, 512, 512),  # name="mlp" only.
   ))
 
   config.meanflow = meanflow_config()
   config.meanflow.num_classes = num_classes
+
+  # Drifting Models (method="drifting"): the loss's section plus how the trainer feeds it.
+  config.drifting = drifting.default_config()
+  config.drifting.update(dict(
+      classes_per_step=64,  # N_c classes per step, each with num_pos real and num_neg generated.
+      num_pos=64,
+      queue_len=128,  # Real samples kept per class on device.
+  ))
 
   config.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-4,

@@ -2,7 +2,7 @@
 {"x": [B, H, W, C], "label": [B] int32, ...}; latent sets add "x_std", "x_flip", "x_flip_std"."""
 import jax
 
-DATASETS = ("digits", "imagenet_latents", "cifar10")
+DATASETS = ("digits", "imagenet_latents", "cifar10", "checkerboard")
 STEP_KEYS = ("x", "x_std", "x_flip", "x_flip_std", "label")  # What the train step reads.
 
 
@@ -16,9 +16,10 @@ def train_iterator(config, start_step: int):
   check_name(config.data.name)
   kw = dict(global_batch_size=config.train.global_batch_size, seed=config.seed, start_step=start_step,
             process_index=jax.process_index(), process_count=jax.process_count())
-  if config.data.name == "digits":
-    from input_pipeline import digits, in_memory
-    return in_memory.batch_iterator(digits.load("train"), **kw)
+  if config.data.name in ("digits", "checkerboard"):
+    from input_pipeline import digits, in_memory, toy
+    load = digits.load if config.data.name == "digits" else toy.load
+    return in_memory.batch_iterator(load("train"), **kw)
   # File-backed sets stream with a shuffle buffer, so a resumed run cannot replay the exact order;
   # it continues with a fresh order seeded by (seed, start_step) - the same law, other draws.
   # (In-memory sets such as digits resume exactly.)
@@ -40,4 +41,7 @@ def eval_arrays(config):
   if config.data.name == "digits":
     from input_pipeline import digits
     return digits.load("eval")
+  if config.data.name == "checkerboard":
+    from input_pipeline import toy
+    return toy.load("eval")
   raise NotImplementedError(f"data.name={config.data.name!r} has no in-memory eval split.")

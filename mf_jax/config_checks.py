@@ -5,7 +5,7 @@ import tempfile
 import jax
 
 import input_pipeline
-from mf_jax import meanflow
+from mf_jax import drifting, meanflow
 from mf_jax.models.dit import parse_variant
 from mf_jax.train_state import build_model
 
@@ -28,8 +28,10 @@ def validate(config, workdir: str = None) -> None:
   if config.method not in METHODS:
     raise ValueError(f"method={config.method!r}: allowed values are {list(METHODS)}.")
   input_pipeline.check_name(config.data.name)
-  parse_variant(config.model.variant)
-  build_model(config).dims()  # Patch size, widths, dtype and attention names.
+  model = build_model(config)
+  if config.model.name == "dit":
+    parse_variant(config.model.variant)
+    model.dims()  # Patch size, widths, dtype and attention names.
   batch, devices = config.train.global_batch_size, jax.device_count()
   if batch % devices:
     raise ValueError(f"train.global_batch_size={batch} must be divisible by the number of devices "
@@ -44,5 +46,14 @@ def validate(config, workdir: str = None) -> None:
     if config.meanflow.num_classes != config.data.num_classes:
       raise ValueError(f"meanflow.num_classes={config.meanflow.num_classes} differs from "
                        f"data.num_classes={config.data.num_classes}; leave it linked to data.")
+  if config.method == "drifting":
+    drifting.validate_config(config.drifting)
+    d, classes = config.drifting, max(config.data.num_classes, 1)
+    if not 1 <= d.classes_per_step <= classes:
+      raise ValueError(f"drifting.classes_per_step={d.classes_per_step} must lie in [1, {classes}] "
+                       f"(data.num_classes={config.data.num_classes}).")
+    if not 1 <= d.num_pos <= d.queue_len:
+      raise ValueError(f"drifting.num_pos={d.num_pos} must lie in [1, drifting.queue_len="
+                       f"{d.queue_len}].")
   if workdir is not None:
     check_workdir(workdir)

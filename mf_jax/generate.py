@@ -12,7 +12,7 @@ from PIL import Image
 
 from mf_jax import sampling
 from mf_jax import sharding as sharding_lib
-from mf_jax.train_state import meanflow_u_fn
+from mf_jax.train_state import generator_fn, meanflow_u_fn
 
 
 def guided_u_fn(u_fn, cfg_scale: float, num_classes: int):
@@ -37,6 +37,9 @@ def make_sampler(config, model, mesh):
   @functools.partial(jax.jit, static_argnames=("num_steps", "cfg_scale"),
                      in_shardings=(None, batch, batch), out_shardings=batch)
   def sample_fn(params, noise, labels, num_steps, cfg_scale=1.0):
+    if config.method == "drifting":  # One step always; the guidance scale is the alpha condition.
+      alpha = jnp.full((noise.shape[0],), cfg_scale, noise.dtype)
+      return generator_fn(model, params)(noise, alpha, labels)
     u_fn = guided_u_fn(meanflow_u_fn(model, params), cfg_scale, config.data.num_classes)
     return sampling.meanflow_steps(u_fn, noise, labels, num_steps)
 

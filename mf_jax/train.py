@@ -56,7 +56,7 @@ def write_sample_grids(config, sample_fn, state, mesh, writer, workdir, step):
   params = state.ema_params[0] if state.ema_params else state.params
   n = min(config.sample.batch_size, 64)
   images = {}
-  for steps in (1, 2):
+  for steps in ((1,) if config.method == "drifting" else (1, 2)):
     x, _ = generate.draw(config, sample_fn, params, mesh, n, steps, seed=config.sample.seed)
     if config.data.name == "imagenet_latents" and not config.data.vae_path:
       logging.warning("No sample grid: set data.vae_path to decode latent samples.")
@@ -84,6 +84,26 @@ def run_evaluators(evaluators, state, step, writer):
     writer.write_scalars(step, scalars)
 
 
+def fill_class_queues(config, state, mesh, shardings):
+  """Drifting: fills every class queue with drifting.num_pos real samples before the first step."""
+  from mf_jax import class_queues
+  need = config.drifting.num_pos
+  push = jax.jit(lambda q, batch, key: class_queues.push(
+      q, step_lib.prepare_batch(batch, key, config), batch["label"]),
+      out_shardings=shardings.aux, donate_argnums=(0,))
+  batches = input_pipeline.train_iterator(config, 0)
+  queues = state.aux
+  for i in range(100_000 // config.train.global_batch_size + 1):
+    if bool(class_queues.ready(queues, need)):
+      logging.info("Class queues filled with >= %d samples per class from %d batches.", need, i)
+      return state.replace(aux=queues)
+    batch = sharding_lib.global_batch(next(batches), mesh)
+    queues = push(queues, batch, jax.random.fold_in(jax.random.key(config.seed), -2 % 2**31 - i))
+  counts = jax.device_get(queues.count)
+  raise ValueError(f"drifting.num_pos={need}: after 100,000 examples some classes still have fewer "
+                   f"samples (per-class counts {counts.tolist()}); lower num_pos or check the labels.")
+
+
 def check_finite(state, metrics):
   if int(state.nonfinite_step) >= 0:
     raise step_lib.nonfinite_error(state, jax.device_get(metrics))
@@ -99,6 +119,8 @@ def train_and_evaluate(config, workdir: str, objective=None):
   """
   state, shardings, mesh, model, optimizer, ckpt = setup_state(config, workdir)
   start_step, num_steps = int(state.step), config.train.num_steps
+  if config.method == "drifting" and start_step == 0:
+    state = fill_class_queues(config, state, mesh, shardings)
   run_info.write(workdir, config, start_step)
   writer = writers.create_writer(workdir)
   if start_step == 0:

@@ -12,8 +12,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mf_jax.models.dit import DiT
+from mf_jax import class_queues
 from mf_jax import sharding as sharding_lib
+from mf_jax.models.dit import DiT
+from mf_jax.models.mlp import MLP
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -27,15 +29,21 @@ class TrainState:
   # First step (1-based) whose loss or gradient was not finite (-1: none). Once set, updates stop, so the
   # parameters and any checkpoint keep the last good values; the host raises at its next check.
   nonfinite_step: jax.Array
+  # Method-specific state carried between steps: the drifting method's per-class real-sample queues.
+  aux: Any = None
 
 
 def build_model(config) -> nn.Module:
   m = config.model
   if m.compute_dtype not in DTYPES:
     raise ValueError(f"model.compute_dtype={m.compute_dtype!r}: allowed values are {sorted(DTYPES)}.")
-  if m.name != "dit":
-    raise ValueError(f"model.name={m.name!r}: allowed values are ['dit'].")
   conditions = ("alpha",) if config.method == "drifting" else ("t", "t_minus_r")
+  if m.name == "mlp":  # Small vector data (2-D toys, 8x8 digits); output flattened, see net_fn.
+    d = config.data
+    return MLP(out_dim=d.image_size * d.image_size * d.channels, hidden_widths=tuple(m.mlp_widths),
+               condition_names=conditions, num_classes=d.num_classes)
+  if m.name != "dit":
+    raise ValueError(f"model.name={m.name!r}: allowed values are ['dit', 'mlp'].")
   return DiT(variant=m.variant, image_size=config.data.image_size, channels=config.data.channels,
              num_classes=config.data.num_classes, condition_names=conditions, depth=m.depth,
              hidden_size=m.hidden_size, num_heads=m.num_heads,
@@ -44,7 +52,12 @@ def build_model(config) -> nn.Module:
 
 def meanflow_u_fn(model: nn.Module, params):
   """The network as the objective sees it: u(z, r, t, labels), conditioned on (t, t - r)."""
-  return lambda z, r, t, labels: model.apply(params, z, (t, t - r), labels)
+  return lambda z, r, t, labels: model.apply(params, z, (t, t - r), labels).reshape(z.shape)
+
+
+def generator_fn(model: nn.Module, params):
+  """A drifting generator as the objective sees it: (noise, alpha, labels) -> samples."""
+  return lambda e, alpha, labels: model.apply(params, e, (alpha,), labels).reshape(e.shape)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -74,9 +87,14 @@ def example_inputs(config, batch_size: int = 1):
 
 def init_state(config, model, optimizer, key) -> TrainState:
   params = model.init(key, *example_inputs(config))
+  aux = None
+  if config.method == "drifting":
+    d = config.data
+    aux = class_queues.init(max(d.num_classes, 1), config.drifting.queue_len,
+                            (d.image_size, d.image_size, d.channels))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                     ema_params=tuple(params for _ in config.ema_decays),
-                    nonfinite_step=jnp.full((), -1, jnp.int32))
+                    nonfinite_step=jnp.full((), -1, jnp.int32), aux=aux)
 
 
 def create_sharded_state(config, model, optimizer, mesh, key):

@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mf_jax import meanflow
+from mf_jax import class_queues, drifting, meanflow
 from mf_jax import sharding as sharding_lib
-from mf_jax.train_state import TrainState, meanflow_u_fn, update_ema
+from mf_jax.train_state import TrainState, generator_fn, meanflow_u_fn, update_ema
 
 NONFINITE_LOSS, NONFINITE_GRAD = "loss", "grad_norm"
 
@@ -37,15 +37,37 @@ def meanflow_objective(model, config):
   return loss_fn
 
 
+def drifting_objective(model, config):
+  """(params, real_by_class [N_c, N_pos, ...], classes [N_c], key) -> (loss, metrics)."""
+  def loss_fn(params, real_by_class, classes, key):
+    return drifting.drifting_loss(generator_fn(model, params), real_by_class, classes, key,
+                                  config.drifting)
+  return loss_fn
+
+
+def drifting_inputs(queues, x, labels, key, config):
+  """Pushes the batch into the per-class queues, then draws N_pos real samples for N_c classes."""
+  k_classes, k_draw = jax.random.split(key)
+  queues = class_queues.push(queues, x, labels)
+  d = config.drifting
+  classes = class_queues.sample_classes(k_classes, max(config.data.num_classes, 1),
+                                        d.classes_per_step)
+  return queues, class_queues.draw(queues, k_draw, classes, d.num_pos), classes
+
+
 def make_train_step(config, model, optimizer, objective=None):
   """Returns train_step(state, batch) -> (state, metrics), not yet jitted."""
-  objective = objective or meanflow_objective(model, config)
+  if objective is None:
+    objective = (drifting_objective if config.method == "drifting" else meanflow_objective)(
+        model, config)
 
   def train_step(state: TrainState, batch):
-    k_data, k_loss = jax.random.split(step_key(config.seed, state.step))
-    x = prepare_batch(batch, k_data, config)
+    k_data, k_loss, k_aux = jax.random.split(step_key(config.seed, state.step), 3)
+    x, labels, aux = prepare_batch(batch, k_data, config), batch["label"], state.aux
+    if config.method == "drifting":
+      aux, x, labels = drifting_inputs(aux, x, labels, k_aux, config)
     grad_fn = jax.value_and_grad(objective, has_aux=True)
-    (loss, metrics), grads = grad_fn(state.params, x, batch["label"], k_loss)
+    (loss, metrics), grads = grad_fn(state.params, x, labels, k_loss)
     grad_norm = optax.global_norm(grads)
 
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -61,6 +83,7 @@ def make_train_step(config, model, optimizer, objective=None):
         params=keep(params, state.params),
         opt_state=keep(opt_state, state.opt_state),
         ema_params=keep(ema_params, state.ema_params),
+        aux=keep(aux, state.aux),
         nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step + 1,
                                  state.nonfinite_step))
     metrics = dict(metrics, grad_norm=grad_norm, loss=loss)
