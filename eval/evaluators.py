@@ -12,7 +12,9 @@ config.eval.every_steps and `python main.py --mode=eval` runs once. The sample-q
 Scalars: "fd_pixels_{k}nfe" for config.eval.features = "pixels" (Frechet distance of raw pixels in
 [0, 1], against the held-out split; no Inception needed), "fid_{k}nfe" and "is_{k}nfe" for
 "inception". The last chunk is padded to the batch size and its padding masked out of the moments,
-so num_samples need not be a multiple of batch_size.
+so num_samples need not be a multiple of batch_size. With fewer samples than feature dimensions (a
+quick in-training FID, tests) the features themselves are kept and the distance is computed from
+them exactly in O(n D^2) (`frechet_distance_from_samples`) instead of O(D^3).
 """
 import functools
 import os
@@ -31,7 +33,7 @@ from mf_jax import sharding as sharding_lib
 
 FEATURES = ("pixels", "inception")
 RANDOM_INCEPTION = "random"  # eval.inception_path value that selects random weights (tests only).
-IS_SPLITS = 10
+IS_SPLITS = 10  # The standard Inception Score splits (fewer only when num_samples < 10: tests).
 PROGRESS_LINES = 10  # Progress log lines per k-NFE pass, at most (plus the last chunk).
 
 
@@ -54,10 +56,8 @@ def validate_config(config) -> None:
     raise ValueError(f"eval.features={ev.features!r}: allowed values are {list(FEATURES)}.")
   if ev.every_steps < 0:
     raise ValueError(f"eval.every_steps={ev.every_steps} must be >= 0 (0 turns evaluation off).")
-  min_samples = IS_SPLITS if ev.features == "inception" else 2
-  if ev.num_samples < min_samples:
-    raise ValueError(f"eval.num_samples={ev.num_samples} must be >= {min_samples} (covariance needs "
-                     f"2 samples{', the Inception Score 10 splits' if min_samples > 2 else ''}).")
+  if ev.num_samples < 2:
+    raise ValueError(f"eval.num_samples={ev.num_samples} must be >= 2 (a covariance needs 2 samples).")
   devices = jax.device_count()
   if ev.batch_size <= 0 or ev.batch_size % devices:
     raise ValueError(f"eval.batch_size={ev.batch_size} must be a positive multiple of the device "
@@ -108,6 +108,25 @@ def make_decoder(config) -> Callable[[jax.Array], jax.Array]:
 def quantize_uint8(x: jax.Array) -> jax.Array:
   """[-1, 1] -> uint8 [0, 255] on the devices; the same rounding as generate.to_uint8."""
   return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def frechet_distance_from_samples(x: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+  """Frechet distance of the Gaussian fitted to samples x [n, D] against (mu2, sigma2), n <= D.
+
+  With C the centred samples, S1 = C^T C / (n - 1), and S1 S2 has the same nonzero eigenvalues as
+  the n x n PSD matrix C S2 C^T / (n - 1), so tr sqrt(S1 S2) needs no D x D decomposition.
+  """
+  x = np.asarray(x, np.float64)
+  n = len(x)
+  mu1 = x.mean(axis=0)
+  centred = x - mu1
+  small = centred @ np.asarray(sigma2, np.float64) @ centred.T / (n - 1)
+  eig = np.linalg.eigvalsh((small + small.T) / 2)
+  eig = np.where(eig > n * np.finfo(np.float64).eps * np.max(np.abs(eig), initial=0.0), eig, 0.0)
+  diff = mu1 - mu2
+  value = (diff @ diff + np.sum(centred * centred) / (n - 1) + np.trace(sigma2)
+           - 2 * np.sum(np.sqrt(eig)))
+  return float(max(value, 0.0))
 
 
 class FeatureSet(NamedTuple):
@@ -164,6 +183,13 @@ def pixel_feature_set(config) -> FeatureSet:
   return FeatureSet("pixels", d.channels, _pixel_extract, None, mu, sigma, {"fd": "fd_pixels"})
 
 
+@functools.lru_cache(maxsize=1)
+def _random_inception_params():
+  # Kept: tests build several random-weight evaluators, and drawing 24M values takes seconds.
+  from eval import inception  # pylint: disable=g-import-not-at-top
+  return inception.random_inception_params(jax.random.key(0))
+
+
 def inception_feature_set(config, mesh) -> FeatureSet:
   from eval import inception  # pylint: disable=g-import-not-at-top
   ev = config.eval
@@ -180,7 +206,7 @@ def inception_feature_set(config, mesh) -> FeatureSet:
   if random_weights:
     logging.warning("eval.inception_path='random': random Inception weights, the numbers test "
                     "the pipeline only and are not FID.")
-    params = inception.random_inception_params(jax.random.key(0))
+    params = _random_inception_params()
   else:
     _, params = inception.load_inception(_inception_weights_path(ev))
   params = jax.device_put(params, sharding_lib.replicated(mesh))
@@ -230,9 +256,11 @@ class SampleQualityEvaluator:
     return state.ema_params[ev.ema_index] if ev.use_ema else state.params
 
   def statistics(self, params, num_steps: int):
-    """(StatsAccumulator of all num_samples features, [num_samples, K] logits or None)."""
+    """(StatsAccumulator of all num_samples features, [num_samples, K] logits or None,
+    [num_samples, D] features when num_samples <= D else None)."""
     ev = self.config.eval
-    acc, logits = None, []
+    keep_features = self.num_samples <= len(self.features.ref_mu)
+    acc, logits, kept = None, [], []
     num_chunks = -(-self.num_samples // self.batch_size)
     log_every = max(1, num_chunks // PROGRESS_LINES)
     start_time = time.perf_counter()
@@ -248,12 +276,15 @@ class SampleQualityEvaluator:
       acc.update_moments(count, mean, m2)
       if chunk_logits is not None:
         logits.append(np.asarray(multihost_utils.process_allgather(chunk_logits, tiled=True)))
+      if keep_features:
+        kept.append(np.asarray(multihost_utils.process_allgather(feats, tiled=True)))
       if (i + 1) % log_every == 0 or i + 1 == num_chunks:
         elapsed = time.perf_counter() - start_time
         logging.info("Eval %s %d-NFE: %d/%d samples, %.1f s (%.1f samples/s).", self.name,
                      num_steps, acc.count, self.num_samples, elapsed, acc.count / elapsed)
     all_logits = np.concatenate(logits)[:self.num_samples] if logits else None
-    return acc, all_logits
+    features = np.concatenate(kept)[:self.num_samples] if kept else None
+    return acc, all_logits, features
 
   def __call__(self, state, step: int) -> Dict[str, float]:
     del step  # Noise depends on eval.seed only: every evaluation scores the same draws.
@@ -261,11 +292,15 @@ class SampleQualityEvaluator:
     f = self.features
     scalars = {}
     for k in self.num_steps:
-      acc, logits = self.statistics(params, k)
-      scalars[f"{f.scalar_prefixes['fd']}_{k}nfe"] = fid.frechet_distance(
-          acc.mean, acc.cov, f.ref_mu, f.ref_sigma)
+      acc, logits, features = self.statistics(params, k)
+      if features is not None:
+        fd = frechet_distance_from_samples(features, f.ref_mu, f.ref_sigma)
+      else:
+        fd = fid.frechet_distance(acc.mean, acc.cov, f.ref_mu, f.ref_sigma)
+      scalars[f"{f.scalar_prefixes['fd']}_{k}nfe"] = fd
       if logits is not None:
-        scalars[f"{f.scalar_prefixes['is']}_{k}nfe"] = fid.inception_score(logits, IS_SPLITS)[0]
+        splits = min(IS_SPLITS, len(logits))
+        scalars[f"{f.scalar_prefixes['is']}_{k}nfe"] = fid.inception_score(logits, splits)[0]
     return scalars
 
 

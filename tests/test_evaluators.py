@@ -43,12 +43,13 @@ def event_tags(workdir):
   return tags
 
 
-def perturbed(tree, seed, scale=0.05):
+@jax.jit
+def perturbed(tree, key):
   """Parameters plus noise: the zero-initialised output layer would make every sample pure noise."""
   leaves, treedef = jax.tree_util.tree_flatten(tree)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  keys = jax.random.split(key, len(leaves))
   return jax.tree_util.tree_unflatten(treedef, [
-      x + scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+      x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,8 @@ def run(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("eval_run"))
   config = tiny.get_config()
   state, _, mesh, model, _, ckpt = train.setup_state(config, path)
-  state = state.replace(step=jnp.full_like(state.step, 2), params=perturbed(state.params, 1),
-                        ema_params=(perturbed(state.params, 2),))
+  state = state.replace(step=jnp.full_like(state.step, 2), params=perturbed(state.params, jax.random.key(1)),
+                        ema_params=(perturbed(state.params, jax.random.key(2)),))
   ckpt.save(2, state)
   ckpt.wait()
   ckpt.close()
@@ -73,42 +74,50 @@ def test_eval_mode_pixels_deterministic_and_matches_numpy(run):
   config = tiny.get_config()
   config.eval.update(features="pixels", num_samples=24, batch_size=16)  # 24: a masked last chunk.
   train.evaluate_checkpoint(config, run.workdir)
-  train.evaluate_checkpoint(config, run.workdir)
-  rows = eval_rows(run.workdir, "fd_pixels_1nfe")
-  assert len(rows) == 2 and rows[0] == rows[1] and rows[0]["step"] == 2
+  row, = eval_rows(run.workdir, "fd_pixels_1nfe")
+  assert row["step"] == 2 and row["fd_pixels_1nfe"] != row["fd_pixels_2nfe"]
   assert {"fd_pixels_1nfe", "fd_pixels_2nfe"} <= event_tags(run.workdir)
-  assert rows[0]["fd_pixels_1nfe"] != rows[0]["fd_pixels_2nfe"]
+
+  # A second run, in memory from the state that was saved: the same numbers.
+  sample_fn = generate.make_sampler(config, run.model, run.mesh)
+  evaluator, = evaluators.build_evaluators(config, run.model, run.mesh, sample_fn)
+  again = evaluator(run.state, 2)
+  assert again == {k: v for k, v in row.items() if k != "step"}
 
   # Independent route: generate.draw's samples from the EMA parameters (same seed and chunking),
   # numpy moments, scipy's sqrtm.
   config.sample.batch_size = config.eval.batch_size
-  sample_fn = generate.make_sampler(config, run.model, run.mesh)
   ref = heldout_pixels()
   for k in (1, 2):
     x, _ = generate.draw(config, sample_fn, run.state.ema_params[0], run.mesh, 24, k,
                          config.eval.seed)
     truth = numpy_frechet(fid.pixel_features(generate.to_uint8(x, config)), ref)
-    assert rows[0][f"fd_pixels_{k}nfe"] == pytest.approx(truth, rel=1e-4)
+    assert row[f"fd_pixels_{k}nfe"] == pytest.approx(truth, rel=1e-4)
 
 
 def test_eval_mode_random_inception_deterministic(run, tmp_path):
-  # Reference statistics of random images through the same random-weight network.
-  images = np.random.default_rng(0).integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
-  features = inception.InceptionFeatures(inception.make_apply_fn("tf1"),
-                                         inception.random_inception_params(jax.random.key(0)), 16)
+  # Reference statistics of random images through the same random-weight network (on the mesh,
+  # so that the evaluator reuses this Inception compilation).
+  params = jax.device_put(inception.random_inception_params(jax.random.key(0)),
+                          sharding_lib.replicated(run.mesh))
+  features = inception.InceptionFeatures(inception.make_apply_fn("tf1"), params, 8)
+  images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+  images = jax.device_put(images, sharding_lib.batch_sharding(run.mesh))
   acc, _ = fid.feature_statistics([images], features)
   ref = str(tmp_path / "ref.npz")
   fid.save_stats(ref, acc.mean, acc.cov, acc.count, feature="inception_pool_random")
 
   config = tiny.get_config()
-  config.eval.update(features="inception", inception_path="random", ref_stats=ref, num_samples=16,
-                     batch_size=16, num_steps=(1,))
+  config.eval.update(features="inception", inception_path="random", ref_stats=ref, num_samples=8,
+                     batch_size=8, num_steps=(1,))
   train.evaluate_checkpoint(config, run.workdir)
-  train.evaluate_checkpoint(config, run.workdir)
-  rows = eval_rows(run.workdir, "fid_1nfe")
-  assert len(rows) == 2 and rows[0] == rows[1] and rows[0]["step"] == 2
-  assert rows[0]["fid_1nfe"] > 0 and 1.0 <= rows[0]["is_1nfe"] <= inception.NUM_CLASSES
+  row, = eval_rows(run.workdir, "fid_1nfe")
+  assert row["step"] == 2 and row["fid_1nfe"] > 0
+  assert 1.0 <= row["is_1nfe"] <= inception.NUM_CLASSES
   assert {"fid_1nfe", "is_1nfe"} <= event_tags(run.workdir)
+  evaluator, = evaluators.build_evaluators(
+      config, run.model, run.mesh, generate.make_sampler(config, run.model, run.mesh))
+  assert evaluator(run.state, 2) == {k: v for k, v in row.items() if k != "step"}
 
 
 class HeldOutSampler:
@@ -138,6 +147,17 @@ def test_pixel_distance_of_heldout_digits_themselves(num_samples):
     assert fd < 1e-5 * np.trace(np.cov(ref, rowvar=False))
   else:  # The first 150 (a masked last chunk) against all 297.
     assert fd == pytest.approx(numpy_frechet(ref[:num_samples], ref), rel=1e-4)
+
+
+@pytest.mark.parametrize("n", [5, 40])
+def test_frechet_from_samples_matches_moments(n):
+  # n < D and n = D - 24 (rank-deficient S1); the reference covariance is full rank.
+  rng = np.random.default_rng(n)
+  x = rng.normal(size=(n, 64)) @ rng.normal(size=(64, 64))
+  ref = rng.normal(size=(500, 64)) @ rng.normal(size=(64, 64)) + 0.3
+  mu, sigma = ref.mean(0), np.cov(ref, rowvar=False)
+  assert evaluators.frechet_distance_from_samples(x, mu, sigma) == pytest.approx(
+      fid.frechet_distance(x.mean(0), np.cov(x, rowvar=False), mu, sigma), rel=1e-9)
 
 
 def test_quantize_matches_generate_to_uint8():
