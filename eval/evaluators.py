@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 
 import input_pipeline
 from eval import fid, stats
+from mf_jax import generate
 from mf_jax import sharding as sharding_lib
 
 FEATURES = ("pixels", "inception")
@@ -159,8 +160,7 @@ def pixel_reference_stats(config):
   except NotImplementedError as e:
     raise ValueError(f"eval.features='pixels' with empty eval.ref_stats needs a held-out split: "
                      f"{e} Give eval.ref_stats (pixel statistics .npz) instead.") from None
-  images = np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
-  return stats.stats_from_features(fid.pixel_features(images))
+  return stats.stats_from_features(fid.pixel_features(generate.to_uint8(x, config)))
 
 
 def _load_ref_stats(path: str, dim: int, feature: str):
@@ -199,7 +199,7 @@ def inception_feature_set(config, mesh) -> FeatureSet:
   if tag is not None and tag != expected:
     raise ValueError(f"eval.ref_stats={ev.ref_stats!r} holds {tag!r} features but "
                      f"eval.inception_path={ev.inception_path!r} gives {expected!r}.")
-  if config.data.channels not in (1, 3) and config.data.name != "imagenet_latents":
+  if config.data.channels not in (1, 3):  # Latent data never gets here (make_decoder).
     raise ValueError(f"eval.features='inception' needs 1- or 3-channel images, data.channels="
                      f"{config.data.channels}.")
   apply_fn = inception.make_apply_fn("tf1")
