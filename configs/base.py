@@ -90,7 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
       num_samples=50_000,  # FID-50K.
       batch_size=256,  # Samples per chunk, split over all devices (a multiple of the device count).
       num_steps=(1, 2),  # One score per entry: 1-NFE and 2-NFE sampling.
-      cfg_scale=1.0,  # Sampling-time guidance; 1.0 = none (MeanFlow trains guidance into the target).
+      cfg_scale=1.0,  # Sampling-time guidance; 1.0 = none (MeanFlow trains it into the target).
       use_ema=True,
       ema_index=0,  # Which of ema_decays to evaluate.
       features="inception",  # "inception" (FID, IS) | "pixels" (Frechet distance of raw pixels).

@@ -1,4 +1,4 @@
-"""In-training evaluator plug-ins (big_vision style): each is a callable `scalars = ev(state, step)`.
+"""In-training evaluator plug-ins (big_vision style): callables `scalars = evaluator(state, step)`.
 
 `build_evaluators(config, model, mesh, sample_fn)` returns the list the trainer runs every
 config.eval.every_steps and `python main.py --mode=eval` runs once. The sample-quality evaluator:
@@ -58,7 +58,7 @@ def validate_config(config) -> None:
   if ev.every_steps < 0:
     raise ValueError(f"eval.every_steps={ev.every_steps} must be >= 0 (0 turns evaluation off).")
   if ev.num_samples < 2:
-    raise ValueError(f"eval.num_samples={ev.num_samples} must be >= 2 (a covariance needs 2 samples).")
+    raise ValueError(f"eval.num_samples={ev.num_samples} must be >= 2 (a covariance needs two).")
   devices = jax.device_count()
   if ev.batch_size <= 0 or ev.batch_size % devices:
     raise ValueError(f"eval.batch_size={ev.batch_size} must be a positive multiple of the device "
@@ -76,7 +76,7 @@ def validate_config(config) -> None:
                      "existing index or set eval.use_ema=False.")
   if ev.ref_stats and not os.path.isfile(ev.ref_stats):
     raise FileNotFoundError(f"eval.ref_stats={ev.ref_stats!r} not found. Make it with `python -m "
-                            "eval.fid --images=DIR_OR_NPZ --write_stats=OUT.npz` (same --features).")
+                            "eval.fid --images=DIR_OR_NPZ --write_stats=OUT.npz` (same features).")
   if ev.features == "inception":
     if not ev.ref_stats:
       raise ValueError("eval.features='inception' needs eval.ref_stats: an .npz with mu/sigma of "
@@ -93,10 +93,11 @@ def validate_config(config) -> None:
 # Pieces: decoding, quantisation, feature sets.
 
 def make_decoder(config) -> Callable[[jax.Array], jax.Array]:
-  """Model output -> pixels in [-1, 1], [B, H, W, C]; jittable, keeps the batch sharding.
+  """Model output -> pixels in [-1, 1], [B, H, W, C], keeping the batch sharding.
 
-  Pixel-space data decodes to itself. Latent data needs the SD-VAE decoder (data.vae_path), which
-  plugs in here.
+  Called outside the evaluator's own jit, so a decoder can be a jitted function that closes over
+  its weights (e.g. the SD-VAE) without making them compile-time constants. Pixel-space data decodes
+  to itself.
   """
   if config.data.name == "imagenet_latents":
     raise NotImplementedError(
@@ -242,13 +243,14 @@ class SampleQualityEvaluator:
       noise = jax.random.normal(key, shape)
       return noise, (index % num_classes).astype(jnp.int32), (index < n).astype(jnp.float32)
 
-    def to_images(x):
-      images = quantize_uint8(decode(x))
+    def to_images(pixels):
+      images = quantize_uint8(pixels)
       if images.shape[-1] != features.channels:  # Grayscale: the same value in R, G and B.
         images = jnp.repeat(images, features.channels // images.shape[-1], axis=-1)
       return images
 
     self._chunk_inputs = chunk_inputs
+    self._decode = decode
     self._to_images = jax.jit(to_images)
 
   def _params(self, state):
@@ -269,7 +271,8 @@ class SampleQualityEvaluator:
       key = jax.random.fold_in(jax.random.key(ev.seed), i)
       noise, labels, mask = self._chunk_inputs(key, start)
       x = self.sample_fn(params, noise, labels, num_steps, float(ev.cfg_scale))
-      feats, chunk_logits = self.features.extract(self.features.params, self._to_images(x))
+      images = self._to_images(self._decode(x))
+      feats, chunk_logits = self.features.extract(self.features.params, images)
       count, mean, m2 = fid.sharded_moments(feats, self.mesh, sharding_lib.BATCH_AXES, mask)
       if acc is None:
         acc = fid.StatsAccumulator(mean.shape[0])

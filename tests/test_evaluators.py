@@ -62,8 +62,9 @@ def perturbed(tree, seed):
 def run(tmp_path_factory):
   """A tiny run's workdir with a step-2 checkpoint whose raw and EMA parameters differ.
 
-  Written by the trainer's own set-up and checkpointer rather than by training steps: compiling the
-  MeanFlow step costs more than this whole file's budget on the shared CPU, and test_train covers it.
+  Written by the trainer's own set-up and checkpointer rather than by training steps: compiling
+  the MeanFlow step costs more than this file's time budget on the shared CPU (test_train covers
+  training).
   """
   path = str(tmp_path_factory.mktemp("eval_run"))
   config = tiny.get_config()
