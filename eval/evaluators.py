@@ -34,7 +34,7 @@ from mf_jax import sharding as sharding_lib
 
 FEATURES = ("pixels", "inception")
 RANDOM_INCEPTION = "random"  # eval.inception_path value that selects random weights (tests only).
-IS_SPLITS = 10  # The standard Inception Score splits (fewer only when num_samples < 10: tests).
+IS_SPLITS = 10  # The standard Inception Score splits; one split below 2 * IS_SPLITS samples.
 PROGRESS_LINES = 10  # Progress log lines per k-NFE pass, at most (plus the last chunk).
 
 
@@ -200,7 +200,8 @@ def inception_feature_set(config, mesh) -> FeatureSet:
   if tag is not None and tag != expected:
     raise ValueError(f"eval.ref_stats={ev.ref_stats!r} holds {tag!r} features but "
                      f"eval.inception_path={ev.inception_path!r} gives {expected!r}.")
-  if config.data.channels not in (1, 3):  # Latent data never gets here (make_decoder).
+  if config.data.name != "imagenet_latents" and config.data.channels not in (1, 3):
+    # (Latents decode to RGB through the VAE.)
     raise ValueError(f"eval.features='inception' needs 1- or 3-channel images, data.channels="
                      f"{config.data.channels}.")
   apply_fn = inception.make_apply_fn("tf1")
@@ -302,7 +303,7 @@ class SampleQualityEvaluator:
         fd = fid.frechet_distance(acc.mean, acc.cov, f.ref_mu, f.ref_sigma)
       scalars[f"{f.scalar_prefixes['fd']}_{k}nfe"] = fd
       if logits is not None:
-        splits = min(IS_SPLITS, len(logits))
+        splits = IS_SPLITS if len(logits) >= 2 * IS_SPLITS else 1
         scalars[f"{f.scalar_prefixes['is']}_{k}nfe"] = fid.inception_score(logits, splits)[0]
     return scalars
 

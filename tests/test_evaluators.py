@@ -103,27 +103,31 @@ def test_eval_mode_pixels_deterministic_and_matches_numpy(run):
 
 
 def test_eval_mode_random_inception_deterministic(run, tmp_path):
-  # Reference statistics of random images through the evaluator's random-weight network (on the
-  # mesh, so that the evaluator reuses this Inception compilation).
+  config = tiny.get_config()
+  config.eval.update(features="inception", inception_path="random", num_samples=8, batch_size=8,
+                     num_steps=(1,))
+  # Reference statistics: the very samples the evaluator will draw (generate.draw, same seed),
+  # through eval.fid's host-side tools and the evaluator's random-weight network, so the FID must
+  # come out ~0. (On the mesh, so that the evaluator reuses this Inception compilation.)
+  config.sample.batch_size = config.eval.batch_size
+  sample_fn = generate.make_sampler(config, run.model, run.mesh)
+  x, _ = generate.draw(config, sample_fn, run.state.ema_params[0], run.mesh, 8, 1, config.eval.seed)
+  images = np.repeat(generate.to_uint8(x, config), 3, axis=-1)  # Grayscale -> RGB.
   params = jax.device_put(evaluators._random_inception_params(),  # pylint: disable=protected-access
                           sharding_lib.replicated(run.mesh))
   features = inception.InceptionFeatures(inception.make_apply_fn("tf1"), params, 8)
-  images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
-  images = jax.device_put(images, sharding_lib.batch_sharding(run.mesh))
-  acc, _ = fid.feature_statistics([images], features)
-  ref = str(tmp_path / "ref.npz")
-  fid.save_stats(ref, acc.mean, acc.cov, acc.count, feature="inception_pool_random")
+  acc, _ = fid.feature_statistics(
+      [jax.device_put(images, sharding_lib.batch_sharding(run.mesh))], features)
+  config.eval.ref_stats = str(tmp_path / "ref.npz")
+  fid.save_stats(config.eval.ref_stats, acc.mean, acc.cov, acc.count,
+                 feature="inception_pool_random")
 
-  config = tiny.get_config()
-  config.eval.update(features="inception", inception_path="random", ref_stats=ref, num_samples=8,
-                     batch_size=8, num_steps=(1,))
   train.evaluate_checkpoint(config, run.workdir)
   row, = eval_rows(run.workdir, "fid_1nfe")
-  assert row["step"] == 2 and row["fid_1nfe"] > 0
-  assert 1.0 <= row["is_1nfe"] <= inception.NUM_CLASSES
+  assert row["step"] == 2 and row["fid_1nfe"] < 1e-6 * np.trace(acc.cov)
+  assert 1.0 < row["is_1nfe"] <= inception.NUM_CLASSES
   assert {"fid_1nfe", "is_1nfe"} <= event_tags(run.workdir)
-  evaluator, = evaluators.build_evaluators(
-      config, run.model, run.mesh, generate.make_sampler(config, run.model, run.mesh))
+  evaluator, = evaluators.build_evaluators(config, run.model, run.mesh, sample_fn)
   assert evaluator(run.state, 2) == {k: v for k, v in row.items() if k != "step"}
 
 
