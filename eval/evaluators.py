@@ -5,7 +5,7 @@ config.eval.every_steps and `python main.py --mode=eval` runs once. The sample-q
   for each k in config.eval.num_steps (k-NFE sampling):
     for each chunk of config.eval.batch_size:
       noise, labels (seeded by config.eval.seed and the chunk index) -> sample_fn, split over every
-      device -> decode (identity for pixel data; the VAE for latents) -> uint8 -> features on the
+      device -> decode (identity for pixel data; see make_decoder) -> uint8 -> features on the
       devices -> per-device moments merged with psum (eval.stats.sharded_moments) -> float64
       StatsAccumulator on the host
     FID against the reference statistics (and the Inception Score from the gathered logits).
