@@ -97,5 +97,17 @@ def get_config() -> ml_collections.ConfigDict:
       ema_index=0,
       seed=1,
   ))
-  config.eval = ml_collections.ConfigDict(dict(every_steps=0))
+  config.eval = ml_collections.ConfigDict(dict(
+      every_steps=0,  # Sample-quality evaluation every N steps and at the end; 0 disables.
+      num_samples=50_000,  # FID-50K.
+      batch_size=256,  # Samples per chunk, split over all devices (a multiple of the device count).
+      num_steps=(1, 2),  # One score per entry: 1-NFE and 2-NFE sampling.
+      cfg_scale=1.0,  # Sampling-time guidance; 1.0 = none (MeanFlow trains it into the target).
+      use_ema=True,
+      ema_index=0,  # Which of ema_decays to evaluate.
+      features="inception",  # "inception" (FID, IS) | "pixels" (Frechet distance of raw pixels).
+      inception_path="",  # FID Inception .pth/.npz; "" = eval.fid's default path; "random": tests.
+      ref_stats="",  # .npz with mu/sigma; required for inception, optional for pixels (held-out).
+      seed=2,
+  ))
   return config

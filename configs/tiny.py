@@ -9,4 +9,5 @@ def get_config():
                       sample_every=0)
   config.sample.update(num_samples=16, batch_size=16)
   config.optim.warmup_steps = 0
+  config.eval.update(every_steps=0, num_samples=32, batch_size=16, num_steps=(1, 2))
   return config
