@@ -100,10 +100,10 @@ def make_decoder(config) -> Callable[[jax.Array], jax.Array]:
   to itself.
   """
   if config.data.name == "imagenet_latents":
-    raise NotImplementedError(
-        "eval on latent data (data.name='imagenet_latents') needs the SD-VAE decoder "
-        "(data.vae_path), which is not wired into eval.evaluators.make_decoder yet; set "
-        "eval.every_steps=0, or sample with --mode=sample and score the .npz with eval.fid.")
+    if not config.data.vae_path:
+      raise ValueError("eval on latent data (data.name='imagenet_latents') needs data.vae_path: "
+                       "local SD-VAE weights to decode the samples before Inception.")
+    return generate.load_decoder(config.data.vae_path, config.data.latent_scale)
   return lambda x: x
 
 

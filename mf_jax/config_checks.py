@@ -55,5 +55,8 @@ def validate(config, workdir: str = None) -> None:
     if not 1 <= d.num_pos <= d.queue_len:
       raise ValueError(f"drifting.num_pos={d.num_pos} must lie in [1, drifting.queue_len="
                        f"{d.queue_len}].")
+  if config.eval.every_steps:
+    from eval import evaluators
+    evaluators.validate_config(config)
   if workdir is not None:
     check_workdir(workdir)

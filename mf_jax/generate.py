@@ -8,6 +8,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from PIL import Image
 
 from mf_jax import sampling
@@ -64,7 +65,7 @@ def draw(config, sample_fn, params, mesh, num_samples: int, num_steps: int, seed
     labels = (jnp.arange(start, start + bs) % max(d.num_classes, 1)).astype(jnp.int32)
     put = lambda a: jax.device_put(a, sharding_lib.batch_sharding(mesh))
     x = sample_fn(params, put(noise), put(labels), num_steps, cfg_scale)
-    outs.append(np.asarray(jax.experimental.multihost_utils.process_allgather(x, tiled=True)))
+    outs.append(np.asarray(multihost_utils.process_allgather(x, tiled=True)))
     labels_all.append(np.asarray(labels))
   return np.concatenate(outs)[:num_samples], np.concatenate(labels_all)[:num_samples]
 

@@ -207,5 +207,5 @@ def test_ref_stats_dimension_and_latent_errors(tmp_path):
   with pytest.raises(ValueError, match=r"holds 5-d statistics but eval.features='pixels' gives 64"):
     evaluators.build_evaluators(config, None, sharding_lib.make_mesh(1), None)
   config.data.name = "imagenet_latents"
-  with pytest.raises(NotImplementedError, match=r"SD-VAE decoder"):
+  with pytest.raises(ValueError, match=r"data.vae_path"):
     evaluators.build_evaluators(config, None, sharding_lib.make_mesh(1), None)
