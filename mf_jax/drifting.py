@@ -40,7 +40,6 @@ from typing import Callable, Mapping, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 Array = jax.Array
 GeneratorFn = Callable[[Array, Array, Array], Array]
@@ -336,11 +335,3 @@ def generate(generator_fn: GeneratorFn, key: Array, labels: Array, alpha: float,
   """One-step sampling: x = f(e, alpha, label) with e ~ N(0, I) of shape [B, *noise_shape]."""
   noise = jax.random.normal(key, (labels.shape[0],) + tuple(noise_shape))
   return generator_fn(noise, jnp.full((labels.shape[0],), alpha, jnp.float32), labels)
-
-
-def energy_distance(a: np.ndarray, b: np.ndarray) -> float:
-  """Energy distance 2 E|A - B| - E|A - A'| - E|B - B'| between sample sets [n, D] and [m, D]."""
-  a, b = np.asarray(a, np.float64).reshape(len(a), -1), np.asarray(b, np.float64).reshape(len(b), -1)
-  d = lambda u, v: np.sqrt(np.maximum(
-      (u * u).sum(1)[:, None] + (v * v).sum(1)[None] - 2 * u @ v.T, 0.0))
-  return float(2 * d(a, b).mean() - d(a, a).mean() - d(b, b).mean())

@@ -19,6 +19,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mf_jax import drifting  # noqa: E402
+from mf_jax.distances import energy_distance  # noqa: E402
 from mf_jax.models.mlp import MLP  # noqa: E402
 
 NOISE_DIM = 32
@@ -125,8 +126,8 @@ def main():
   data_b = np.asarray(DATASETS[args.data](jax.random.key(10_002), n))
   generated = sample(model, params, jax.random.key(10_003), n)
   print(f"trained {args.steps} steps in {seconds:.1f} s; energy distance to data: generated "
-        f"{drifting.energy_distance(generated, data_a):.5f}, independent data sample "
-        f"{drifting.energy_distance(data_b, data_a):.5f} (n = {n})")
+        f"{energy_distance(generated, data_a):.5f}, independent data sample "
+        f"{energy_distance(data_b, data_a):.5f} (n = {n})")
 
 
 if __name__ == "__main__":

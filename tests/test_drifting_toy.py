@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from mf_jax import drifting
+from mf_jax.distances import energy_distance
 from scripts import drifting_toy
 
 
@@ -22,8 +23,8 @@ def test_mlp_generator_matches_gaussian_mixture():
   other = np.asarray(drifting_toy.gaussian_mixture(jax.random.key(200), n))
   generated = drifting_toy.sample(model, params, jax.random.key(300), n)
 
-  ed_data = drifting.energy_distance(other, data)
-  ed_generated = drifting.energy_distance(generated, data)
+  ed_data = energy_distance(other, data)
+  ed_generated = energy_distance(generated, data)
   assert ed_generated < 3 * ed_data, (ed_generated, ed_data)
   mode = np.round(np.arctan2(generated[:, 1], generated[:, 0]) / (np.pi / 4)).astype(int) % 8
   share = np.bincount(mode, minlength=8) / n
