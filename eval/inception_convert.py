@@ -12,7 +12,6 @@ aside), else a ValueError names the keys.
 torch is imported lazily, only to read a .pth file. `python -m eval.inception_convert --pth=X.pth
 --out=X.npz` rewrites the state dict (same keys) as .npz, which loads without torch.
 """
-import hashlib
 import os
 import re
 import urllib.request
@@ -22,6 +21,7 @@ import jax
 import numpy as np
 
 from eval import inception
+from mf_jax.checksum import file_sha256
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URLS = {
@@ -127,14 +127,6 @@ def _short(items, n=6):
   return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
 
 
-def sha256_of(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def check_sha256(path: str, expected: Optional[str]) -> None:
   """expected: full hex digest or a prefix (torch hub names carry the first 8+ digits); "auto"
   takes the prefix from a NAME-HEX.pth file name if it has one; None checks nothing."""
@@ -143,7 +135,7 @@ def check_sha256(path: str, expected: Optional[str]) -> None:
     expected = m.group(1) if m else None
   if not expected:
     return
-  actual = sha256_of(path)
+  actual = file_sha256(path)
   if not actual.startswith(expected.lower()):
     raise ValueError(f"Checksum mismatch for {path!r}: sha256 {actual} does not start with "
                      f"{expected}. The file is corrupt or not the FID Inception weights.")

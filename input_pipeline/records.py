@@ -15,13 +15,14 @@ Directory: `<split>-SSSSS-of-NNNNN.tfrecord` shards, `manifest.json` (written la
 is complete), and one `<shard>.done.json` per finished shard (what resumption trusts).
 """
 import dataclasses
-import hashlib
 import json
 import os
 import sys
 from typing import Dict, List, Sequence
 
 import numpy as np
+
+from mf_jax.checksum import file_sha256
 
 FORMAT = "mf_jax-latents-tfrecord-v1"
 MANIFEST = "manifest.json"
@@ -81,14 +82,6 @@ class RecordLayout:
 
 def shard_name(split: str, i: int, n: int) -> str:
   return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
-
-
-def file_sha256(path: str, chunk: int = 1 << 22) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(chunk), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def atomic_write_json(path: str, obj) -> None:

@@ -175,13 +175,19 @@ def train_and_evaluate(config, workdir: str, objective=None):
   return state
 
 
-def sample_to_files(config, workdir: str):
-  """--mode=sample: newest checkpoint -> config.sample.num_samples samples -> .npz and PNG grid."""
+def restore_trained(config, workdir: str, mode: str):
+  """(state, mesh, model) from the newest checkpoint, for the modes that need a trained model."""
   state, _, mesh, model, _, ckpt = setup_state(config, workdir)
   found = ckpt.latest_step()
   ckpt.close()
   if found is None:
-    raise FileNotFoundError(f"--mode=sample found no checkpoint in {ckpt.directory}: train first.")
+    raise FileNotFoundError(f"--mode={mode} found no checkpoint in {ckpt.directory}: train first.")
+  return state, mesh, model
+
+
+def sample_to_files(config, workdir: str):
+  """--mode=sample: newest checkpoint -> config.sample.num_samples samples -> .npz and PNG grid."""
+  state, mesh, model = restore_trained(config, workdir, "sample")
   s = config.sample
   params = state.ema_params[s.ema_index] if s.use_ema else state.params
   sample_fn = generate.make_sampler(config, model, mesh)
@@ -200,11 +206,7 @@ def sample_to_files(config, workdir: str):
 
 def evaluate_checkpoint(config, workdir: str):
   """--mode=eval: runs every evaluator once on the newest checkpoint and logs the numbers."""
-  state, _, mesh, model, _, ckpt = setup_state(config, workdir)
-  found = ckpt.latest_step()
-  ckpt.close()
-  if found is None:
-    raise FileNotFoundError(f"--mode=eval found no checkpoint in {ckpt.directory}: train first.")
+  state, mesh, model = restore_trained(config, workdir, "eval")
   if not config.eval.every_steps:
     config.eval.every_steps = 1  # --mode=eval always evaluates (the field exists, so a locked config allows it).
   evaluators = build_evaluators(config, model, mesh, generate.make_sampler(config, model, mesh))

@@ -56,7 +56,7 @@ def test_parity_with_torch_fidelity(random_weights):
         t.numpy() for t in reference(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()))
 
   # Load through the public path, with its checksum check.
-  apply_fn, loaded = inception.load_inception(path, sha256=inception_convert.sha256_of(path))
+  apply_fn, loaded = inception.load_inception(path, sha256=inception_convert.file_sha256(path))
   out = apply_fn(loaded, images)
   for name, ref in [("pool", pool_ref), ("logits_unbiased", logits_unbiased_ref),
                     ("logits", logits_ref)]:

@@ -10,7 +10,6 @@ Mapping: diffusers key "a.b.0.c.weight" -> Flax path (a, b_0, c, kernel|scale). 
 names (query/key/value/proj_attn, possibly stored as 1x1 convs) are accepted. Every Flax parameter
 must be filled and every checkpoint tensor used, else a ValueError names the offending keys.
 """
-import hashlib
 import json
 import os
 from typing import Dict, Mapping, Optional, Tuple
@@ -19,18 +18,11 @@ import flax.traverse_util
 import jax
 import numpy as np
 
+from mf_jax.checksum import file_sha256
 from mf_jax.models import vae
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out_0"}
-
-
-def file_sha256(path: str, chunk: int = 1 << 22) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(chunk), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def resolve_weights(path: str) -> Tuple[str, Optional[str]]:
