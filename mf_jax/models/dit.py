@@ -159,6 +159,7 @@ class DiT(nn.Module):
   hidden_size: Optional[int] = None
   num_heads: Optional[int] = None
   attention_impl: str = "einsum"  # A key of ATTENTION_IMPLS.
+  remat: bool = False  # Recompute each block's activations in the backward pass (saves memory).
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -193,8 +194,9 @@ class DiT(nn.Module):
       c = c + nn.Embed(self.num_classes + 1, width, embedding_init=nn.initializers.normal(0.02),
                        name="label_embedder", **kw)(labels)
 
+    block = nn.remat(DiTBlock) if self.remat else DiTBlock
     for i in range(depth):
-      tokens = DiTBlock(width, heads, attention_impl=self.attention_impl, name=f"block_{i}", **kw)(
+      tokens = block(width, heads, attention_impl=self.attention_impl, name=f"block_{i}", **kw)(
           tokens, c)
 
     shift, scale = jnp.split(nn.Dense(2 * width, kernel_init=nn.initializers.zeros,
