@@ -65,6 +65,17 @@ def get_config() -> ml_collections.ConfigDict:
       classes_per_step=64,  # N_c classes per step, each with num_pos real and num_neg generated.
       num_pos=64,
       queue_len=128,  # Real samples kept per class on device.
+      # Workdir of a method="mae" run whose encoder gives the feature space; "" = raw samples.
+      feature_encoder_workdir="",
+  ))
+  # The feature encoder (method="mae" pretrains it; drifting reads the same fields to rebuild it).
+  config.mae = ml_collections.ConfigDict(dict(
+      widths=(128, 256, 512, 512),
+      blocks_per_stage=2,
+      groups=32,
+      decoder_width=256,
+      mask_ratio=0.75,
+      patch_size=2,
   ))
 
   config.optim = ml_collections.ConfigDict(dict(

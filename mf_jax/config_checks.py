@@ -9,7 +9,7 @@ from mf_jax import drifting, meanflow
 from mf_jax.models.dit import parse_variant
 from mf_jax.train_state import build_model
 
-METHODS = ("meanflow", "drifting")
+METHODS = ("meanflow", "drifting", "mae")
 
 
 def check_workdir(workdir: str) -> None:
@@ -29,7 +29,7 @@ def validate(config, workdir: str = None) -> None:
     raise ValueError(f"method={config.method!r}: allowed values are {list(METHODS)}.")
   input_pipeline.check_name(config.data.name)
   model = build_model(config)
-  if config.model.name == "dit":
+  if config.model.name == "dit" and config.method != "mae":
     parse_variant(config.model.variant)
     model.dims()  # Patch size, widths, dtype and attention names.
   batch, devices = config.train.global_batch_size, jax.device_count()

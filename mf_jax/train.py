@@ -56,6 +56,8 @@ def write_sample_grids(config, sample_fn, state, mesh, writer, workdir, step):
   params = state.ema_params[0] if state.ema_params else state.params
   n = min(config.sample.batch_size, 64)
   images = {}
+  if config.method == "mae":
+    return
   for steps in ((1,) if config.method == "drifting" else (1, 2)):
     x, _ = generate.draw(config, sample_fn, params, mesh, n, steps, seed=config.sample.seed)
     if config.data.name == "imagenet_latents" and not config.data.vae_path:
@@ -90,18 +92,39 @@ def fill_class_queues(config, state, mesh, shardings):
   need = config.drifting.num_pos
   push = jax.jit(lambda q, batch, key: class_queues.push(
       q, step_lib.prepare_batch(batch, key, config), batch["label"]),
-      out_shardings=shardings.aux, donate_argnums=(0,))
+      out_shardings=shardings.aux["queues"], donate_argnums=(0,))
   batches = input_pipeline.train_iterator(config, 0)
-  queues = state.aux
+  queues = state.aux["queues"]
   for i in range(100_000 // config.train.global_batch_size + 1):
     if bool(class_queues.ready(queues, need)):
       logging.info("Class queues filled with >= %d samples per class from %d batches.", need, i)
-      return state.replace(aux=queues)
+      return state.replace(aux=dict(state.aux, queues=queues))
     batch = sharding_lib.global_batch(next(batches), mesh)
     queues = push(queues, batch, jax.random.fold_in(jax.random.key(config.seed), -2 % 2**31 - i))
   counts = jax.device_get(queues.count)
   raise ValueError(f"drifting.num_pos={need}: after 100,000 examples some classes still have fewer "
                    f"samples (per-class counts {counts.tolist()}); lower num_pos or check the labels.")
+
+
+def load_feature_encoder(config, shardings):
+  """The frozen MAE encoder for drifting: EMA parameters of the newest checkpoint in
+  drifting.feature_encoder_workdir, a run of the same config's `mae` section (method="mae")."""
+  workdir = config.drifting.feature_encoder_workdir
+  mae = config.copy_and_resolve_references()
+  mae.method = "mae"
+  model, optimizer = ts.build_model(mae), ts.make_optimizer(mae)
+  abstract = jax.eval_shape(lambda k: ts.init_state(mae, model, optimizer, k), jax.random.key(0))
+  replicated = shardings.step  # The scalar step's sharding: replicated on the run's mesh.
+  mae_shardings = jax.tree_util.tree_map(lambda _: replicated, abstract)
+  ckpt = checkpointing.Checkpointer(workdir, keep=1)
+  restored = ckpt.restore_latest(abstract, mae_shardings) if ckpt.latest_step() else None
+  ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"drifting.feature_encoder_workdir={workdir} holds no MAE checkpoint: "
+                            "pretrain one with the same config's mae section and method='mae'.")
+  logging.info("Feature encoder: MAE step %d from %s.", int(restored.step), workdir)
+  params = restored.ema_params[0] if restored.ema_params else restored.params
+  return jax.device_put(params, shardings.aux["encoder"])
 
 
 def check_finite(state, metrics):
@@ -120,6 +143,8 @@ def train_and_evaluate(config, workdir: str, objective=None):
   state, shardings, mesh, model, optimizer, ckpt = setup_state(config, workdir)
   start_step, num_steps = int(state.step), config.train.num_steps
   if config.method == "drifting" and start_step == 0:
+    if config.drifting.feature_encoder_workdir:
+      state = state.replace(aux=dict(state.aux, encoder=load_feature_encoder(config, shardings)))
     state = fill_class_queues(config, state, mesh, shardings)
   run_info.write(workdir, config, start_step)
   writer = writers.create_writer(workdir)

@@ -15,6 +15,7 @@ import optax
 from mf_jax import class_queues
 from mf_jax import sharding as sharding_lib
 from mf_jax.models.dit import DiT
+from mf_jax.models.feature_encoder import MaskedAutoencoder
 from mf_jax.models.mlp import MLP
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -29,7 +30,8 @@ class TrainState:
   # First step (1-based) whose loss or gradient was not finite (-1: none). Once set, updates stop, so the
   # parameters and any checkpoint keep the last good values; the host raises at its next check.
   nonfinite_step: jax.Array
-  # Method-specific state carried between steps: the drifting method's per-class real-sample queues.
+  # Method-specific state carried between steps. Drifting: {"queues": per-class real samples,
+  # "encoder": frozen feature-encoder parameters or None}.
   aux: Any = None
 
 
@@ -37,6 +39,8 @@ def build_model(config) -> nn.Module:
   m = config.model
   if m.compute_dtype not in DTYPES:
     raise ValueError(f"model.compute_dtype={m.compute_dtype!r}: allowed values are {sorted(DTYPES)}.")
+  if config.method == "mae":  # Feature encoder for drifting, pretrained as a masked autoencoder.
+    return mae_model(config)
   conditions = ("alpha",) if config.method == "drifting" else ("t", "t_minus_r")
   if m.name == "mlp":  # Small vector data (2-D toys, 8x8 digits); output flattened, see net_fn.
     d = config.data
@@ -48,6 +52,13 @@ def build_model(config) -> nn.Module:
              num_classes=config.data.num_classes, condition_names=conditions, depth=m.depth,
              hidden_size=m.hidden_size, num_heads=m.num_heads,
              attention_impl=m.attention_impl, remat=m.remat, dtype=DTYPES[m.compute_dtype])
+
+
+def mae_model(config) -> MaskedAutoencoder:
+  e = config.mae
+  return MaskedAutoencoder(channels=config.data.channels, widths=tuple(e.widths),
+                           blocks_per_stage=e.blocks_per_stage, groups=e.groups,
+                           decoder_width=e.decoder_width)
 
 
 def meanflow_u_fn(model: nn.Module, params):
@@ -80,6 +91,8 @@ def example_inputs(config, batch_size: int = 1):
   """Dummy (x, conditions, labels) with the shapes the model is called with."""
   d = config.data
   x = jnp.zeros((batch_size, d.image_size, d.image_size, d.channels), jnp.float32)
+  if config.method == "mae":
+    return x, jnp.zeros(x.shape[:-1] + (1,), bool)
   num_conditions = 1 if config.method == "drifting" else 2
   conditions = tuple(jnp.zeros((batch_size,), jnp.float32) for _ in range(num_conditions))
   return x, conditions, jnp.zeros((batch_size,), jnp.int32)
@@ -90,8 +103,14 @@ def init_state(config, model, optimizer, key) -> TrainState:
   aux = None
   if config.method == "drifting":
     d = config.data
-    aux = class_queues.init(max(d.num_classes, 1), config.drifting.queue_len,
-                            (d.image_size, d.image_size, d.channels))
+    encoder = None
+    if config.drifting.feature_encoder_workdir:  # A placeholder of the right shapes; see train.py.
+      mae = config.copy_and_resolve_references()
+      mae.method = "mae"
+      encoder = mae_model(mae).init(key, *example_inputs(mae))
+    aux = {"queues": class_queues.init(max(d.num_classes, 1), config.drifting.queue_len,
+                                       (d.image_size, d.image_size, d.channels)),
+           "encoder": encoder}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                     ema_params=tuple(params for _ in config.ema_decays),
                     nonfinite_step=jnp.full((), -1, jnp.int32), aux=aux)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from mf_jax import class_queues, drifting, meanflow
+from mf_jax.models import feature_encoder
 from mf_jax import sharding as sharding_lib
 from mf_jax.train_state import TrainState, generator_fn, meanflow_u_fn, update_ema
 
@@ -37,11 +38,31 @@ def meanflow_objective(model, config):
   return loss_fn
 
 
-def drifting_objective(model, config):
+def drifting_feature_fn(config, encoder_params):
+  """Raw samples, or the frozen encoder's multi-scale statistics plus the raw samples."""
+  if encoder_params is None:
+    return drifting.raw_features
+  from mf_jax.train_state import mae_model
+  encoder = mae_model(config)
+  return feature_encoder.encoder_feature_fn(
+      lambda x: encoder.apply(encoder_params, x, method=encoder.features))
+
+
+def drifting_objective(model, config, encoder_params=None):
   """(params, real_by_class [N_c, N_pos, ...], classes [N_c], key) -> (loss, metrics)."""
+  feature_fn = drifting_feature_fn(config, encoder_params)
   def loss_fn(params, real_by_class, classes, key):
     return drifting.drifting_loss(generator_fn(model, params), real_by_class, classes, key,
-                                  config.drifting)
+                                  config.drifting, feature_fn=feature_fn)
+  return loss_fn
+
+
+def mae_objective(model, config):
+  """(params, x, labels, key) -> (loss, metrics): masked-autoencoder pretraining of the encoder."""
+  def loss_fn(params, x, labels, key):
+    del labels
+    return feature_encoder.mae_loss(model.apply, params, x, key, config.mae.mask_ratio,
+                                    config.mae.patch_size)
   return loss_fn
 
 
@@ -57,15 +78,21 @@ def drifting_inputs(queues, x, labels, key, config):
 
 def make_train_step(config, model, optimizer, objective=None):
   """Returns train_step(state, batch) -> (state, metrics), not yet jitted."""
-  if objective is None:
-    objective = (drifting_objective if config.method == "drifting" else meanflow_objective)(
-        model, config)
+  fixed_objective = objective
+  if objective is None and config.method == "meanflow":
+    fixed_objective = meanflow_objective(model, config)
+  elif objective is None and config.method == "mae":
+    fixed_objective = mae_objective(model, config)
 
   def train_step(state: TrainState, batch):
     k_data, k_loss, k_aux = jax.random.split(step_key(config.seed, state.step), 3)
     x, labels, aux = prepare_batch(batch, k_data, config), batch["label"], state.aux
+    objective = fixed_objective
     if config.method == "drifting":
-      aux, x, labels = drifting_inputs(aux, x, labels, k_aux, config)
+      queues, x, labels = drifting_inputs(aux["queues"], x, labels, k_aux, config)
+      aux = dict(aux, queues=queues)
+      # The frozen encoder's parameters travel in the state: arguments, not compile-time constants.
+      objective = objective or drifting_objective(model, config, aux["encoder"])
     grad_fn = jax.value_and_grad(objective, has_aux=True)
     (loss, metrics), grads = grad_fn(state.params, x, labels, k_loss)
     grad_norm = optax.global_norm(grads)

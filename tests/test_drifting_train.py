@@ -28,7 +28,7 @@ def run(config, mesh, steps):
   model, opt = ts.build_model(config), ts.make_optimizer(config)
   state, shardings = ts.create_sharded_state(config, model, opt, mesh, jax.random.key(0))
   state = train.fill_class_queues(config, state, mesh, shardings)
-  assert bool(class_queues.ready(state.aux, config.drifting.num_pos))
+  assert bool(class_queues.ready(state.aux["queues"], config.drifting.num_pos))
   step = step_lib.jit_train_step(step_lib.make_train_step(config, model, opt), mesh, shardings)
   batches = input_pipeline.train_iterator(config, 0)
   losses = []
@@ -60,3 +60,24 @@ def test_drifting_resume_and_sample(tmp_path):
     np.testing.assert_array_equal(a, b)
   batch = np.load(train.sample_to_files(config, str(tmp_path / "a")))
   assert batch["arr_0"].shape == (16, 8, 8, 1) and batch["arr_0"].dtype == np.uint8
+
+
+def test_mae_pretraining_then_drifting_on_its_features(tmp_path):
+  mae = tiny_drifting()
+  mae.method = "mae"
+  mae.mae.update(widths=(8, 16), blocks_per_stage=1, groups=4, decoder_width=8)
+  mae.train.num_steps = 4
+  first = train.train_and_evaluate(mae, str(tmp_path / "mae"))
+  assert int(first.step) == 4
+
+  config = tiny_drifting()
+  config.mae = mae.mae
+  config.train.num_steps = 2
+  config.drifting.feature_encoder_workdir = str(tmp_path / "mae")
+  state = train.train_and_evaluate(config, str(tmp_path / "drift"))
+  rows = [l for l in open(tmp_path / "drift" / "metrics.jsonl") if '"loss"' in l]
+  assert rows and "stage1/loc" in rows[-1] and "raw" in rows[-1]  # Encoder features were used.
+  # The encoder stays frozen at the MAE's EMA parameters.
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(state.aux["encoder"])),
+                  jax.tree_util.tree_leaves(jax.device_get(first.ema_params[0]))):
+    np.testing.assert_array_equal(a, b)
