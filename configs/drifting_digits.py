@@ -17,4 +17,5 @@ def get_config():
   config.ema_decays = (0.999,)
   config.train.update(global_batch_size=128, num_steps=4000, checkpoint_every=1000,
                       sample_every=1000)
+  config.eval.update(every_steps=4000, num_steps=(1,))  # One-step generator: 1-NFE only.
   return config
