@@ -76,24 +76,28 @@ def drifting_inputs(queues, x, labels, key, config):
   return queues, class_queues.draw(queues, k_draw, classes, d.num_pos), classes
 
 
-def make_train_step(config, model, optimizer, objective=None):
-  """Returns train_step(state, batch) -> (state, metrics), not yet jitted."""
-  fixed_objective = objective
-  if objective is None and config.method == "meanflow":
-    fixed_objective = meanflow_objective(model, config)
-  elif objective is None and config.method == "mae":
-    fixed_objective = mae_objective(model, config)
+def method_objective(model, config, aux):
+  """config.method's loss as (params, x, labels, key) -> (loss, metrics), built at trace time."""
+  if config.method == "drifting":
+    # The frozen encoder's parameters travel in the state: arguments, not compile-time constants.
+    return drifting_objective(model, config, aux["encoder"])
+  if config.method == "mae":
+    return mae_objective(model, config)
+  return meanflow_objective(model, config)
 
+
+def make_train_step(config, model, optimizer, objective=None):
+  """Returns train_step(state, batch) -> (state, metrics), not yet jitted.
+
+  `objective` replaces config.method's loss (same signature as method_objective's result).
+  """
   def train_step(state: TrainState, batch):
     k_data, k_loss, k_aux = jax.random.split(step_key(config.seed, state.step), 3)
     x, labels, aux = prepare_batch(batch, k_data, config), batch["label"], state.aux
-    objective = fixed_objective
     if config.method == "drifting":
       queues, x, labels = drifting_inputs(aux["queues"], x, labels, k_aux, config)
       aux = dict(aux, queues=queues)
-      # The frozen encoder's parameters travel in the state: arguments, not compile-time constants.
-      objective = objective or drifting_objective(model, config, aux["encoder"])
-    grad_fn = jax.value_and_grad(objective, has_aux=True)
+    grad_fn = jax.value_and_grad(objective or method_objective(model, config, aux), has_aux=True)
     (loss, metrics), grads = grad_fn(state.params, x, labels, k_loss)
     grad_norm = optax.global_norm(grads)
 
