@@ -14,6 +14,10 @@ from mf_jax import train_state as ts
 from mf_jax import train_step as step_lib
 
 
+# Key streams that no training step reaches (steps fold in their own index from 0 upwards).
+INIT_STREAM = 2**31 - 1
+QUEUE_FILL_STREAM = 2**31 - 2  # Minus the batch index while filling the class queues.
+
 # ---------------------------------------------------------------------------------------------
 # Set-up shared by training, sampling and evaluation.
 
@@ -26,7 +30,7 @@ def setup_state(config, workdir: str):
   mesh = sharding_lib.make_mesh(config.sharding.fsdp)
   model = ts.build_model(config)
   optimizer = ts.make_optimizer(config)
-  init_key = jax.random.fold_in(jax.random.key(config.seed), -1 % 2**31)
+  init_key = jax.random.fold_in(jax.random.key(config.seed), INIT_STREAM)
   state, shardings = ts.create_sharded_state(config, model, optimizer, mesh, init_key)
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
   restored = ckpt.restore_latest(state, shardings)
@@ -37,15 +41,23 @@ def setup_state(config, workdir: str):
 
 
 class PreemptionFlag:
-  """Set by SIGTERM (the usual preemption notice); the loop saves and exits at the next step."""
+  """Set by SIGTERM (the usual preemption notice); the loop saves and exits at the next step.
+
+  `restore()` puts the previous handler back once training returns.
+  """
 
   def __init__(self):
     self.event = threading.Event()
+    self.previous = None
     if threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+      self.previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
 
   def __bool__(self):
     return self.event.is_set()
+
+  def restore(self):
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,7 +112,8 @@ def fill_class_queues(config, state, mesh, shardings):
       logging.info("Class queues filled with >= %d samples per class from %d batches.", need, i)
       return state.replace(aux=dict(state.aux, queues=queues))
     batch = sharding_lib.global_batch(next(batches), mesh)
-    queues = push(queues, batch, jax.random.fold_in(jax.random.key(config.seed), -2 % 2**31 - i))
+    key = jax.random.fold_in(jax.random.key(config.seed), QUEUE_FILL_STREAM - i)
+    queues = push(queues, batch, key)
   counts = jax.device_get(queues.count)
   raise ValueError(f"drifting.num_pos={need}: after 100,000 examples some classes still have fewer "
                    f"samples (per-class counts {counts.tolist()}); lower num_pos or check the labels.")
@@ -192,6 +205,7 @@ def train_and_evaluate(config, workdir: str, objective=None):
         break
   finally:
     # Whatever stops the loop, a save already under way is finished, never left half-written.
+    preempted.restore()
     writer.flush()
     ckpt.wait()
     ckpt.close()
