@@ -7,9 +7,7 @@ from configs import drifting_digits
 from mf_jax import class_queues
 from mf_jax import sharding as sharding_lib
 from mf_jax import train
-from mf_jax import train_state as ts
-from mf_jax import train_step as step_lib
-import input_pipeline
+from test_train import run_steps
 
 
 def tiny_drifting():
@@ -24,24 +22,11 @@ def tiny_drifting():
   return config
 
 
-def run(config, mesh, steps):
-  model, opt = ts.build_model(config), ts.make_optimizer(config)
-  state, shardings = ts.create_sharded_state(config, model, opt, mesh, jax.random.key(0))
-  state = train.fill_class_queues(config, state, mesh, shardings)
-  assert bool(class_queues.ready(state.aux["queues"], config.drifting.num_pos))
-  step = step_lib.jit_train_step(step_lib.make_train_step(config, model, opt), mesh, shardings)
-  batches = input_pipeline.train_iterator(config, 0)
-  losses = []
-  for _ in range(steps):
-    state, metrics = step(state, sharding_lib.global_batch(next(batches), mesh))
-    losses.append(float(metrics["loss"]))
-  return state, losses
-
-
 def test_drifting_step_sharded_matches_single_device():
   config = tiny_drifting()
-  ref, ref_losses = run(config, sharding_lib.make_mesh(1, jax.devices()[:1]), 2)
-  got, losses = run(config, sharding_lib.make_mesh(1), 2)
+  ref, ref_losses = run_steps(config, sharding_lib.make_mesh(1, jax.devices()[:1]), 2)
+  got, losses = run_steps(config, sharding_lib.make_mesh(1), 2)
+  assert bool(class_queues.ready(got.aux["queues"], config.drifting.num_pos))
   assert np.all(np.isfinite(losses))
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(jax.device_get((got.params, got.aux))),
