@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 import input_pipeline
 from eval import fid, stats
 from mf_jax import generate
+from mf_jax.generate import quantize_uint8  # The rounding every sample path shares.
 from mf_jax import sharding as sharding_lib
 
 FEATURES = ("pixels", "inception")
@@ -105,11 +106,6 @@ def make_decoder(config) -> Callable[[jax.Array], jax.Array]:
                        "local SD-VAE weights to decode the samples before Inception.")
     return generate.load_decoder(config.data.vae_path, config.data.latent_scale)
   return lambda x: x
-
-
-def quantize_uint8(x: jax.Array) -> jax.Array:
-  """[-1, 1] -> uint8 [0, 255] on the devices; the same rounding as generate.to_uint8."""
-  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def frechet_distance_from_samples(x: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -235,14 +231,12 @@ class SampleQualityEvaluator:
     self.num_steps = num_steps_tuple(ev)
     batch = sharding_lib.batch_sharding(mesh)
     shape = (self.batch_size, d.image_size, d.image_size, d.channels)
-    num_classes, bs, n = max(d.num_classes, 1), self.batch_size, self.num_samples
+    bs, n = self.batch_size, self.num_samples
 
     @functools.partial(jax.jit, out_shardings=(batch, batch, batch))
     def chunk_inputs(key, start):
-      # The same noise and labels as generate.draw's chunk (fold_in(seed, i), cycling classes).
-      index = start + jnp.arange(bs)
-      noise = jax.random.normal(key, shape)
-      return noise, (index % num_classes).astype(jnp.int32), (index < n).astype(jnp.float32)
+      noise, labels = generate.sample_inputs(key, start, bs, shape[1:], d.num_classes)
+      return noise, labels, (start + jnp.arange(bs) < n).astype(jnp.float32)
 
     def to_images(pixels):
       images = quantize_uint8(pixels)

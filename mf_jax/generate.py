@@ -47,6 +47,17 @@ def make_sampler(config, model, mesh):
   return sample_fn
 
 
+def sample_inputs(key, start: int, batch_size: int, shape, num_classes: int):
+  """Noise [batch_size, *shape] from `key` and labels cycling through the classes from `start`.
+
+  Sample grids, --mode=sample and the evaluators all draw their inputs here, chunk i with
+  key fold_in(seed, i), so the same seed gives the same samples everywhere.
+  """
+  noise = jax.random.normal(key, (batch_size,) + tuple(shape))
+  labels = ((start + jnp.arange(batch_size)) % max(num_classes, 1)).astype(jnp.int32)
+  return noise, labels
+
+
 def draw(config, sample_fn, params, mesh, num_samples: int, num_steps: int, seed: int,
          cfg_scale: float = 1.0):
   """Samples in batches of config.sample.batch_size; labels cycle through the classes.
@@ -61,8 +72,8 @@ def draw(config, sample_fn, params, mesh, num_samples: int, num_steps: int, seed
   outs, labels_all = [], []
   for i, start in enumerate(range(0, num_samples, bs)):
     key = jax.random.fold_in(jax.random.key(seed), i)
-    noise = jax.random.normal(key, (bs, d.image_size, d.image_size, d.channels))
-    labels = (jnp.arange(start, start + bs) % max(d.num_classes, 1)).astype(jnp.int32)
+    noise, labels = sample_inputs(key, start, bs, (d.image_size, d.image_size, d.channels),
+                                  d.num_classes)
     put = lambda a: jax.device_put(a, sharding_lib.batch_sharding(mesh))
     x = sample_fn(params, put(noise), put(labels), num_steps, cfg_scale)
     outs.append(np.asarray(multihost_utils.process_allgather(x, tiled=True)))
@@ -91,9 +102,14 @@ def decode(x, config, batch_size: int = 32) -> np.ndarray:
                          for i in range(0, len(x), batch_size)])
 
 
+def quantize_uint8(x):
+  """Images in [-1, 1] -> uint8 [0, 255] (round half to even), on host or device arrays alike."""
+  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
 def to_uint8(x, config) -> np.ndarray:
   """Data-space samples -> uint8 images [N, H, W, C] (decoded first for latent models)."""
-  return np.clip(np.round((decode(x, config) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  return np.asarray(quantize_uint8(decode(x, config)))
 
 
 def grid(images: np.ndarray, cols: int = 8, upscale: int = 1) -> np.ndarray:
