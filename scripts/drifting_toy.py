@@ -18,21 +18,12 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from input_pipeline.toy import checkerboard  # noqa: E402
 from mf_jax import drifting  # noqa: E402
 from mf_jax.distances import energy_distance  # noqa: E402
 from mf_jax.models.mlp import MLP  # noqa: E402
 
 NOISE_DIM = 32
-
-
-def checkerboard(key: jax.Array, n: int) -> jax.Array:
-  """Uniform on the 8 dark cells of a 4x4 checkerboard covering [-2, 2]^2, [n, 2]."""
-  k_pos, k_cell = jax.random.split(key)
-  u = jax.random.uniform(k_pos, (n, 2))
-  cell = jax.random.randint(k_cell, (n,), 0, 8)
-  row = cell // 2
-  col = 2 * (cell % 2) + row % 2  # Dark cells alternate between rows.
-  return jnp.stack([col + u[:, 0], row + u[:, 1]], axis=1) - 2.0
 
 
 def gaussian_mixture(key: jax.Array, n: int) -> jax.Array:

@@ -3,7 +3,6 @@
 REFERENCE.md section 4: on a 4x4 checkerboard the one-step flow-matching map blurs the cells, while
 the 1-NFE MeanFlow map keeps them. (Well-separated Gaussians would not separate the two methods.)
 """
-import functools
 
 import flax.linen as nn
 import jax
@@ -11,18 +10,10 @@ import jax.numpy as jnp
 import optax
 
 from configs.base import meanflow_config
+from input_pipeline.toy import checkerboard
 from mf_jax import meanflow, sampling
 from mf_jax.distances import energy_distance
 from mf_jax.models.dit import timestep_features
-
-
-def checkerboard(key, n):
-  """Uniform on the 8 cells (i + j even) of a 4x4 board covering [-2, 2]^2."""
-  k_cell, k_pos = jax.random.split(key)
-  cell = jax.random.randint(k_cell, (n,), 0, 8)
-  row = cell // 2
-  col = 2 * (cell % 2) + (row % 2)
-  return jnp.stack([col, row], 1) - 2.0 + jax.random.uniform(k_pos, (n, 2))
 
 
 class VelocityMLP(nn.Module):
