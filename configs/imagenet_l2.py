@@ -1,13 +1,6 @@
-"""MeanFlow-L/2 on ImageNet 256 latents.
-
-Guidance in the target: omega = 1, kappa = 0.5 (effective scale 2), the official B/4 release's
-setting; guidance interval [0.0, 1.0].
-"""
+"""MeanFlow-L/2 on ImageNet 256 latents; guidance as in imagenet_base.get_meanflow_config."""
 from configs import imagenet_base
 
 
 def get_config():
-  config = imagenet_base.get_config("L/2")
-  config.meanflow.update(guidance_omega=1.0, guidance_kappa=0.5, guidance_t_min=0.0,
-                         guidance_t_max=1.0)
-  return config
+  return imagenet_base.get_meanflow_config("L/2")
