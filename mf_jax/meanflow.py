@@ -142,7 +142,7 @@ def adaptive_weighted_loss(u: Array, u_tgt: Array, p: float, c: float) -> Tuple[
 
   Returns (loss, unweighted per-element MSE). p = 0 gives the plain summed L2 loss.
   """
-  err = (u - u_tgt).astype(jnp.float32)
+  err = (u - u_tgt).astype(jnp.promote_types(u.dtype, jnp.float32))  # float64 stays float64.
   d = jnp.sum(jnp.square(err), axis=tuple(range(1, err.ndim)))
   weight = jax.lax.stop_gradient(1.0 / jnp.power(d + c, p))
   return jnp.mean(weight * d), jnp.mean(jnp.square(err))

@@ -18,7 +18,9 @@ from mf_jax.models.dit import DiT
 from mf_jax.models.feature_encoder import MaskedAutoencoder
 from mf_jax.models.mlp import MLP
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# "float64" (parameters too; needs jax_enable_x64) exists for exactness tests, e.g. that a sharded
+# step computes the same numbers as one device without float32 rounding in the way.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 @flax.struct.dataclass
@@ -51,7 +53,8 @@ def build_model(config) -> nn.Module:
   return DiT(variant=m.variant, image_size=config.data.image_size, channels=config.data.channels,
              num_classes=config.data.num_classes, condition_names=conditions, depth=m.depth,
              hidden_size=m.hidden_size, num_heads=m.num_heads,
-             attention_impl=m.attention_impl, remat=m.remat, dtype=DTYPES[m.compute_dtype])
+             attention_impl=m.attention_impl, remat=m.remat, dtype=DTYPES[m.compute_dtype],
+             param_dtype=jnp.float64 if m.compute_dtype == "float64" else jnp.float32)
 
 
 def mae_model(config) -> MaskedAutoencoder:

@@ -19,3 +19,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Make the project root importable no matter where pytest is started from.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+import pytest  # noqa: E402  (after the environment is set)
+
+
+@pytest.fixture
+def x64():
+  """Runs a test with 64-bit JAX types: jnp literals and random draws default to float64.
+
+  For tests whose point is exactness (a formula, two orderings of the same mathematics); see
+  tests/README.md on how tolerances are chosen.
+  """
+  import jax
+  with jax.enable_x64(True):
+    yield

@@ -50,14 +50,14 @@ def test_identity_recovers_analytic_average_velocity():
     np.testing.assert_allclose(u, analytic_u(z, r, t), atol=1e-12)
 
 
-def test_tangent_order_is_v_0_1():
+def test_tangent_order_is_v_0_1(x64):
   """u = z r + t^2 has du/dt = v r + 2 t; swapped tangents (v, 1, 0) would give v r + z."""
   u_fn = lambda z, r, t, _: z * r[:, None] + (t ** 2)[:, None]
   z, v = jnp.array([[2.0], [-1.0]]), jnp.array([[0.5], [3.0]])
   r, t = jnp.array([0.2, 0.1]), jnp.array([0.7, 0.9])
   _, u_tgt = meanflow.average_velocity_target(u_fn, z, r, t, v, None)
   dudt = v * r[:, None] + 2 * t[:, None]
-  np.testing.assert_allclose(u_tgt, v - (t - r)[:, None] * dudt, rtol=1e-6)
+  np.testing.assert_allclose(u_tgt, v - (t - r)[:, None] * dudt, rtol=1e-12)
   swapped = v * r[:, None] + z
   assert not np.allclose(u_tgt, v - (t - r)[:, None] * swapped)
 
@@ -146,7 +146,7 @@ def test_no_guidance_returns_conditional_velocity():
   np.testing.assert_array_equal(out, v)
 
 
-def test_guided_velocity_formula_dropout_and_interval():
+def test_guided_velocity_formula_dropout_and_interval(x64):
   omega, kappa = 3.0, 0.5
   z = jax.random.normal(jax.random.key(0), (4, 3))
   v = jax.random.normal(jax.random.key(1), (4, 3))
@@ -156,8 +156,8 @@ def test_guided_velocity_formula_dropout_and_interval():
   out = meanflow.guided_velocity(_stub, z, t, v, labels, dropped, _guided(omega, kappa, 0.1, 0.8))
   u_c, u_null = 2 * z + labels[:, None], 2 * z + 10.0
   expected = omega * v + kappa * u_c + (1 - omega - kappa) * u_null
-  np.testing.assert_allclose(out[:2], expected[:2], rtol=1e-6)
-  np.testing.assert_allclose(out[2:], v[2:], rtol=1e-6)
+  np.testing.assert_allclose(out[:2], expected[:2], rtol=1e-12)
+  np.testing.assert_allclose(out[2:], v[2:], rtol=1e-12)
 
 
 def test_guidance_enters_the_jvp_tangent():
@@ -175,7 +175,7 @@ def test_guidance_enters_the_jvp_tangent():
 
 # --- Loss ----------------------------------------------------------------------------------
 
-def test_ratio_zero_is_flow_matching():
+def test_ratio_zero_is_flow_matching(x64):
   """With r = t everywhere, the target ignores du/dt: adding (t - r) g(z, t) to u changes nothing."""
   cfg = meanflow_config(num_classes=10)
   x = jax.random.normal(jax.random.key(0), (32, 4))
@@ -186,23 +186,23 @@ def test_ratio_zero_is_flow_matching():
     cfg.r_neq_t_ratio = ratio
     a = meanflow.meanflow_loss(base, x, labels, jax.random.key(1), cfg)[0]
     b = meanflow.meanflow_loss(bent, x, labels, jax.random.key(1), cfg)[0]
-    assert np.isclose(a, b, rtol=1e-6) == same
+    assert np.isclose(a, b, rtol=1e-12) == same
 
 
-def test_adaptive_weighting():
+def test_adaptive_weighting(x64):
   u = jnp.array([[1.0, 1.0], [3.0, 0.0]])
   tgt = jnp.zeros_like(u)
   d = np.array([2.0, 9.0])
   loss, mse = meanflow.adaptive_weighted_loss(u, tgt, p=1.0, c=1e-3)
-  np.testing.assert_allclose(loss, np.mean(d / (d + 1e-3)), rtol=1e-6)
-  np.testing.assert_allclose(mse, 11.0 / 4, rtol=1e-6)
-  np.testing.assert_allclose(meanflow.adaptive_weighted_loss(u, tgt, 0.0, 1e-3)[0], d.mean(), rtol=1e-6)
+  np.testing.assert_allclose(loss, np.mean(d / (d + 1e-3)), rtol=1e-12)
+  np.testing.assert_allclose(mse, 11.0 / 4, rtol=1e-12)
+  np.testing.assert_allclose(meanflow.adaptive_weighted_loss(u, tgt, 0.0, 1e-3)[0], d.mean(), rtol=1e-12)
   # The weight is stop-gradiented: d/du of d / sg(d + c) is 2 u / (d + c).
   grad = jax.grad(lambda u_: meanflow.adaptive_weighted_loss(u_, tgt, 1.0, 1e-3)[0])(u)
-  np.testing.assert_allclose(grad, 2 * u / (d[:, None] + 1e-3) / 2, rtol=1e-5)
+  np.testing.assert_allclose(grad, 2 * u / (d[:, None] + 1e-3) / 2, rtol=1e-12)
 
 
-def test_gradient_flows_only_through_primal_u():
+def test_gradient_flows_only_through_primal_u(x64):
   """d loss / d theta must not contain second-order terms from the target."""
   cfg = meanflow_config(num_classes=0)
   cfg.class_dropout, cfg.adaptive_p, cfg.r_neq_t_ratio = 0.0, 0.0, 1.0
@@ -220,7 +220,7 @@ def test_gradient_flows_only_through_primal_u():
     v = e - x
     _, tgt = meanflow.average_velocity_target(u_fn(theta), z, r, t, v, labels)
     return jnp.mean(jnp.sum((u_fn(th)(z, r, t, labels) - tgt) ** 2, axis=1))
-  np.testing.assert_allclose(g, jax.grad(frozen)(theta), rtol=1e-5)
+  np.testing.assert_allclose(g, jax.grad(frozen)(theta), rtol=1e-10)
 
 
 # --- Bad input ---------------------------------------------------------------------------------

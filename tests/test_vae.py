@@ -1,4 +1,5 @@
 """Flax SD-VAE port vs diffusers' PyTorch AutoencoderKL on random weights, and the converter."""
+import copy
 import os
 
 import jax
@@ -8,6 +9,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from mf_jax.models import vae, vae_convert
+import numerics
 
 
 def torch_vae(cfg: vae.VAEConfig, seed: int = 0) -> AutoencoderKL:
@@ -31,21 +33,31 @@ def state_dict_np(model):
   return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def assert_parity(cfg, model, params, size, tol=1e-4):
+def assert_parity(cfg, model, params, size):
+  """Encoder moments and decoder output of the Flax port against diffusers, on the same inputs.
+
+  Truth is diffusers in float64; our float32 port must be about as accurate as diffusers' own
+  float32 run (tests/README.md): a fixed tolerance would depend on the processor and, for the deep
+  SD layout, sits within a few times of the observed float32 error.
+  """
   x = np.random.RandomState(1).uniform(-1, 1, (2 if size <= 32 else 1, 3, size, size))
   x = x.astype(np.float32)
-  with torch.no_grad():
-    post = model.encode(torch.from_numpy(x)).latent_dist
-    image = model.decode(post.mean).sample
   nhwc = lambda t: t.numpy().transpose(0, 2, 3, 1)
+  model64 = copy.deepcopy(model).double()
+  with torch.no_grad():
+    post32 = model.encode(torch.from_numpy(x)).latent_dist
+    post64 = model64.encode(torch.from_numpy(x).double()).latent_dist
+    z = post32.mean  # One float32 latent decoded by all three, so decoders are compared alone.
+    image32, image64 = model.decode(z).sample, model64.decode(z.double()).sample
   mean, std = jax.jit(lambda p, x: vae.encode_moments(cfg, p, x))(params, x.transpose(0, 2, 3, 1))
   assert mean.shape == (x.shape[0], size // cfg.downsample_factor, size // cfg.downsample_factor,
                         cfg.latent_channels)
-  np.testing.assert_allclose(np.asarray(mean), nhwc(post.mean), rtol=0, atol=tol)
-  np.testing.assert_allclose(np.asarray(std), nhwc(post.std), rtol=0, atol=tol)
-  # Decode the torch mean so that the decoder comparison does not inherit encoder differences.
-  out = jax.jit(lambda p, z: vae.decode_latents(cfg, p, z))(params, nhwc(post.mean))
-  np.testing.assert_allclose(np.asarray(out), nhwc(image), rtol=0, atol=tol)
+  out = jax.jit(lambda p, z: vae.decode_latents(cfg, p, z))(params, nhwc(z))
+  for name, ours, ref32, ref64 in (("mean", mean, post32.mean, post64.mean),
+                                   ("std", std, post32.std, post64.std),
+                                   ("decoded", out, image32, image64)):
+    assert float(torch.abs(ref64).mean()) > 1e-2, name  # Not a degenerate comparison.
+    numerics.assert_as_accurate(np.asarray(ours), nhwc(ref32), nhwc(ref64), what=f"VAE {name}")
 
 
 def test_tiny_layout_matches_diffusers():
