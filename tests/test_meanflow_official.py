@@ -250,6 +250,10 @@ def test_half_up_rounding_is_the_official_uint8_conversion():
   official = np.clip(127.5 * x + 128.0, 0, 255).astype(np.uint8)  # The official sampler's line.
   np.testing.assert_array_equal(np.asarray(generate.quantize_uint8(jnp.asarray(x), "half_up")),
                                 official)
+  from configs import tiny
+  config = tiny.get_config()  # Pixel data: to_uint8 (sample files, pixel statistics) follows it too.
+  config.eval.uint8_rounding = "half_up"
+  np.testing.assert_array_equal(generate.to_uint8(x.reshape(-1, 1, 1, 1), config).ravel(), official)
   half_even = np.asarray(generate.quantize_uint8(jnp.asarray(x)))
   assert np.any(half_even != official) and np.abs(half_even.astype(int) - official).max() == 1
   with pytest.raises(ValueError, match="eval.uint8_rounding='nearest'"):
