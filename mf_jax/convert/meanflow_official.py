@@ -104,8 +104,10 @@ def _map_tree(official_net: dict, target_flat: Dict[str, jax.ShapeDtypeStruct], 
 
 
 def _net(tree: dict, where: str, problems: List[str]) -> dict:
+  """The `net` subtree of an official parameter tree; anything beside it is a problem."""
   if not isinstance(tree, dict) or "net" not in tree:
-    problems.append(f"unmapped: {where} has no 'net' entry (keys {sorted(tree)[:8] if isinstance(tree, dict) else type(tree).__name__})")
+    found = sorted(tree)[:8] if isinstance(tree, dict) else type(tree).__name__
+    problems.append(f"missing: {where} has no 'net' entry (found {found})")
     return {}
   extra = sorted(set(tree) - {"net"})
   problems.extend(f"unmapped: {where}/{k}" for k in extra)
