@@ -23,6 +23,9 @@ def meanflow_config(num_classes=1000) -> ml_collections.ConfigDict:
       guidance_t_min=0.0,  # Guidance only for t in [t_min, t_max].
       guidance_t_max=1.0,
       class_dropout=0.1,
+      # Which rows get the null label: "independent" (each with probability class_dropout) or
+      # "r_eq_t_first" (the official code's layout: Binomial count, r = t rows first).
+      class_dropout_rows="independent",
   ))
 
 
@@ -115,6 +118,8 @@ def get_config() -> ml_collections.ConfigDict:
       batch_size=256,  # Samples per chunk, split over all devices (a multiple of the device count).
       num_steps=(1, 2),  # One score per entry: 1-NFE and 2-NFE sampling.
       cfg_scale=1.0,  # Sampling-time guidance; 1.0 = none (MeanFlow trains it into the target).
+      label_sampling="cycle",  # "cycle": N / num_classes per class; "uniform": random (official).
+      uint8_rounding="half_even",  # "half_even": round(127.5 (x + 1)); "half_up": floor(127.5 x + 128).
       use_ema=True,
       ema_index=0,  # Which of ema_decays to evaluate.
       features="inception",  # "inception" (FID, IS) | "pixels" (Frechet distance of raw pixels).

@@ -19,8 +19,15 @@ def get_config(variant="B/2"):
 
 
 def get_meanflow_config(variant, guidance_t_max=1.0):
-  """The MeanFlow size configs: get_config(variant) with guidance in the target."""
+  """The MeanFlow size configs: get_config(variant) with guidance in the target.
+
+  Where the paper is silent they follow the official code (docs/differences.md): null labels on
+  the first r = t rows, no latent flips, uniformly random evaluation labels, uint8 as
+  floor(127.5 x + 128).
+  """
   config = get_config(variant)
   config.meanflow.update(guidance_omega=1.0, guidance_kappa=0.5, guidance_t_min=0.0,
-                         guidance_t_max=guidance_t_max)
+                         guidance_t_max=guidance_t_max, class_dropout_rows="r_eq_t_first")
+  config.data.random_flip = False
+  config.eval.update(label_sampling="uniform", uint8_rounding="half_up")
   return config

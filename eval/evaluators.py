@@ -68,6 +68,12 @@ def validate_config(config) -> None:
   if not steps or any(not isinstance(k, int) or k < 1 for k in steps):
     raise ValueError(f"eval.num_steps={ev.num_steps!r} must be a non-empty tuple of positive "
                      "integers (sampling steps = NFE), e.g. (1, 2).")
+  if ev.get("label_sampling", "cycle") not in generate.LABEL_SAMPLING:
+    raise ValueError(f"eval.label_sampling={ev.label_sampling!r}: allowed values are "
+                     f"{list(generate.LABEL_SAMPLING)}.")
+  if ev.get("uint8_rounding", "half_even") not in generate.UINT8_ROUNDING:
+    raise ValueError(f"eval.uint8_rounding={ev.uint8_rounding!r}: allowed values are "
+                     f"{list(generate.UINT8_ROUNDING)}.")
   if ev.cfg_scale != 1.0 and config.data.num_classes < 1:
     raise ValueError(f"eval.cfg_scale={ev.cfg_scale} needs a class-conditional model; "
                      "data.num_classes is 0. Use eval.cfg_scale=1.0.")
@@ -232,14 +238,17 @@ class SampleQualityEvaluator:
     batch = sharding_lib.batch_sharding(mesh)
     shape = (self.batch_size, d.image_size, d.image_size, d.channels)
     bs, n = self.batch_size, self.num_samples
+    label_sampling = ev.get("label_sampling", "cycle")
+    rounding = ev.get("uint8_rounding", "half_even")
 
     @functools.partial(jax.jit, out_shardings=(batch, batch, batch))
     def chunk_inputs(key, start):
-      noise, labels = generate.sample_inputs(key, start, bs, shape[1:], d.num_classes)
+      noise, labels = generate.sample_inputs(key, start, bs, shape[1:], d.num_classes,
+                                             label_sampling)
       return noise, labels, (start + jnp.arange(bs) < n).astype(jnp.float32)
 
     def to_images(pixels):
-      images = quantize_uint8(pixels)
+      images = quantize_uint8(pixels, rounding)
       if images.shape[-1] != features.channels:  # Grayscale: the same value in R, G and B.
         images = jnp.repeat(images, features.channels // images.shape[-1], axis=-1)
       return images

@@ -157,11 +157,12 @@ def make_dataset(path: str, *, batch_size: int, seed: int = 0,
   return generate()
 
 
-def draw_latents(batch, key: jax.Array, scale: float) -> jax.Array:
+def draw_latents(batch, key: jax.Array, scale: float, flip: bool = True) -> jax.Array:
   """Model input x for one step; call INSIDE the jitted train step.
 
-  Latent batches: per sample a fair coin picks the image or its horizontal flip, then a fresh
-  posterior sample (mean + std * N(0, 1)) is drawn and multiplied by `scale` (SD-VAE: 0.18215).
+  Latent batches: per sample a fair coin picks the image or its horizontal flip (flip=False,
+  i.e. data.random_flip=False: always the image), then a fresh posterior sample
+  (mean + std * N(0, 1)) is drawn and multiplied by `scale` (SD-VAE: 0.18215).
   Pixel batches (no "x_std") are returned unchanged: batch["x"] (pixel flips are the caller's).
   Shapes: batch arrays [B, h, w, c] -> [B, h, w, c] float32.
   """
@@ -169,7 +170,9 @@ def draw_latents(batch, key: jax.Array, scale: float) -> jax.Array:
     return batch["x"]
   k_flip, k_noise = jax.random.split(key)
   x = batch["x"]
-  flip = jax.random.bernoulli(k_flip, 0.5, (x.shape[0],) + (1,) * (x.ndim - 1))
-  mean = jnp.where(flip, batch["x_flip"], x)
-  std = jnp.where(flip, batch["x_flip_std"], batch["x_std"])
+  if not flip:  # The same noise draw as with flips, so the switch changes only the view.
+    return (x + batch["x_std"] * jax.random.normal(k_noise, x.shape, x.dtype)) * scale
+  flipped = jax.random.bernoulli(k_flip, 0.5, (x.shape[0],) + (1,) * (x.ndim - 1))
+  mean = jnp.where(flipped, batch["x_flip"], x)
+  std = jnp.where(flipped, batch["x_flip_std"], batch["x_std"])
   return (mean + std * jax.random.normal(k_noise, x.shape, x.dtype)) * scale

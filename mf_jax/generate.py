@@ -47,14 +47,28 @@ def make_sampler(config, model, mesh):
   return sample_fn
 
 
-def sample_inputs(key, start: int, batch_size: int, shape, num_classes: int):
-  """Noise [batch_size, *shape] from `key` and labels cycling through the classes from `start`.
+LABEL_SAMPLING = ("cycle", "uniform")
+UINT8_ROUNDING = ("half_even", "half_up")
 
+
+def sample_inputs(key, start: int, batch_size: int, shape, num_classes: int,
+                  label_sampling: str = "cycle"):
+  """Noise [batch_size, *shape] from `key` and labels [batch_size] int32.
+
+  Labels cycle through the classes from `start` ("cycle": exactly N / num_classes per class), or
+  are drawn uniformly at random from fold_in(key, 1) ("uniform", the official MeanFlow evaluation).
   Sample grids, --mode=sample and the evaluators all draw their inputs here, chunk i with
-  key fold_in(seed, i), so the same seed gives the same samples everywhere.
+  key fold_in(seed, i), so the same seed gives the same samples (and noise) everywhere.
   """
   noise = jax.random.normal(key, (batch_size,) + tuple(shape))
-  labels = ((start + jnp.arange(batch_size)) % max(num_classes, 1)).astype(jnp.int32)
+  if label_sampling == "uniform":
+    labels = jax.random.randint(jax.random.fold_in(key, 1), (batch_size,), 0, max(num_classes, 1),
+                                jnp.int32)
+  elif label_sampling == "cycle":
+    labels = ((start + jnp.arange(batch_size)) % max(num_classes, 1)).astype(jnp.int32)
+  else:
+    raise ValueError(f"eval.label_sampling={label_sampling!r}: allowed values are "
+                     f"{list(LABEL_SAMPLING)}.")
   return noise, labels
 
 
@@ -102,14 +116,23 @@ def decode(x, config, batch_size: int = 32) -> np.ndarray:
                          for i in range(0, len(x), batch_size)])
 
 
-def quantize_uint8(x):
-  """Images in [-1, 1] -> uint8 [0, 255] (round half to even), on host or device arrays alike."""
+def quantize_uint8(x, rounding: str = "half_even"):
+  """Images in [-1, 1] -> uint8 [0, 255], on host or device arrays alike.
+
+  "half_even": round(127.5 (x + 1)), halves to even. "half_up": floor(127.5 x + 128), the official
+  MeanFlow evaluation (halves up). Both clip to [0, 255].
+  """
+  if rounding == "half_up":
+    return jnp.clip(jnp.floor(127.5 * x + 128.0), 0, 255).astype(jnp.uint8)
+  if rounding != "half_even":
+    raise ValueError(f"eval.uint8_rounding={rounding!r}: allowed values are {list(UINT8_ROUNDING)}.")
   return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def to_uint8(x, config) -> np.ndarray:
-  """Data-space samples -> uint8 images [N, H, W, C] (decoded first for latent models)."""
-  return np.asarray(quantize_uint8(decode(x, config)))
+  """Data-space samples -> uint8 images [N, H, W, C] (decoded first for latent models), rounded as
+  config.eval.uint8_rounding says, so sample files and pixel reference statistics match the evaluator."""
+  return np.asarray(quantize_uint8(decode(x, config), config.eval.get("uint8_rounding", "half_even")))
 
 
 def grid(images: np.ndarray, cols: int = 8, upscale: int = 1) -> np.ndarray:

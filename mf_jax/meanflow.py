@@ -14,9 +14,13 @@ from typing import Callable, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 UFn = Callable[[Array, Array, Array, Array], Array]
+# meanflow.class_dropout_rows: "independent" drops each row with probability class_dropout;
+# "r_eq_t_first" is the official code's batch layout (see class_dropout_mask).
+DROPOUT_ROWS = ("independent", "r_eq_t_first")
 
 
 def _bcast(s: Array, like: Array) -> Array:
@@ -37,6 +41,9 @@ def validate_config(config) -> None:
                      "(the effective guidance scale is omega / (1 - kappa)).")
   if not 0.0 <= config.class_dropout < 1.0:
     raise ValueError(f"meanflow.class_dropout={config.class_dropout}: must lie in [0, 1).")
+  if config.get("class_dropout_rows", "independent") not in DROPOUT_ROWS:
+    raise ValueError(f"meanflow.class_dropout_rows={config.class_dropout_rows!r}: allowed values are "
+                     f"{list(DROPOUT_ROWS)}.")
   if config.guidance_t_min > config.guidance_t_max:
     raise ValueError(f"meanflow.guidance_t_min={config.guidance_t_min} > guidance_t_max="
                      f"{config.guidance_t_max}: the guidance interval must be [low, high].")
@@ -88,6 +95,24 @@ def sample_times(key: Array, batch_size: int, config) -> Tuple[Array, Array]:
   period, n = r_neq_t_pattern(batch_size, config.r_neq_t_ratio)
   distinct = jnp.arange(batch_size) % period < n
   return jnp.where(distinct, r, t), t
+
+
+def class_dropout_mask(key: Array, batch_size: int, config) -> Array:
+  """Which rows get the null label, [B] bool.
+
+  "independent": each row with probability class_dropout. "r_eq_t_first" (the official code's
+  layout): the count is Binomial(B, class_dropout) and the dropped rows are the first r = t rows
+  (then r != t rows, should the count exceed them), so null-label rows almost never train the
+  r != t average velocity; r = t rows are dropped with probability class_dropout / (1 - ratio).
+  """
+  drop = jax.random.bernoulli(key, config.class_dropout, (batch_size,))
+  if config.get("class_dropout_rows", "independent") == "independent":
+    return drop
+  period, n = r_neq_t_pattern(batch_size, config.r_neq_t_ratio)
+  distinct = np.arange(batch_size) % period < n
+  rank = np.empty(batch_size, np.int32)
+  rank[np.concatenate([np.flatnonzero(~distinct), np.flatnonzero(distinct)])] = np.arange(batch_size)
+  return jnp.asarray(rank) < jnp.sum(drop)
 
 
 def average_velocity_target(u_fn: UFn, z: Array, r: Array, t: Array, v: Array,
@@ -169,9 +194,19 @@ def meanflow_loss(u_fn: UFn, x: Array, labels: Array, key: Array,
   batch = x.shape[0]
   r, t = sample_times(k_time, batch, config)
   e = jax.random.normal(k_noise, x.shape, x.dtype)
+  dropped = class_dropout_mask(k_drop, batch, config)
+  return meanflow_loss_from_draws(u_fn, x, labels, r, t, e, dropped, config)
+
+
+def meanflow_loss_from_draws(u_fn: UFn, x: Array, labels: Array, r: Array, t: Array, e: Array,
+                             dropped: Array, config) -> Tuple[Array, Mapping[str, Array]]:
+  """meanflow_loss for given times r, t [B], noise e [B, ...] and null-label rows dropped [B].
+
+  Rows with r != t must sit where r_neq_t_pattern puts them (the fast path splits statically).
+  """
+  batch = x.shape[0]
   z = (1.0 - _bcast(t, x)) * x + _bcast(t, x) * e
   v = e - x
-  dropped = jax.random.bernoulli(k_drop, config.class_dropout, (batch,))
   labels = jnp.where(dropped, config.num_classes, labels)
 
   # Where r = t the term (t - r) du/dt vanishes: only the r != t part ("avg") needs the jvp, the

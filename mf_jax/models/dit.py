@@ -39,14 +39,20 @@ def parse_variant(variant: str) -> Tuple[int, int, int, int]:
 
 
 def sincos_pos_embed(grid: int, dim: int) -> np.ndarray:
-  """Fixed 2-D sin-cos position embedding, [grid * grid, dim] (half for rows, half for columns)."""
+  """Fixed 2-D sin-cos position embedding, [grid * grid, dim], tokens in row-major order.
+
+  The first half of the channels encodes the column, the second half the row, each as
+  [sin, cos] of the position times frequencies 10000^(-k / (dim / 4)): the published DiT / MeanFlow
+  order, so released weights load unchanged.
+  """
   def one_axis(pos, d):
     omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
     out = np.outer(pos.reshape(-1), omega)
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-  gy, gx = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64),
-                       indexing="ij")
-  return np.concatenate([one_axis(gy, dim // 2), one_axis(gx, dim // 2)], axis=1).astype(np.float32)
+  rows, cols = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64),
+                           indexing="ij")
+  return np.concatenate([one_axis(cols, dim // 2), one_axis(rows, dim // 2)],
+                        axis=1).astype(np.float32)
 
 
 def timestep_features(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -185,7 +191,10 @@ class DiT(nn.Module):
     b, h, w, ch = x.shape
     grid = h // p
     # Patchify: a strided conv is a linear map of each p x p x C patch.
-    tokens = nn.Conv(width, (p, p), strides=(p, p), padding="VALID", name="patch_embed", **kw)(x)
+    # Xavier-uniform over the whole p x p x C patch (fan-in p*p*C), as in DiT / MeanFlow.
+    tokens = nn.Conv(width, (p, p), strides=(p, p), padding="VALID", name="patch_embed",
+                     kernel_init=nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=-1),
+                     **kw)(x)
     tokens = tokens.reshape(b, grid * grid, width) + sincos_pos_embed(grid, width)[None]
 
     c = sum(TimestepEmbedder(width, name=f"{name}_embedder", **kw)(s)
