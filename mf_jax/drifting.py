@@ -16,7 +16,8 @@ samples themselves (N), guidance negatives (U)] of column weights w_j = [1, 1, w
   logits = -(d_ij / max(D, 1e-3)) / tau, self pairs (x_i as its own negative) masked out;
   A_ij   = w_j * sqrt(max(softmax_j(logits) * softmax_i(logits), 1e-6)):
            both softmaxes unweighted (the guidance weight enters only after them), and a floor that
-           gives every pair, self pairs included, an affinity of at least 1e-3 w_j;
+           gives every pair, self pairs included, an affinity of at least 1e-3 w_j (config field
+           affinity_floor: 1e-3 as released, 0 by default, see default_config);
   F_i    = sum_{j pos} A_ij (sum_{k neg} A_ik) (y_j - x_i) / s - sum_{j neg} A_ij (sum_{k pos} A_ik) (y_j - x_i) / s;
   V      = sum over tau of F_tau / max(rms(F_tau), 1e-4), the RMS again over the whole step.
 
@@ -46,7 +47,7 @@ GeneratorFn = Callable[[Array, Array, Array], Array]
 FeatureFn = Callable[[Array], Mapping[str, Array]]
 
 DIST_SQ_FLOOR = 1e-8   # Squared distances below this count as this (self pairs: d = 1e-4).
-AFFINITY_FLOOR = 1e-3  # A_ij >= w_j * this, from the floor 1e-6 on the product of the softmaxes.
+RELEASED_AFFINITY_FLOOR = 1e-3  # A_ij >= w_j * this: the released floor 1e-6 on the product.
 SCALE_FLOOR = 1e-3     # Floors of D and of s = D / sqrt(C).
 RMS_FLOOR = 1e-4       # Floor of each temperature's field RMS before dividing by it.
 
@@ -65,6 +66,11 @@ def default_config() -> ml_collections.ConfigDict:
       no_guidance_frac=0.0,       # Fraction of classes drawn with alpha = 1 instead.
       noise_shape=(),             # Generator input shape per sample; () means the sample shape.
       class_chunk=0,              # Classes per pass of the kernel computation; 0 = all at once.
+      # Lower bound of every pair's affinity A_ij (times w_j); 0 = none. The released code uses
+      # RELEASED_AFFINITY_FLOOR = 1e-3 (ImageNet configs set it). Against the uniform affinity
+      # 1/sqrt(N (P + N + U)) it weighs more the larger the batch: ~1% at 64 x 144, but at the toy's
+      # 512 x 1024 it swamps the kernel (checkerboard energy distance 0.97 instead of 0.004).
+      affinity_floor=0.0,
   ))
 
 
@@ -103,14 +109,15 @@ def pairwise_distance(a: Array, b: Array) -> Array:
   return jnp.sqrt(jnp.maximum(sq, DIST_SQ_FLOOR))
 
 
-def kernel_force(logits: Array, x: Array, y: Array, col_weights: Array, num_pos: int) -> Array:
+def kernel_force(logits: Array, x: Array, y: Array, col_weights: Array, num_pos: int,
+                 affinity_floor: float = 0.0) -> Array:
   """The batch-form field [..., N, C] of x [..., N, C] towards/away from columns y [..., T, C].
 
   logits [..., N, T] (masked pairs -inf); the first num_pos columns are positives, the rest
   negatives; col_weights broadcast to [..., N, T] and multiply the affinities after both softmaxes.
   """
   prod = jax.nn.softmax(logits, axis=-1) * jax.nn.softmax(logits, axis=-2)
-  aff = col_weights * jnp.sqrt(jnp.maximum(prod, AFFINITY_FLOOR ** 2))
+  aff = col_weights * jnp.sqrt(jnp.maximum(prod, affinity_floor ** 2))
   a_pos, a_neg = aff[..., :num_pos], aff[..., num_pos:]
   coeff = jnp.concatenate([a_pos * jnp.sum(a_neg, -1, keepdims=True),
                            -a_neg * jnp.sum(a_pos, -1, keepdims=True)], axis=-1)
@@ -124,7 +131,7 @@ def _self_mask(n: int, num_pos: int, num_cols: int) -> Array:
 
 
 def drift_field(x: Array, y_pos: Array, y_neg: Array, tau: float, *, mask_self: bool = False,
-                neg_weights: Optional[Array] = None) -> Array:
+                neg_weights: Optional[Array] = None, affinity_floor: float = 0.0) -> Array:
   """One temperature's field F [N, C] for x [N, C], y_pos [P, C], y_neg [M, C], raw distances.
 
   Args:
@@ -142,7 +149,7 @@ def drift_field(x: Array, y_pos: Array, y_neg: Array, tau: float, *, mask_self: 
     logits = jnp.where(_self_mask(n, p, p + m), -jnp.inf, logits)
   w = jnp.ones((m,), x.dtype) if neg_weights is None else jnp.asarray(neg_weights, x.dtype)
   w = jnp.concatenate([jnp.ones(w.shape[:-1] + (p,), x.dtype), w], axis=-1)
-  return kernel_force(logits, x, y, w, p)
+  return kernel_force(logits, x, y, w, p, affinity_floor)
 
 
 def map_over_classes(fn: Callable, args: Tuple[Array, ...], chunk: int):
@@ -166,8 +173,8 @@ def map_over_classes(fn: Callable, args: Tuple[Array, ...], chunk: int):
 
 def feature_set_field(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array,
                       temperatures: Sequence[float], normalize_distances: bool = True,
-                      normalize_drift: bool = True, class_chunk: int = 0
-                      ) -> Tuple[Array, Array, Array]:
+                      normalize_drift: bool = True, class_chunk: int = 0,
+                      affinity_floor: float = 0.0) -> Tuple[Array, Array, Array]:
   """The multi-temperature field of one feature set for all classes of a step (stop-gradient).
 
   Args:
@@ -176,6 +183,7 @@ def feature_set_field(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight
     phi_unc: guidance negatives [N_c, U, L, C] (U may be 0).
     unc_weight: weight of each class's guidance negatives, [N_c].
     class_chunk: classes per pass of the kernel computation (0 = all at once).
+    affinity_floor: lower bound of the affinities (times the column weight); 0 = none.
   Returns:
     (V [N_c, N, L, C] in units of phi / s, s [], raw RMS per tau [len(temperatures)]).
   """
@@ -207,7 +215,7 @@ def feature_set_field(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight
     dist = jnp.where(is_self, jnp.inf, pairwise_distance(x, y) / dist_unit)
     w = col_weights(w)[:, None, None, :]
     def one_temperature(tau):  # One traced body for all temperatures keeps the program small.
-      f = kernel_force(-dist / tau, x, y, w, p) / scale
+      f = kernel_force(-dist / tau, x, y, w, p, affinity_floor) / scale
       return f, jnp.sum(jnp.square(f), axis=(1, 2, 3))
     f, sq = jax.lax.map(one_temperature, temps)  # [R, c, L, N, C], [R, c]
     return jnp.swapaxes(f, 0, 1), jnp.swapaxes(sq, 0, 1)
@@ -346,7 +354,7 @@ def drifting_loss(generator_fn: GeneratorFn, real_by_class: Array, labels: Array
     phi_real = real_feats[name]
     v, scale, rms = feature_set_field(phi_x, phi_real[:, :n_pos], phi_real[:, n_pos:], unc_weight,
                                       temps, config.normalize_distances, config.normalize_drift,
-                                      chunk)
+                                      chunk, float(config.affinity_floor))
     set_loss = drifting_mse(phi_x, v, scale)
     loss = loss + set_loss
     rms_sum = rms_sum + rms

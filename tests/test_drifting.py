@@ -20,7 +20,7 @@ drift_field = jax.jit(drifting.drift_field, static_argnums=3, static_argnames="m
 feature_set_field = jax.jit(drifting.feature_set_field, static_argnums=(4, 5, 6, 7))
 
 
-def reference_field(x, y_pos, y_neg, tau, mask_self, neg_weights):
+def reference_field(x, y_pos, y_neg, tau, mask_self, neg_weights, floor):
   """Pair-by-pair loops (float64) over the released kernel: the batch form and the mean-shift form."""
   n, p, m = len(x), len(y_pos), len(y_neg)
   ys = [np.asarray(y, np.float64) for y in list(y_pos) + list(y_neg)]
@@ -35,7 +35,7 @@ def reference_field(x, y_pos, y_neg, tau, mask_self, neg_weights):
       row = math.exp(logit[i, j]) / sum(math.exp(l) for l in logit[i])  # Over all columns.
       col = math.exp(logit[i, j]) / sum(math.exp(logit[k, j]) for k in range(n))  # Over x.
       w = 1.0 if j < p else neg_weights[j - p]  # Weights after both (unweighted) softmaxes.
-      a[i, j] = w * math.sqrt(max(row * col, 1e-6))
+      a[i, j] = w * math.sqrt(max(row * col, floor ** 2))
   batch_form = np.zeros((n, len(x[0])))
   mean_shift = np.zeros_like(batch_form)
   for i in range(n):
@@ -57,12 +57,13 @@ def test_batch_form_matches_pair_loops_and_mean_shift_form():
   y_pos = rng.normal(size=(p, c)) + 0.5
   y_neg = np.concatenate([x, rng.normal(size=(extra, c))])  # Negatives start with x (self-masked).
   weights = np.concatenate([np.ones(n), [0.0, 0.7, 2.5]])  # A zero weight: no affinity at all.
-  for tau in (0.05, 0.7):  # Small tau: most pairs sit at the affinity floor.
-    batch_form, mean_shift = reference_field(x, y_pos, y_neg, tau, True, weights)
+  released = drifting.RELEASED_AFFINITY_FLOOR
+  for tau, floor in ((0.05, released), (0.7, released), (0.7, 0.0)):  # At 0.05 most pairs sit at it.
+    batch_form, mean_shift = reference_field(x, y_pos, y_neg, tau, True, weights, floor)
     np.testing.assert_allclose(batch_form, mean_shift, rtol=1e-9, atol=1e-12)
     v = drift_field(jnp.asarray(x, jnp.float32), jnp.asarray(y_pos, jnp.float32),
                     jnp.asarray(y_neg, jnp.float32), tau, mask_self=True,
-                    neg_weights=jnp.asarray(weights, jnp.float32))
+                    neg_weights=jnp.asarray(weights, jnp.float32), affinity_floor=floor)
     # float32: logits up to ~1e2 carry ~1e-5 relative error into the exponentials.
     np.testing.assert_allclose(np.asarray(v), batch_form, rtol=2e-4,
                                atol=2e-5 * np.abs(batch_form).max())

@@ -67,7 +67,8 @@ def test_field_scale_and_loss_match_official(case):
       ours = lambda k: jnp.asarray(official_to_ours(golden[f"inputs/{name}/{k}"], n_labels))
       phi_gen, phi_pos = ours("gen"), ours("pos")
       phi_unc = ours("unc") if guided else phi_gen[:, :0]
-      v, scale, rms = field(phi_gen, phi_pos, phi_unc, jnp.asarray(weight), temps, True, True, 0)
+      v, scale, rms = field(phi_gen, phi_pos, phi_unc, jnp.asarray(weight), temps, True, True, 0,
+                            drifting.RELEASED_AFFINITY_FLOOR)
       ch = phi_gen.shape[-1]
       _close(scale, np.maximum(golden[f"{case}/{name}/info_scale"] / np.sqrt(ch), 1e-3), name)
       for i, tau in enumerate(temps):
@@ -104,7 +105,7 @@ def test_drifting_loss_and_gradient_match_official(case, class_chunk):
   config = drifting.default_config()
   config.update(num_neg=n_gen, num_unc=n_unc if guided else 0, class_chunk=class_chunk,
                 temperatures=tuple(float(t) for t in golden[f"{case}/temperatures"]),
-                noise_shape=(1,))
+                noise_shape=(1,), affinity_floor=drifting.RELEASED_AFFINITY_FLOOR)
   with jax.enable_x64(True):
     generated = jnp.asarray(flat("gen"))
     real, uncond = jnp.asarray(flat("pos")), jnp.asarray(flat("unc"))
