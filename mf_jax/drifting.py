@@ -1,38 +1,39 @@
 """The Drifting Models objective (Deng et al. 2026, REFERENCE.md section 2) as pure JAX functions.
 
 A one-step generator x = f(e, alpha, class) is trained so that its samples follow a drifting field V
-that vanishes when the generated distribution q equals the data distribution p:
+that vanishes when the generated distribution q equals the data distribution p: V moves each
+generated sample towards nearby real samples y+ and away from nearby generated samples y-.
 
-  V(x) = V+(x) - V-(x),  V+-(x) = E[k(x, y) (y - x)] / Z over y ~ p (y+) or y ~ q (y-),
-  k(x, y) = exp(-||x - y|| / tau)   (plain, not squared, L2 distance).
+The field below is the one of the released JAX code (lambertae/drifting, commit accd0cf0; parity is
+checked against golden files made by scripts/make_drifting_golden.py). For one group - a class and
+one feature location l - with generated x_i (i < N) and columns y_j = [positives (P), the generated
+samples themselves (N), guidance negatives (U)] of column weights w_j = [1, 1, w_unc]:
 
-Batch form (for N generated x against P positives y+ and M negatives y-):
-  logits_ij = -||x_i - y_j|| / tau over the columns y = [y+, y-], self pairs (x_i as its own negative)
-  set to -inf; A = sqrt(softmax over y (each row) * softmax over x (each column));
-  W+ = A+ * rowsum(A-), W- = A- * rowsum(A+);  V = W+ y+ - W- y-.
-Writing K = exp(logits), Z_i = sum_j K_ij (row) and C_j = sum_i K_ij (column), A_ij = K_ij / sqrt(Z_i C_j).
-With the column-normalised kernel k~_ij = K_ij / sqrt(C_j), Z~+-_i its row sums over y+ or y-, and
-V~+-_i = sum_j k~_ij (y_j - x_i) / Z~+-_i the mean-shift vectors,
-  V_i = (Z~+_i Z~-_i / Z_i) (V~+_i - V~-_i),
-because rowsum(W+) = rowsum(W-) = Z~+ Z~- / Z, so the x_i terms cancel. V is thus the mean-shift
-difference V+ - V- times a positive per-sample factor; swapping y+ and y- negates it exactly.
+  d_ij   = sqrt(max(||x_i - y_j||^2, 1e-8))                      (plain L2 distance, floored)
+  D      = sum w_j d_ij / sum w_j over ALL pairs of ALL groups of the step (every class, every
+           location, self pairs included), one number per feature set;
+  s      = max(D / sqrt(C), 1e-3)  divides the features (mean distance of phi / s about sqrt(C));
+  logits = -(d_ij / max(D, 1e-3)) / tau, self pairs (x_i as its own negative) masked out;
+  A_ij   = w_j * sqrt(max(softmax_j(logits) * softmax_i(logits), 1e-6)):
+           both softmaxes unweighted (the guidance weight enters only after them), and a floor that
+           gives every pair, self pairs included, an affinity of at least 1e-3 w_j (config field
+           affinity_floor: 1e-3 as released, 0 by default, see default_config);
+  F_i    = sum_{j pos} A_ij (sum_{k neg} A_ik) (y_j - x_i) / s - sum_{j neg} A_ij (sum_{k pos} A_ik) (y_j - x_i) / s;
+  V      = sum over tau of F_tau / max(rms(F_tau), 1e-4), the RMS again over the whole step.
 
-Weighted columns: a weight w_ij >= 0 on column j acts as w copies of that sample: A_ij =
-w_ij K_ij / sqrt(Z_i C_j) with Z_i = sum_j w_ij K_ij (C_j stays unweighted, as copies leave it alone).
-Guidance adds N_unc real samples of other classes as extra negatives with w = (alpha - 1)(N_neg - 1)
-/ N_unc, so that the negatives are (q + (alpha - 1) p_uncond) / alpha for the N_neg - 1 generated ones.
+Guidance: U real samples of any class (from a bank of recent samples) are extra negatives with
+w_unc = (alpha - 1)(N - 1) / U, alpha drawn per class from p(alpha) ~ alpha^-k on [alpha_min,
+alpha_max] (k = 0 uniform) and given to the generator as a condition; a fraction of the classes
+may get alpha = 1 (no guidance).
 
-Feature spaces: a feature function maps samples [B, ...] to named feature sets [B, L, C] (L vectors
-of C channels per sample, e.g. spatial locations). Per set, distances are divided by their mean over
-all (x, y) pairs (self pairs excluded, guidance negatives weighted by w), i.e. the features are
-scaled by S = mean_dist / sqrt(C) to a mean pairwise distance of sqrt(C), and the temperature is
-relative to that mean (logit = -(dist / S) / (tau sqrt(C))). Each location l gets its own field.
-For each tau the field is rescaled to unit RMS over the class group (all N, L, C entries), and the
-rescaled fields are summed. S and everything inside V are under stop-gradient.
+Loss per feature set: mean over [N_c, N, L, C] of (phi(x)/s - sg(phi(x)/s + V))^2, whose value is
+mean(V^2) and whose gradient is -2 V / (s size); summed over feature sets. S, V and everything
+inside them are under stop-gradient. Because S and rms(F) are plain means over the class axis,
+under jit with the classes split over devices they become cross-device reductions by themselves.
 
-Loss, per class and feature set: mean over [N, L, C] of (phi(x)/S - sg(phi(x)/S + V))^2, which equals
-mean_i ||V_i||^2 / (L C); it is summed over feature sets and averaged over classes. Its value stays
-near a constant once V is normalised; the raw field RMS (metric `drift_rms/...`) is what shrinks.
+Memory: the [N_c, L, N, P + N + U] distance/kernel arrays dominate. `class_chunk` > 0 computes them
+for that many classes at a time (lax.map), in two passes: the first sums the distances for D, the
+second computes the unnormalised F per temperature and its sum of squares; the RMS division follows.
 """
 import math
 from typing import Callable, Mapping, Optional, Sequence, Tuple
@@ -44,23 +45,32 @@ import ml_collections
 Array = jax.Array
 GeneratorFn = Callable[[Array, Array, Array], Array]
 FeatureFn = Callable[[Array], Mapping[str, Array]]
-ALPHA_DISTRIBUTIONS = ("uniform", "power")
+
+DIST_SQ_FLOOR = 1e-8   # Squared distances below this count as this (self pairs: d = 1e-4).
+RELEASED_AFFINITY_FLOOR = 1e-3  # A_ij >= w_j * this: the released floor 1e-6 on the product.
+SCALE_FLOOR = 1e-3     # Floors of D and of s = D / sqrt(C).
+RMS_FLOOR = 1e-4       # Floor of each temperature's field RMS before dividing by it.
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The `drifting` config section with the paper's ablation recipe as defaults."""
+  """The `drifting` config section with the released ablation recipe as defaults."""
   return ml_collections.ConfigDict(dict(
       temperatures=(0.02, 0.05, 0.2),
-      normalize_distances=True,   # Mean pairwise distance -> sqrt(C), tau relative to it.
-      normalize_drift=True,       # Each tau's field rescaled to unit RMS before summing.
+      normalize_distances=True,   # Distances in units of their step mean D; features divided by s.
+      normalize_drift=True,       # Each tau's field rescaled to unit RMS (over the step) before summing.
       num_neg=64,                 # Generated samples per class (N_neg); they are also the negatives.
       num_unc=16,                 # Guidance negatives per class (N_unc); 0 turns guidance off.
-      alpha_min=1.0,              # Guidance scale alpha, drawn per class or per sample.
+      alpha_min=1.0,              # Guidance scale alpha, drawn per class.
       alpha_max=4.0,
-      alpha_distribution="uniform",  # "uniform" or "power": p(alpha) ~ alpha^-alpha_power.
-      alpha_power=1.0,
-      alpha_per_class=True,       # One alpha per class group (see sample_alpha).
+      alpha_power=3.0,            # p(alpha) ~ alpha^-alpha_power on [alpha_min, alpha_max]; 0 = uniform.
+      no_guidance_frac=0.0,       # Fraction of classes drawn with alpha = 1 instead.
       noise_shape=(),             # Generator input shape per sample; () means the sample shape.
+      class_chunk=0,              # Classes per pass of the kernel computation; 0 = all at once.
+      # Lower bound of every pair's affinity A_ij (times w_j); 0 = none. The released code uses
+      # RELEASED_AFFINITY_FLOOR = 1e-3 (ImageNet configs set it). Against the uniform affinity
+      # 1/sqrt(N (P + N + U)) it weighs more the larger the batch: ~1% at 64 x 144, but at the toy's
+      # 512 x 1024 it swamps the kernel (checkerboard energy distance 0.97 instead of 0.004).
+      affinity_floor=0.0,
   ))
 
 
@@ -78,34 +88,41 @@ def validate_config(config) -> None:
   if config.num_unc > 0 and not 1.0 <= config.alpha_min <= config.alpha_max:
     raise ValueError(f"drifting.alpha_min={config.alpha_min}, alpha_max={config.alpha_max}: need "
                      "1 <= alpha_min <= alpha_max (alpha = 1 is no guidance).")
-  if config.alpha_distribution not in ALPHA_DISTRIBUTIONS:
-    raise ValueError(f"drifting.alpha_distribution={config.alpha_distribution!r}: allowed values "
-                     f"are {ALPHA_DISTRIBUTIONS}.")
+  if not 0.0 <= config.no_guidance_frac <= 1.0:
+    raise ValueError(f"drifting.no_guidance_frac={config.no_guidance_frac}: must lie in [0, 1].")
+  if config.class_chunk < 0:
+    raise ValueError(f"drifting.class_chunk={config.class_chunk}: must be >= 0 (0 = all at once).")
+  classes = config.get("classes_per_step", 0)
+  if config.class_chunk and classes and classes % config.class_chunk:
+    raise ValueError(f"drifting.class_chunk={config.class_chunk} must divide "
+                     f"drifting.classes_per_step={classes}.")
 
 
 def pairwise_distance(a: Array, b: Array) -> Array:
-  """Euclidean distances [..., N, M] between a [..., N, C] and b [..., M, C] (matmul form)."""
-  # Distances are translation invariant; centring first limits float32 cancellation in |a|^2 + |b|^2
-  # - 2ab when the features share a large offset.
-  center = jnp.mean(b, axis=-2, keepdims=True)
+  """Euclidean distances [..., N, M] between a [..., N, C] and b [..., M, C], floored at 1e-4."""
+  # Distances are translation invariant; centring on the rows first limits float32 cancellation in
+  # |a|^2 + |b|^2 - 2ab when the features share a large offset (distant columns matter little).
+  center = jnp.mean(a, axis=-2, keepdims=True)
   a, b = a - center, b - center
   sq = (jnp.sum(a * a, -1)[..., :, None] + jnp.sum(b * b, -1)[..., None, :]
         - 2.0 * jnp.einsum("...nc,...mc->...nm", a, b))
-  return jnp.sqrt(jnp.maximum(sq, 0.0))
+  return jnp.sqrt(jnp.maximum(sq, DIST_SQ_FLOOR))
 
 
-def _field_from_logits(logits: Array, log_w: Array, y_pos: Array, y_neg: Array) -> Array:
-  """V [N, C] from logits [N, P + M] (masked entries -inf) and log column weights [N, P + M]."""
-  p = y_pos.shape[0]
-  log_row = jax.nn.logsumexp(logits + log_w, axis=1, keepdims=True)
-  log_col = jax.nn.logsumexp(logits, axis=0, keepdims=True)
-  # A column that is masked in every row (a lone self pair) has no mass; keep it out of the NaNs.
-  log_col = jnp.where(jnp.isfinite(log_col), log_col, 0.0)
-  a = jnp.exp(logits + log_w - 0.5 * (log_row + log_col))
-  a_pos, a_neg = a[:, :p], a[:, p:]
-  w_pos = a_pos * jnp.sum(a_neg, axis=1, keepdims=True)
-  w_neg = a_neg * jnp.sum(a_pos, axis=1, keepdims=True)
-  return w_pos @ y_pos - w_neg @ y_neg
+def kernel_force(logits: Array, x: Array, y: Array, col_weights: Array, num_pos: int,
+                 affinity_floor: float = 0.0) -> Array:
+  """The batch-form field [..., N, C] of x [..., N, C] towards/away from columns y [..., T, C].
+
+  logits [..., N, T] (masked pairs -inf); the first num_pos columns are positives, the rest
+  negatives; col_weights broadcast to [..., N, T] and multiply the affinities after both softmaxes.
+  """
+  prod = jax.nn.softmax(logits, axis=-1) * jax.nn.softmax(logits, axis=-2)
+  aff = col_weights * jnp.sqrt(jnp.maximum(prod, affinity_floor ** 2))
+  a_pos, a_neg = aff[..., :num_pos], aff[..., num_pos:]
+  coeff = jnp.concatenate([a_pos * jnp.sum(a_neg, -1, keepdims=True),
+                           -a_neg * jnp.sum(a_pos, -1, keepdims=True)], axis=-1)
+  # sum_j coeff_ij (y_j - x_i); the coefficients sum to zero only without the floor and weights.
+  return jnp.einsum("...nt,...tc->...nc", coeff, y) - jnp.sum(coeff, -1)[..., None] * x
 
 
 def _self_mask(n: int, num_pos: int, num_cols: int) -> Array:
@@ -113,85 +130,106 @@ def _self_mask(n: int, num_pos: int, num_cols: int) -> Array:
   return jnp.arange(num_cols)[None, :] == jnp.arange(n)[:, None] + num_pos
 
 
-def _log_weights(n: int, num_pos: int, num_neg: int, neg_weights: Optional[Array]) -> Array:
-  """Log column weights [N, P + M]: 0 for positives, log(w) (maybe -inf) for negatives."""
-  if neg_weights is None:
-    return jnp.zeros((n, num_pos + num_neg))
-  w = jnp.broadcast_to(jnp.asarray(neg_weights, jnp.float32), (n, num_neg))
-  return jnp.concatenate([jnp.zeros((n, num_pos)), jnp.log(w)], axis=1)
-
-
 def drift_field(x: Array, y_pos: Array, y_neg: Array, tau: float, *, mask_self: bool = False,
-                neg_weights: Optional[Array] = None) -> Array:
-  """The batch-form drifting field V [N, C] for x [N, C], y_pos [P, C], y_neg [M, C].
+                neg_weights: Optional[Array] = None, affinity_floor: float = 0.0) -> Array:
+  """One temperature's field F [N, C] for x [N, C], y_pos [P, C], y_neg [M, C], raw distances.
 
   Args:
     tau: kernel temperature, in the units of the distances.
-    mask_self: the first N negatives are x itself; their self pairs get no weight.
-    neg_weights: optional weights >= 0 for the negatives, [M] or [N, M]; w acts as w copies.
+    mask_self: the first N negatives are x itself; their self pairs keep only the floor affinity.
+    neg_weights: optional weights >= 0 of the negatives, [M] (or [N, M]).
   """
   x, y_pos, y_neg = jax.lax.stop_gradient((x, y_pos, y_neg))
   n, p, m = x.shape[0], y_pos.shape[0], y_neg.shape[0]
   if mask_self and m < n:
     raise ValueError(f"mask_self needs y_neg to start with x: got {m} negatives for {n} samples.")
-  logits = -pairwise_distance(x, jnp.concatenate([y_pos, y_neg])) / tau
+  y = jnp.concatenate([y_pos, y_neg])
+  logits = -pairwise_distance(x, y) / tau
   if mask_self:
     logits = jnp.where(_self_mask(n, p, p + m), -jnp.inf, logits)
-  return _field_from_logits(logits, _log_weights(n, p, m, neg_weights), y_pos, y_neg)
+  w = jnp.ones((m,), x.dtype) if neg_weights is None else jnp.asarray(neg_weights, x.dtype)
+  w = jnp.concatenate([jnp.ones(w.shape[:-1] + (p,), x.dtype), w], axis=-1)
+  return kernel_force(logits, x, y, w, p, affinity_floor)
 
 
-def feature_set_drift(phi_x: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array,
+def map_over_classes(fn: Callable, args: Tuple[Array, ...], chunk: int):
+  """fn(*args) for args with a leading class axis [N_c, ...], `chunk` classes at a time.
+
+  fn maps [c, ...] arrays to a pytree of [c, ...] arrays. Chunk b holds the classes b, b + n,
+  b + 2n, ... (n = N_c / chunk), so with the classes split over devices in contiguous blocks every
+  device works on its own classes in every pass.
+  """
+  n_c = args[0].shape[0]
+  if chunk <= 0 or chunk >= n_c:
+    return fn(*args)
+  if n_c % chunk:
+    raise ValueError(f"drifting.class_chunk={chunk} must divide the {n_c} classes per step "
+                     "(drifting.classes_per_step).")
+  n = n_c // chunk
+  split = lambda t: jnp.swapaxes(t.reshape((chunk, n) + t.shape[1:]), 0, 1)
+  out = jax.lax.map(lambda a: fn(*a), tuple(split(t) for t in args))
+  return jax.tree_util.tree_map(lambda t: jnp.swapaxes(t, 0, 1).reshape((n_c,) + t.shape[2:]), out)
+
+
+def feature_set_field(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array,
                       temperatures: Sequence[float], normalize_distances: bool = True,
-                      normalize_drift: bool = True) -> Tuple[Array, Array, Array]:
-  """Multi-temperature field for one class group and one feature set (all under stop-gradient).
+                      normalize_drift: bool = True, class_chunk: int = 0,
+                      affinity_floor: float = 0.0) -> Tuple[Array, Array, Array]:
+  """The multi-temperature field of one feature set for all classes of a step (stop-gradient).
 
   Args:
-    phi_x: generated features [N, L, C]; they are also the negatives (self pairs masked).
-    phi_pos: positive (real, same class) features [P, L, C].
-    phi_unc: guidance negatives [U, L, C] (U may be 0).
-    unc_weight: weight of each guidance negative for each generated sample, [] or [N].
+    phi_gen: generated features [N_c, N, L, C]; they are also the negatives (self pairs masked).
+    phi_pos: positive (real, same class) features [N_c, P, L, C].
+    phi_unc: guidance negatives [N_c, U, L, C] (U may be 0).
+    unc_weight: weight of each class's guidance negatives, [N_c].
+    class_chunk: classes per pass of the kernel computation (0 = all at once).
+    affinity_floor: lower bound of the affinities (times the column weight); 0 = none.
   Returns:
-    (V [N, L, C] in units of the normalised features phi / S, S [], raw RMS per tau [len(taus)]).
+    (V [N_c, N, L, C] in units of phi / s, s [], raw RMS per tau [len(temperatures)]).
   """
-  phi_x, phi_pos, phi_unc = jax.lax.stop_gradient((phi_x, phi_pos, phi_unc))
-  n, num_loc, ch = phi_x.shape
-  p, u = phi_pos.shape[0], phi_unc.shape[0]
-  to_lnc = lambda t: jnp.swapaxes(t, 0, 1).astype(jnp.float32)
-  x, y_pos = to_lnc(phi_x), to_lnc(phi_pos)
-  y_neg = jnp.concatenate([x, to_lnc(phi_unc)], axis=1)  # [L, N + U, C]
-  dist = pairwise_distance(x, jnp.concatenate([y_pos, y_neg], axis=1))  # [L, N, P + N + U]
+  dtype = jnp.promote_types(phi_gen.dtype, jnp.float32)
+  phi_gen, phi_pos, phi_unc, unc_weight = (
+      jax.lax.stop_gradient(t).astype(dtype) for t in (phi_gen, phi_pos, phi_unc, unc_weight))
+  n_c, n, num_loc, ch = phi_gen.shape
+  p, u = phi_pos.shape[1], phi_unc.shape[1]
+  # Groups [N_c, L, rows, C]: one kernel per class and location.
+  x = jnp.swapaxes(phi_gen, 1, 2)
+  y = jnp.swapaxes(jnp.concatenate([phi_pos, phi_gen, phi_unc], axis=1), 1, 2)  # [N_c, L, T, C]
+  col_weights = lambda w: jnp.concatenate(
+      [jnp.ones(w.shape + (p + n,), dtype), jnp.broadcast_to(w[:, None], w.shape + (u,))], -1)
+
+  if normalize_distances:
+    def weighted_distance_sum(x, y, w):
+      return jnp.einsum("clnt,ct->c", pairwise_distance(x, y), col_weights(w))
+    dist_sum = jnp.sum(map_over_classes(weighted_distance_sum, (x, y, unc_weight), class_chunk))
+    mean_dist = dist_sum / (n * num_loc * jnp.sum(col_weights(unc_weight)))
+    dist_unit = jnp.maximum(mean_dist, SCALE_FLOOR)
+    scale = jnp.maximum(mean_dist / math.sqrt(ch), SCALE_FLOOR)
+  else:
+    dist_unit = scale = jnp.ones((), dtype)
 
   is_self = _self_mask(n, p, p + n + u)
-  w_unc = jnp.broadcast_to(jnp.reshape(unc_weight, (-1, 1)).astype(jnp.float32), (n, u))
-  weights = jnp.concatenate([jnp.ones((n, p + n)), w_unc], axis=1)
-  weights = jnp.where(is_self, 0.0, weights)
-  if normalize_distances:
-    mean_dist = jnp.sum(dist * weights) / (num_loc * jnp.sum(weights))
-    mean_dist = jnp.maximum(mean_dist, 1e-12)
-  else:
-    mean_dist = jnp.ones(())
-  scale = mean_dist / math.sqrt(ch) if normalize_distances else jnp.ones(())
-  log_w = jnp.log(jnp.where(is_self, 1.0, weights))[:, p:]  # Negatives' log weights; self is masked.
-  log_w = jnp.concatenate([jnp.zeros((n, p)), log_w], axis=1)
+  temps = jnp.asarray(temperatures, dtype)
 
-  field = jax.vmap(_field_from_logits, in_axes=(0, None, 0, 0))  # Over locations.
+  def forces(x, y, w):
+    dist = jnp.where(is_self, jnp.inf, pairwise_distance(x, y) / dist_unit)
+    w = col_weights(w)[:, None, None, :]
+    def one_temperature(tau):  # One traced body for all temperatures keeps the program small.
+      f = kernel_force(-dist / tau, x, y, w, p, affinity_floor) / scale
+      return f, jnp.sum(jnp.square(f), axis=(1, 2, 3))
+    f, sq = jax.lax.map(one_temperature, temps)  # [R, c, L, N, C], [R, c]
+    return jnp.swapaxes(f, 0, 1), jnp.swapaxes(sq, 0, 1)
 
-  def one_temperature(tau):
-    logits = jnp.where(is_self, -jnp.inf, -dist / (tau * mean_dist))
-    v = field(logits, log_w, y_pos, y_neg) / scale  # V is linear in y: normalised-feature units.
-    return v, jnp.sqrt(jnp.mean(jnp.square(v)))
-
-  # One traced body for all temperatures keeps the compiled program small with many feature sets.
-  v_all, rms = jax.vmap(one_temperature)(jnp.asarray(temperatures, jnp.float32))
+  f, sq = map_over_classes(forces, (x, y, unc_weight), class_chunk)  # [N_c, R, L, N, C], [N_c, R]
+  rms = jnp.sqrt(jnp.sum(sq, axis=0) / (n_c * num_loc * n * ch))
   if normalize_drift:
-    v_all = v_all / jnp.maximum(rms, 1e-12)[:, None, None, None]
-  total = jnp.sum(v_all, axis=0)
-  return jnp.swapaxes(total, 0, 1), scale, rms
+    f = f / jnp.maximum(rms, RMS_FLOOR)[:, None, None, None]
+  return jnp.swapaxes(jnp.sum(f, axis=1), 1, 2), scale, rms
 
 
 def drifting_mse(phi_x: Array, v: Array, scale: Array) -> Array:
-  """mean((phi/S - sg(phi/S + V))^2) over all entries; its value is mean(V^2), its gradient -2V/size."""
-  phi_n = phi_x.astype(jnp.float32) / jax.lax.stop_gradient(scale)
+  """mean((phi/s - sg(phi/s + V))^2) over all entries; its value is mean(V^2), its gradient -2V/(s size)."""
+  phi_n = phi_x.astype(v.dtype) / jax.lax.stop_gradient(scale)
   target = jax.lax.stop_gradient(phi_n + v)
   return jnp.mean(jnp.square(phi_n - target))
 
@@ -202,37 +240,32 @@ def guidance_weight(alpha: Array, num_neg: int, num_unc: int) -> Array:
 
 
 def sample_alpha(key: Array, num_classes: int, config) -> Array:
-  """Guidance scales [N_c, N_neg] in [alpha_min, alpha_max]; all ones without guidance.
+  """Guidance scales [N_c], one per class; all ones without guidance.
 
-  With alpha_per_class (default) the N_neg samples of a class share one alpha, so the generated
-  negatives of a class come from one distribution q_alpha and the weights keep their meaning as
-  copies of the guidance negatives; otherwise each sample draws its own and its row uses its own w.
-  "uniform" draws alpha uniformly; "power" draws p(alpha) ~ alpha^-alpha_power (log-uniform at 1),
-  which puts more samples at small alpha.
+  p(alpha) ~ alpha^-k on [alpha_min, alpha_max] (k = alpha_power; k = 0 uniform, k = 1
+  log-uniform), drawn by inverting its CDF; then a fraction no_guidance_frac of the classes is set
+  to alpha = 1. One alpha per class keeps the generated negatives of a class from one distribution,
+  so the guidance weight keeps its meaning.
   """
-  shape = (num_classes, 1 if config.alpha_per_class else config.num_neg)
   if config.num_unc == 0:
-    return jnp.ones((num_classes, config.num_neg))
-  lo, hi = float(config.alpha_min), float(config.alpha_max)
-  uniform = jax.random.uniform(key, shape)
-  if config.alpha_distribution == "uniform":
-    alpha = lo + (hi - lo) * uniform
-  elif config.alpha_distribution == "power":
-    k = float(config.alpha_power)
-    if abs(k - 1.0) < 1e-9:
-      alpha = lo * jnp.exp(uniform * math.log(hi / lo))
-    else:  # Inverse CDF of alpha^-k on [lo, hi].
-      alpha = (lo ** (1 - k) + uniform * (hi ** (1 - k) - lo ** (1 - k))) ** (1.0 / (1 - k))
+    return jnp.ones((num_classes,))
+  k_alpha, k_none = jax.random.split(key)
+  lo, hi, k = float(config.alpha_min), float(config.alpha_max), float(config.alpha_power)
+  uniform = jax.random.uniform(k_alpha, (num_classes,))
+  if abs(k - 1.0) < 1e-6:
+    alpha = lo * jnp.exp(uniform * math.log(hi / lo))
   else:
-    raise ValueError(f"drifting.alpha_distribution={config.alpha_distribution!r}: use one of "
-                     f"{ALPHA_DISTRIBUTIONS}.")
-  return jnp.broadcast_to(alpha, (num_classes, config.num_neg))
+    alpha = (lo ** (1 - k) + uniform * (hi ** (1 - k) - lo ** (1 - k))) ** (1.0 / (1 - k))
+  if config.no_guidance_frac > 0:
+    alpha = jnp.where(jax.random.uniform(k_none, (num_classes,)) < config.no_guidance_frac, 1.0, alpha)
+  return alpha
 
 
 def other_class_samples(key: Array, real_by_class: Array, num_unc: int) -> Array:
   """For each class c, num_unc real samples of uniformly random other classes in the batch.
 
-  real_by_class [N_c, N_pos, ...] -> [N_c, num_unc, ...]. Needs N_c >= 2.
+  real_by_class [N_c, N_pos, ...] -> [N_c, num_unc, ...]. Needs N_c >= 2. A stand-in for the
+  released unconditional bank of recent real samples when the caller passes none.
   """
   n_c, n_pos = real_by_class.shape[:2]
   if n_c < 2:
@@ -263,7 +296,8 @@ def _features(feature_fn: FeatureFn, x: Array, groups: int) -> Mapping[str, Arra
 
 def drifting_loss(generator_fn: GeneratorFn, real_by_class: Array, labels: Array, key: Array,
                   config, feature_fn: FeatureFn = raw_features,
-                  uncond_real: Optional[Array] = None) -> Tuple[Array, Mapping[str, Array]]:
+                  uncond_real: Optional[Array] = None, *,
+                  alpha: Optional[Array] = None) -> Tuple[Array, Mapping[str, Array]]:
   """The drifting training loss for N_c classes at once.
 
   Args:
@@ -273,8 +307,10 @@ def drifting_loss(generator_fn: GeneratorFn, real_by_class: Array, labels: Array
     key: PRNG key for noise, alpha and guidance negatives.
     config: the `drifting` section (see default_config).
     feature_fn: samples [B, ...] -> {name: [B, L, C]}; applied to generated and real samples alike.
-    uncond_real: optional guidance negatives [N_c, N_unc, *sample_shape]; default: real samples of
-      other classes of this batch.
+    uncond_real: guidance negatives [N_c, N_unc, *sample_shape], real samples of any class (the
+      released recipe draws them from a bank of recent samples); default: real samples of other
+      classes of this batch.
+    alpha: optional guidance scales [N_c] instead of drawing them.
   Returns:
     (loss, metrics). Generated samples are N_c * N_neg in one generator call, class-major.
   """
@@ -282,11 +318,15 @@ def drifting_loss(generator_fn: GeneratorFn, real_by_class: Array, labels: Array
   sample_shape = tuple(real_by_class.shape[2:])
   n_neg, n_unc = int(config.num_neg), int(config.num_unc)
   noise_shape = tuple(config.noise_shape) or sample_shape
+  chunk = int(config.get("class_chunk", 0))
+  if chunk and n_c % chunk:
+    raise ValueError(f"drifting.class_chunk={chunk} must divide the {n_c} classes per step.")
   k_noise, k_alpha, k_unc = jax.random.split(key, 3)
 
-  alpha = sample_alpha(k_alpha, n_c, config)  # [N_c, N_neg]
+  if alpha is None:
+    alpha = sample_alpha(k_alpha, n_c, config)  # [N_c]
   noise = jax.random.normal(k_noise, (n_c * n_neg,) + noise_shape)
-  generated = generator_fn(noise, alpha.reshape(-1), jnp.repeat(labels, n_neg))
+  generated = generator_fn(noise, jnp.repeat(alpha, n_neg), jnp.repeat(labels, n_neg))
   if generated.shape[0] != n_c * n_neg or tuple(generated.shape[1:]) != sample_shape:
     raise ValueError(f"generator_fn returned {generated.shape}; expected "
                      f"{(n_c * n_neg,) + sample_shape} to match real_by_class {real_by_class.shape}.")
@@ -305,24 +345,21 @@ def drifting_loss(generator_fn: GeneratorFn, real_by_class: Array, labels: Array
   real_feats = _features(feature_fn, jax.lax.stop_gradient(refs), n_c)
   gen_feats = _features(feature_fn, generated, n_c)
   n_pos = real_by_class.shape[1]
-  unc_weight = guidance_weight(alpha, n_neg, n_unc)  # [N_c, N_neg]
+  unc_weight = guidance_weight(alpha, n_neg, n_unc)  # [N_c]
 
   temps = tuple(float(t) for t in config.temperatures)
-  def per_class(phi_x, phi_real, w):
-    phi_pos = phi_real[:n_pos]
-    phi_unc = phi_real[n_pos:]  # Empty without guidance.
-    v, scale, rms = feature_set_drift(phi_x, phi_pos, phi_unc, w, temps,
-                                      config.normalize_distances, config.normalize_drift)
-    return drifting_mse(phi_x, v, scale), scale, rms
-
   loss, metrics = jnp.zeros(()), {}
   rms_sum = jnp.zeros((len(temps),))
   for name, phi_x in gen_feats.items():
-    set_loss, scale, rms = jax.vmap(per_class)(phi_x, real_feats[name], unc_weight)
-    loss = loss + jnp.mean(set_loss)
-    rms_sum = rms_sum + jnp.mean(rms, axis=0)
-    metrics[f"loss/{name}"] = jnp.mean(set_loss)
-    metrics[f"feature_scale/{name}"] = jnp.mean(scale)
+    phi_real = real_feats[name]
+    v, scale, rms = feature_set_field(phi_x, phi_real[:, :n_pos], phi_real[:, n_pos:], unc_weight,
+                                      temps, config.normalize_distances, config.normalize_drift,
+                                      chunk, float(config.affinity_floor))
+    set_loss = drifting_mse(phi_x, v, scale)
+    loss = loss + set_loss
+    rms_sum = rms_sum + rms
+    metrics[f"loss/{name}"] = set_loss
+    metrics[f"feature_scale/{name}"] = scale
   metrics["loss"] = loss
   for i, tau in enumerate(temps):
     metrics[f"drift_rms/tau{tau:g}"] = rms_sum[i] / len(gen_feats)

@@ -17,59 +17,56 @@ fast_key = lambda seed: jax.random.key(seed, impl="unsafe_rbg")
 
 # Jitted once per static configuration: eager dispatch of many small ops is slow on a busy CPU.
 drift_field = jax.jit(drifting.drift_field, static_argnums=3, static_argnames="mask_self")
-feature_set_drift = jax.jit(drifting.feature_set_drift, static_argnums=(4, 5, 6))
+feature_set_field = jax.jit(drifting.feature_set_field, static_argnums=(4, 5, 6, 7))
 
 
-def reference_field(x, y_pos, y_neg, tau, mask_self, neg_weights):
-  """Double loop over pairs (float64): the batch form, and the same field in mean-shift form."""
+def reference_field(x, y_pos, y_neg, tau, mask_self, neg_weights, floor):
+  """Pair-by-pair loops (float64) over the released kernel: the batch form and the mean-shift form."""
   n, p, m = len(x), len(y_pos), len(y_neg)
-  ys = list(y_pos) + list(y_neg)
-  kern = np.zeros((n, p + m))
-  wts = np.ones((n, p + m))
+  ys = [np.asarray(y, np.float64) for y in list(y_pos) + list(y_neg)]
+  logit = np.full((n, p + m), -np.inf)
   for i in range(n):
     for j in range(p + m):
-      if j >= p:
-        wts[i, j] = neg_weights[i][j - p]
-      if mask_self and j == p + i:
-        continue
-      kern[i, j] = math.exp(-math.sqrt(sum((a - b) ** 2 for a, b in zip(x[i], ys[j]))) / tau)
-  z_row = [sum(wts[i, j] * kern[i, j] for j in range(p + m)) for i in range(n)]
-  z_col = [sum(kern[i, j] for i in range(n)) for j in range(p + m)]
+      if not (mask_self and j == p + i):
+        logit[i, j] = -math.sqrt(max(sum((a - b) ** 2 for a, b in zip(x[i], ys[j])), 1e-8)) / tau
   a = np.zeros((n, p + m))
   for i in range(n):
     for j in range(p + m):
-      a[i, j] = wts[i, j] * kern[i, j] / math.sqrt(z_row[i] * z_col[j])
-  batch_form = np.zeros_like(np.asarray(x, np.float64))
+      row = math.exp(logit[i, j]) / sum(math.exp(l) for l in logit[i])  # Over all columns.
+      col = math.exp(logit[i, j]) / sum(math.exp(logit[k, j]) for k in range(n))  # Over x.
+      w = 1.0 if j < p else neg_weights[j - p]  # Weights after both (unweighted) softmaxes.
+      a[i, j] = w * math.sqrt(max(row * col, floor ** 2))
+  batch_form = np.zeros((n, len(x[0])))
   mean_shift = np.zeros_like(batch_form)
   for i in range(n):
     s_pos, s_neg = sum(a[i, :p]), sum(a[i, p:])
     for j in range(p + m):
       sign, other = (1.0, s_neg) if j < p else (-1.0, s_pos)
-      batch_form[i] += sign * a[i, j] * other * np.asarray(ys[j])
-    # Mean-shift form: V = (Z~+ Z~- / Z)(V~+ - V~-) with the kernel w K / sqrt(C_j).
-    kt = [wts[i, j] * kern[i, j] / math.sqrt(z_col[j]) for j in range(p + m)]
-    zp, zn = sum(kt[:p]), sum(kt[p:])
-    vp = sum(kt[j] * (np.asarray(ys[j]) - x[i]) for j in range(p)) / zp
-    vn = sum(kt[j] * (np.asarray(ys[j]) - x[i]) for j in range(p, p + m)) / zn
-    mean_shift[i] = zp * zn / z_row[i] * (vp - vn)
+      batch_form[i] += sign * a[i, j] * other * (ys[j] - x[i])
+    # Mean-shift form: V = S+ S- (mean shift towards y+ - mean shift towards y-), A as weights.
+    v_pos = sum(a[i, j] * (ys[j] - x[i]) for j in range(p)) / s_pos
+    v_neg = sum(a[i, j] * (ys[j] - x[i]) for j in range(p, p + m)) / s_neg
+    mean_shift[i] = s_pos * s_neg * (v_pos - v_neg)
   return batch_form, mean_shift
 
 
-def test_batch_form_matches_double_loop_and_mean_shift_form():
+def test_batch_form_matches_pair_loops_and_mean_shift_form():
   rng = np.random.default_rng(0)
   n, p, extra, c = 5, 4, 3, 3
   x = rng.normal(size=(n, c))
   y_pos = rng.normal(size=(p, c)) + 0.5
   y_neg = np.concatenate([x, rng.normal(size=(extra, c))])  # Negatives start with x (self-masked).
-  weights = np.concatenate([np.ones((n, n)), rng.uniform(0.0, 3.0, (n, extra))], axis=1)
-  weights[0, n:] = 0.0  # A zero weight removes a column from that row.
-  tau = 0.7
-  batch_form, mean_shift = reference_field(x, y_pos, y_neg, tau, True, weights)
-  np.testing.assert_allclose(batch_form, mean_shift, rtol=1e-9, atol=1e-12)
-  v = drift_field(jnp.asarray(x, jnp.float32), jnp.asarray(y_pos, jnp.float32),
-                           jnp.asarray(y_neg, jnp.float32), tau, mask_self=True,
-                           neg_weights=jnp.asarray(weights, jnp.float32))
-  np.testing.assert_allclose(np.asarray(v), batch_form, rtol=2e-4, atol=1e-6)
+  weights = np.concatenate([np.ones(n), [0.0, 0.7, 2.5]])  # A zero weight: no affinity at all.
+  released = drifting.RELEASED_AFFINITY_FLOOR
+  for tau, floor in ((0.05, released), (0.7, released), (0.7, 0.0)):  # At 0.05 most pairs sit at it.
+    batch_form, mean_shift = reference_field(x, y_pos, y_neg, tau, True, weights, floor)
+    np.testing.assert_allclose(batch_form, mean_shift, rtol=1e-9, atol=1e-12)
+    v = drift_field(jnp.asarray(x, jnp.float32), jnp.asarray(y_pos, jnp.float32),
+                    jnp.asarray(y_neg, jnp.float32), tau, mask_self=True,
+                    neg_weights=jnp.asarray(weights, jnp.float32), affinity_floor=floor)
+    # float32: logits up to ~1e2 carry ~1e-5 relative error into the exponentials.
+    np.testing.assert_allclose(np.asarray(v), batch_form, rtol=2e-4,
+                               atol=2e-5 * np.abs(batch_form).max())
 
 
 def test_antisymmetric_and_zero_when_positives_equal_negatives():
@@ -85,72 +82,105 @@ def test_antisymmetric_and_zero_when_positives_equal_negatives():
     np.testing.assert_allclose(same, 0.0, atol=1e-6)
 
 
-def test_integer_weight_equals_duplicated_negatives():
-  k = jax.random.split(jax.random.key(1), 3)
-  x, y_pos, extra = (jax.random.normal(k[0], (6, 2)), jax.random.normal(k[1], (5, 2)),
-                     jax.random.normal(k[2], (3, 2)))
-  weighted = drift_field(x, y_pos, jnp.concatenate([x, extra]), 0.5, mask_self=True,
-                                  neg_weights=jnp.array([1.0] * 6 + [2.0] * 3))
-  copies = drift_field(x, y_pos, jnp.concatenate([x, extra, extra]), 0.5, mask_self=True)
-  np.testing.assert_allclose(weighted, copies, rtol=1e-5, atol=1e-7)
-
-
 def test_field_points_from_far_samples_to_the_data():
   k = jax.random.split(jax.random.key(2), 2)
   data = 0.3 * jax.random.normal(k[0], (64, 2))
   generated = jnp.array([6.0, 4.0]) + 0.5 * jax.random.normal(k[1], (32, 2))
   for v in (drift_field(generated, data, generated, 0.5, mask_self=True),
-            feature_set_drift(generated[:, None], data[:, None], jnp.zeros((0, 1, 2)),
-                                       jnp.zeros(()), (0.02, 0.05, 0.2))[0][:, 0]):
+            feature_set_field(generated[None, :, None], data[None, :, None],
+                              jnp.zeros((1, 0, 1, 2)), jnp.zeros((1,)),
+                              (0.02, 0.05, 0.2), True, True, 0)[0][0, :, 0]):
     to_data = jnp.mean(data, 0) - generated
     cos = jnp.sum(v * to_data, 1) / (jnp.linalg.norm(v, axis=1) * jnp.linalg.norm(to_data, axis=1))
     assert float(cos.min()) > 0.9
 
 
-def test_feature_normalisation_and_unit_rms():
-  k = jax.random.split(jax.random.key(3), 3)
-  phi_x = jax.random.normal(k[0], (10, 3, 8))
-  phi_pos = jax.random.normal(k[1], (7, 3, 8)) + 0.3
-  phi_unc = jax.random.normal(k[2], (4, 3, 8))
-  w = jnp.full((10,), 1.5)
-  v, scale, rms = feature_set_drift(phi_x, phi_pos, phi_unc, w, (0.05,))
-  # Mean pairwise distance (self pairs out, guidance negatives weighted) computed directly.
+def _random_sets(seed, n_c=2, n=10, p=7, u=4, num_loc=3, ch=8):
+  k = jax.random.split(jax.random.key(seed), 3)
+  offset = 2.0 * jnp.arange(n_c)[:, None, None, None]  # Classes at different places and scales.
+  spread = 1.0 + jnp.arange(n_c)[:, None, None, None]
+  return (spread * jax.random.normal(k[0], (n_c, n, num_loc, ch)) + offset,
+          spread * jax.random.normal(k[1], (n_c, p, num_loc, ch)) + offset + 0.3,
+          jax.random.normal(k[2], (n_c, u, num_loc, ch)))
+
+
+def test_feature_scale_and_unit_rms_are_statistics_of_the_whole_step():
+  phi_x, phi_pos, phi_unc = _random_sets(3)
+  w = jnp.array([1.5, 0.5])
+  v, scale, rms = feature_set_field(phi_x, phi_pos, phi_unc, w, (0.05,), True, True, 0)
+  # Mean distance over every class, location and pair (self pairs at the 1e-4 floor), guidance
+  # negatives weighted by their class's w, computed directly.
   x, yp, yu = map(np.asarray, (phi_x, phi_pos, phi_unc))
   total, count = 0.0, 0.0
-  for l in range(3):
-    for i in range(10):
-      for ys, wt in ((yp, 1.0), (x, 1.0), (yu, 1.5)):
-        for j, y in enumerate(ys):
-          if ys is x and j == i:
-            continue
-          total += wt * np.linalg.norm(x[i, l] - y[l])
-          count += wt
+  for c in range(2):
+    for l in range(3):
+      for i in range(10):
+        for ys, wt in ((yp[c], 1.0), (x[c], 1.0), (yu[c], float(w[c]))):
+          for y in ys:
+            total += wt * max(np.linalg.norm(x[c, i, l] - y[l]), 1e-4)
+            count += wt
   np.testing.assert_allclose(float(scale), total / count / math.sqrt(8), rtol=1e-5)
   np.testing.assert_allclose(float(jnp.sqrt(jnp.mean(v ** 2))), 1.0, rtol=1e-5)
-  # Scaling every feature by 7 scales S by 7 and leaves the field (in units of phi / S) unchanged.
-  v7, scale7, rms7 = feature_set_drift(7 * phi_x, 7 * phi_pos, 7 * phi_unc, w, (0.05,))
+  # Per class the RMS is not 1 and one class alone gets another scale and field: the statistics
+  # are global, not per class.
+  assert abs(float(jnp.sqrt(jnp.mean(v[0] ** 2))) - 1.0) > 0.05
+  v0, scale0, _ = feature_set_field(phi_x[:1], phi_pos[:1], phi_unc[:1], w[:1], (0.05,), True,
+                                    True, 0)
+  assert abs(float(scale0) / float(scale) - 1.0) > 0.1
+  assert float(jnp.abs(v0[0] - v[0]).max()) > 0.1
+  # Scaling every feature by 7 scales s by 7 and leaves the field (in units of phi / s) unchanged.
+  v7, scale7, rms7 = feature_set_field(7 * phi_x, 7 * phi_pos, 7 * phi_unc, w, (0.05,), True,
+                                       True, 0)
   np.testing.assert_allclose(float(scale7), 7 * float(scale), rtol=1e-5)
   np.testing.assert_allclose(v7, v, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(rms7, rms, rtol=1e-4)
 
 
-def test_guidance_weight_zero_ignores_guidance_negatives():
-  k = jax.random.split(jax.random.key(4), 3)
-  phi_x, phi_pos = jax.random.normal(k[0], (6, 1, 3)), jax.random.normal(k[1], (5, 1, 3))
-  phi_unc = jax.random.normal(k[2], (4, 1, 3))
-  alpha_one = drifting.guidance_weight(jnp.ones(()), num_neg=6, num_unc=4)
-  v_unc = feature_set_drift(phi_x, phi_pos, phi_unc, alpha_one, (0.05, 0.2))[0]
-  v_none = feature_set_drift(phi_x, phi_pos, phi_unc[:0], alpha_one, (0.05, 0.2))[0]
-  np.testing.assert_allclose(v_unc, v_none, rtol=1e-5, atol=1e-6)
+def test_chunked_over_classes_equals_all_at_once():
+  phi_x, phi_pos, phi_unc = _random_sets(4, n_c=4, n=6, p=5, u=3, num_loc=2, ch=4)
+  w = jnp.array([0.0, 1.0, 2.0, 3.5])
+  want = feature_set_field(phi_x, phi_pos, phi_unc, w, (0.02, 0.2), True, True, 0)
+  for chunk in (1, 2):
+    got = feature_set_field(phi_x, phi_pos, phi_unc, w, (0.02, 0.2), True, True, chunk)
+    for a, b in zip(got, want):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="class_chunk"):
+    drifting.feature_set_field(phi_x, phi_pos, phi_unc, w, (0.2,), class_chunk=3)
+
+
+def test_guidance_weight_enters_after_the_softmax_normalisers():
+  phi_x, phi_pos, phi_unc = _random_sets(5, n_c=1, n=6, p=5, u=4, num_loc=1, ch=3)
+  alpha_one = drifting.guidance_weight(jnp.ones((1,)), num_neg=6, num_unc=4)
+  fields = lambda unc: feature_set_field(phi_x, phi_pos, unc, alpha_one, (0.05, 0.2), True, True,
+                                         0)[0]
+  v_none = fields(phi_unc[:, :0])
+  # At w = 0 guidance negatives get no affinity and leave the scale alone; far away they do not
+  # touch the (unweighted) softmax normalisers either, close by they do.
+  np.testing.assert_allclose(fields(phi_unc + 30.0), v_none, rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(fields(phi_x[:, :4]) - v_none).max()) > 1e-3
   # alpha = 3 with N_neg = 6, N_unc = 4: w = 2 * 5 / 4.
   np.testing.assert_allclose(drifting.guidance_weight(jnp.array(3.0), 6, 4), 2.5)
 
 
+def test_alpha_follows_the_power_law_and_no_guidance_fraction():
+  config = drifting.default_config()
+  config.update(alpha_min=1.0, alpha_max=4.0, alpha_power=3.0)
+  alpha = np.asarray(drifting.sample_alpha(jax.random.key(0), 20000, config))
+  assert alpha.min() >= 1.0 and alpha.max() <= 4.0
+  # CDF of alpha^-3 on [1, 4]: (1 - a^-2) / (1 - 4^-2).
+  for a in (1.2, 1.5, 2.0, 3.0):
+    np.testing.assert_allclose(np.mean(alpha <= a), (1 - a ** -2) / (1 - 4.0 ** -2), atol=0.015)
+  config.alpha_power, config.no_guidance_frac = 0.0, 0.25
+  alpha = np.asarray(drifting.sample_alpha(jax.random.key(1), 20000, config))
+  np.testing.assert_allclose(np.mean(alpha == 1.0), 0.25, atol=0.015)
+  np.testing.assert_allclose(np.mean(alpha[alpha > 1.0] <= 2.5), 0.5, atol=0.015)  # Uniform.
+
+
 def test_loss_value_is_mean_squared_field_and_gradient_is_minus_field():
   k = jax.random.split(jax.random.key(5), 2)
-  phi_x, phi_pos = jax.random.normal(k[0], (8, 2, 5)), jax.random.normal(k[1], (9, 2, 5))
-  v, scale, _ = feature_set_drift(phi_x, phi_pos, jnp.zeros((0, 2, 5)), jnp.zeros(()),
-                                           (0.02, 0.05, 0.2))
+  phi_x, phi_pos = jax.random.normal(k[0], (2, 8, 2, 5)), jax.random.normal(k[1], (2, 9, 2, 5))
+  v, scale, _ = feature_set_field(phi_x, phi_pos, jnp.zeros((2, 0, 2, 5)), jnp.zeros((2,)),
+                                  (0.02, 0.05, 0.2), True, True, 0)
   loss, grad = jax.jit(jax.value_and_grad(drifting.drifting_mse))(phi_x, v, scale)
   np.testing.assert_allclose(float(loss), float(jnp.mean(v ** 2)), rtol=1e-5)
   np.testing.assert_allclose(grad, -2 * v / (v.size * scale), rtol=1e-4, atol=1e-7)
@@ -174,6 +204,10 @@ def test_validate_config_names_the_field():
   config.alpha_min = 0.5
   with pytest.raises(ValueError, match="alpha_min"):
     drifting.validate_config(config)
+  config = drifting.default_config()
+  config.update(classes_per_step=8, class_chunk=3)
+  with pytest.raises(ValueError, match="class_chunk"):
+    drifting.validate_config(config)
 
 
 def _loss_and_grad(model, config, params, real, labels, key, constrain=lambda t: t):
@@ -184,7 +218,7 @@ def _loss_and_grad(model, config, params, real, labels, key, constrain=lambda t:
   return loss, metrics, grads
 
 
-def test_sharded_loss_and_grad_match_single_device():
+def test_sharded_chunked_loss_and_grad_match_single_device():
   devices = jax.devices()
   assert len(devices) == 8, "tests/conftest.py should simulate 8 CPU devices"
   n_c, n_pos = 8, 6
@@ -205,7 +239,9 @@ def test_sharded_loss_and_grad_match_single_device():
   batch = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())
   constrain = lambda t: jax.lax.with_sharding_constraint(t, batch)
-  sharded = jax.jit(lambda p, r, y, k: _loss_and_grad(model, config, p, r, y, k, constrain),
+  chunked = config.copy_and_resolve_references()
+  chunked.class_chunk = 4  # The kernel in two passes of 4 classes, each split over the devices.
+  sharded = jax.jit(lambda p, r, y, k: _loss_and_grad(model, chunked, p, r, y, k, constrain),
                     in_shardings=(replicated, batch, batch, replicated),
                     out_shardings=replicated)
   real_s = jax.device_put(real, batch)
@@ -296,8 +332,9 @@ def test_mlp_conditions_labels_and_meanflow_signature():
     model.apply(params, z, (t,), labels)
 
 
-def test_drifting_loss_groups_classes_like_a_loop_over_classes():
-  """drifting_loss on encoder-style feature sets equals a loop over classes and sets."""
+def test_drifting_loss_groups_classes_and_sets_like_a_loop():
+  """drifting_loss on encoder-style feature sets equals the public pieces applied class by class
+  (features of each class's samples) and set by set."""
   n_c, n_pos, n_neg, n_unc = 2, 5, 4, 2
   config = drifting.default_config()
   config.num_neg, config.num_unc, config.temperatures = n_neg, n_unc, (0.05, 0.2)
@@ -323,20 +360,23 @@ def test_drifting_loss_groups_classes_like_a_loop_over_classes():
   assert {f"loss/{name}" for name in sets} == {m for m in metrics if m.startswith("loss/")}
   assert float(metrics["alpha_mean"]) > 1.0
 
-  # The same numbers from the public pieces, one class and one feature set at a time.
+  # The same numbers from the public pieces.
   k_noise, k_alpha, _ = jax.random.split(k[2], 3)
   alpha = drifting.sample_alpha(k_alpha, n_c, config)
   noise = jax.random.normal(k_noise, (n_c * n_neg, 4, 4, 2))
+  w = drifting.guidance_weight(alpha, n_neg, n_unc)
 
   def manual(b):
-    gen = gen_fn(b)(noise, alpha.reshape(-1), jnp.repeat(labels, n_neg)).reshape(n_c, n_neg, 4, 4, 2)
+    gen = gen_fn(b)(noise, jnp.repeat(alpha, n_neg), jnp.repeat(labels, n_neg))
+    gen = gen.reshape(n_c, n_neg, 4, 4, 2)
+    per_class = lambda t: [feature_fn(t[c]) for c in range(n_c)]
+    f_gen, f_pos, f_unc = per_class(gen), per_class(real), per_class(uncond)
     total = 0.0
-    for c in range(n_c):
-      w = drifting.guidance_weight(alpha[c], n_neg, n_unc)
-      f_gen, f_pos, f_unc = feature_fn(gen[c]), feature_fn(real[c]), feature_fn(uncond[c])
-      for name in sets:
-        v, scale, _ = feature_set_drift(f_gen[name], f_pos[name], f_unc[name], w, (0.05, 0.2))
-        total = total + drifting.drifting_mse(f_gen[name], v, scale) / n_c
+    for name in sets:
+      stack = lambda f: jnp.stack([fc[name] for fc in f])
+      v, scale, _ = drifting.feature_set_field(stack(f_gen), stack(f_pos), stack(f_unc), w,
+                                               (0.05, 0.2))
+      total = total + drifting.drifting_mse(stack(f_gen), v, scale)
     return total
 
   want, want_grad = jax.jit(jax.value_and_grad(manual))(jnp.ones(()))
