@@ -145,11 +145,14 @@ class Checkpointer:
                       os.path.join(self.directory, str(step)), problem)
       failed.append((step, problem))
     if failed:
+      self.manager.close()  # Its background threads would otherwise report on a closed loop.
       raise CheckpointError(
           f"None of the {len(failed)} checkpoints in {self.directory} could be restored ("
-          + "; ".join(f"step {s}: {why}" for s, why in failed) + "). Nothing was moved. If they are "
-          "damaged, move them out of the way (e.g. to " + os.path.join(self.workdir, ASIDE)
-          + ") to start again from step 0, or use a new --workdir.")
+          + "; ".join(f"step {s}: {why}" for s, why in failed) + "). Nothing was moved. If this "
+          "config differs from the one that trained the workdir (see its run_info/config_*.json), "
+          "use that one; if the checkpoints are damaged, move them out of the way (e.g. to "
+          + os.path.join(self.workdir, ASIDE) + ") to start again from step 0, or use a new "
+          "--workdir.")
     return None
 
   def _set_aside(self, step: int, why: str, resumed_from: int) -> None:
