@@ -60,6 +60,7 @@ BAD_INPUTS = [
     ({"model.attention_impl": "flash"}, r"model\.attention_impl='flash'"),
     ({"model.name": "mlp", "model.mlp_widths": ()}, r"model\.mlp_widths=\(\): must be a non-empty"),
     ({"optim.learning_rate": -1e-4}, r"optim\.learning_rate=-0\.0001: must be a number > 0"),
+    ({"optim.learning_rate": float("nan")}, r"optim\.learning_rate=nan: must be a number > 0"),
     ({"optim.b2": 1.0}, r"optim\.b2=1\.0: must be a number in \[0\.0, 1\.0\)"),
     ({"optim.schedule": "linear"}, r"optim\.schedule='linear'"),
     ({"optim.warmup_steps": -1}, r"optim\.warmup_steps=-1"),
