@@ -4,6 +4,8 @@
   python main.py --config=configs/imagenet_b2.py --workdir=gs://... --config.train.global_batch_size=512
   python main.py --config=configs/default.py --workdir=/tmp/digits --mode=sample --config.sample.num_steps=2
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -33,6 +35,42 @@ def init_distributed():
       logging.info("Single-process run (%s).", str(e).splitlines()[0][:120])
 
 
+def _config_file_config(argv):
+  """The config that --config names, loaded on its own (for messages about bad overrides)."""
+  import importlib.util
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if path is None:
+    return None
+  path, _, arg = path.partition(":")
+  spec = importlib.util.spec_from_file_location("_config_for_message", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def parse_flags(argv):
+  """absl's parser, except that an unknown --config.section.field is one line naming the section
+  and the closest valid names (ml_collections raises a bare KeyError/AttributeError for it)."""
+  try:
+    return FLAGS(argv)
+  except (KeyError, AttributeError) as e:
+    message = None
+    try:
+      from mf_jax import config_checks
+      config = _config_file_config(argv)
+      for arg in argv:
+        if config is not None and arg.startswith("--config."):
+          message = message or config_checks.unknown_field_message(
+              config, arg[len("--config."):].split("=", 1)[0])
+    except Exception:  # pylint: disable=broad-except
+      pass  # Fall back to ml_collections' own words.
+    sys.stderr.write(f"main.py: error: {message or str(e).strip(chr(39))}\n")
+    sys.exit(2)
+  except flags.Error as e:
+    sys.stderr.write(f"main.py: error: {e}\nPass --helpshort to see the flags.\n")
+    sys.exit(2)
+
+
 class _QuietLibraries:
   """Drops INFO records from Orbax's per-save internals, which would bury the training log."""
 
@@ -53,10 +91,20 @@ def main(argv):
   from mf_jax import train
   logging.info("JAX process %d of %d; %d local / %d global devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
+  from mf_jax import checkpointing, config_checks
+  try:  # Bad fields, a mismatched workdir: one line naming the field and the fix, exit status 2.
+    config_checks.validate(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+  except (ValueError, OSError) as e:
+    sys.stderr.write(f"main.py: error: {e}\n")
+    sys.exit(2)
   run = {"train": train.train_and_evaluate, "sample": train.sample_to_files,
          "eval": train.evaluate_checkpoint}[FLAGS.mode]
-  run(FLAGS.config, FLAGS.workdir)
+  try:
+    run(FLAGS.config, FLAGS.workdir)
+  except checkpointing.CheckpointError as e:
+    sys.stderr.write(f"main.py: error: {e}\n")
+    sys.exit(3)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

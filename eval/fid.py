@@ -13,12 +13,16 @@ Usage:
   python -m eval.fid --images=DIR_OR_NPZ --write_stats=ref_stats.npz [--inception=...]
 SAMPLES is an ADM batch (.npz with arr_0 uint8 [N, H, W, 3]) or a directory of images; --ref is
 an .npz with mu/sigma (ADM's reference batch has them) or an images-only .npz / directory whose
-statistics are computed on the fly. Prints one JSON object.
+statistics are computed on the fly. Prints one JSON object; progress (images, rate, ETA) goes to
+stderr. Images must be uint8 NHWC (3 channels for Inception); float images are refused unless
+--float_range=0,1 or -1,1 says how to round them to uint8. Shapes, dtypes and the reference's
+dimension are checked before the network loads.
 """
 import argparse
 import json
 import os
 import sys
+import time
 import zipfile
 from typing import Callable, Dict, Iterator, Optional
 
@@ -45,20 +49,112 @@ def pixel_features(images) -> np.ndarray:
   return x.reshape(len(x), -1)
 
 
+def _npz_member(path, archive, key):
+  member = key + ".npy"
+  if member not in archive.namelist():
+    raise ValueError(f"{path!r} has no {key!r} array (it holds "
+                     f"{[n[:-4] for n in archive.namelist()]}); ADM batches store images in "
+                     "arr_0.")
+  return member
+
+
+def _read_npy_header(f):
+  version = np.lib.format.read_magic(f)
+  read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                 else np.lib.format.read_array_header_2_0)
+  return read_header(f)
+
+
+def describe_images(path: str, key: str = "arr_0"):
+  """(shape, dtype) of the images at `path` (an .npz's header, or a directory's first image)."""
+  if os.path.isdir(path):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    files = _image_files(path)
+    with Image.open(files[0]) as img:
+      return (len(files), img.size[1], img.size[0], 3), np.dtype(np.uint8)  # Read as RGB.
+  with zipfile.ZipFile(path) as archive:
+    with archive.open(_npz_member(path, archive, key)) as f:
+      shape, _, dtype = _read_npy_header(f)
+  return tuple(shape), dtype
+
+
+FLOAT_RANGES = {"0,1": (0.0, 1.0), "-1,1": (-1.0, 1.0)}
+
+
+def check_image_layout(shape, dtype, features: str, float_range: Optional[str], flag: str) -> None:
+  """Raises ValueError unless images of `shape`/`dtype` are what the features need: NHWC, uint8
+  (or floats with --float_range), and 3 channels for Inception."""
+  if len(shape) != 4:
+    raise ValueError(f"--{flag}: images of shape {tuple(shape)}; expected [N, H, W, C].")
+  if shape[1] in (1, 3, 4) and shape[3] not in (1, 3, 4):
+    raise ValueError(f"--{flag}: images of shape {tuple(shape)} look channels-first (NCHW); "
+                     "expected NHWC: store np.transpose(x, (0, 2, 3, 1)).")
+  if features == "inception" and shape[3] != 3:
+    raise ValueError(f"--{flag}: Inception needs 3-channel RGB images, got {shape[3]} channels "
+                     f"(shape {tuple(shape)}); repeat grayscale to 3 channels, drop alpha.")
+  if dtype == np.uint8:
+    return
+  if np.issubdtype(dtype, np.floating):
+    if float_range is None:
+      raise ValueError(
+          f"--{flag}: {dtype} images; FID is defined on uint8 images in [0, 255] (floats in [0, 1] "
+          "read as uint8 give a meaningless score). Store uint8, or pass --float_range=0,1 or "
+          "--float_range=-1,1 to have them rounded to uint8 here.")
+    return
+  raise ValueError(f"--{flag}: {dtype} images; expected uint8 in [0, 255] (x.astype(np.uint8)).")
+
+
+def to_uint8(images: np.ndarray, float_range: Optional[str], flag: str) -> np.ndarray:
+  """uint8 images unchanged; floats in `float_range` rounded to uint8 (out-of-range values refused)."""
+  if images.dtype == np.uint8 or float_range is None:
+    return images
+  lo, hi = FLOAT_RANGES[float_range]
+  tol = 1e-3 * (hi - lo)
+  if images.min() < lo - tol or images.max() > hi + tol:
+    raise ValueError(f"--{flag}: float values in [{images.min():.4g}, {images.max():.4g}] lie "
+                     f"outside --float_range={float_range}: pick the range the images were saved in.")
+  x = (images.astype(np.float64) - lo) * (255.0 / (hi - lo))
+  return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+class Progress:
+  """Images done, rate and ETA to stderr, at most every `every_s` seconds (and at the end)."""
+
+  def __init__(self, label: str, total: int, every_s: float = 10.0, stream=None):
+    self.label, self.total, self.every_s = label, total, every_s
+    self.stream = stream or sys.stderr
+    self.done, self.start, self.last = 0, time.time(), time.time()
+
+  def update(self, n: int) -> None:
+    self.done += n
+    now = time.time()
+    if now - self.last >= self.every_s or self.done >= self.total:
+      rate = self.done / max(now - self.start, 1e-9)
+      eta = int((self.total - self.done) / rate) if rate > 0 else 0
+      print(f"[fid] {self.label}: {self.done}/{self.total} images ({100 * self.done // self.total}%), "
+            f"{rate:.1f} img/s, ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}",
+            file=self.stream, flush=True)
+      self.last = now
+
+
+def checked_batches(path: str, batch_size: int, features: str, float_range: Optional[str],
+                    flag: str, progress_every_s: float = 10.0) -> Iterator[np.ndarray]:
+  """image_batches(path) validated (layout checked before the first read), as uint8, with progress."""
+  shape, dtype = describe_images(path)
+  check_image_layout(shape, dtype, features, float_range, flag)
+  progress = Progress(f"--{flag}", shape[0], progress_every_s)
+  for images in image_batches(path, batch_size):
+    images = to_uint8(images, float_range, flag)
+    progress.update(len(images))
+    yield images
+
+
 def npz_image_batches(path: str, batch_size: int, key: str = "arr_0") -> Iterator[np.ndarray]:
   """Streams `key` of an .npz in batches of rows without loading the whole array (ADM sample
   batches of 50,000 256x256 images are ~10 GB)."""
   with zipfile.ZipFile(path) as archive:
-    member = key + ".npy"
-    if member not in archive.namelist():
-      raise ValueError(f"{path!r} has no {key!r} array (it holds "
-                       f"{[n[:-4] for n in archive.namelist()]}); ADM batches store images in "
-                       "arr_0.")
-    with archive.open(member) as f:
-      version = np.lib.format.read_magic(f)
-      read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                     else np.lib.format.read_array_header_2_0)
-      shape, fortran, dtype = read_header(f)
+    with archive.open(_npz_member(path, archive, key)) as f:
+      shape, fortran, dtype = _read_npy_header(f)
       if fortran or len(shape) != 4:
         raise ValueError(f"{path!r}:{key} has shape {shape} (fortran={fortran}); expected C-order "
                          "[N, H, W, C] images.")
@@ -177,6 +273,11 @@ def main(argv=None) -> Dict[str, float]:
                       help="TESTS ONLY: random Inception weights instead of --inception")
   parser.add_argument("--batch_size", type=int, default=100)
   parser.add_argument("--splits", type=int, default=10, help="Inception Score splits")
+  parser.add_argument("--float_range", choices=sorted(FLOAT_RANGES), default=None,
+                      help="accept float images in this range and round them to uint8 (default: "
+                           "refuse floats; FID is defined on uint8 images)")
+  parser.add_argument("--progress_every_s", type=float, default=10.0,
+                      help="seconds between progress lines (images done, rate, ETA) on stderr")
   args = parser.parse_args(argv)
 
   # Validate every path before loading the network or reading images.
@@ -198,10 +299,15 @@ def main(argv=None) -> Dict[str, float]:
   ref_is_stats = not args.write_stats and os.path.isfile(args.ref) and has_stats(args.ref)
   if ref_is_stats:
     _check_feature_tag(args.ref, name)
+  _check_shapes(args, ref_is_stats)  # Before the network loads or any image is read.
+
+  def batches(flag):
+    return checked_batches(getattr(args, flag), args.batch_size, args.features, args.float_range,
+                           flag, args.progress_every_s)
 
   feature_fn = _make_feature_fn(args)
   if args.write_stats:
-    acc, _ = feature_statistics(image_batches(args.images, args.batch_size), feature_fn)
+    acc, _ = feature_statistics(batches("images"), feature_fn)
     save_stats(args.write_stats, acc.mean, acc.cov, acc.count, feature=name,
                preprocess=args.preprocess)
     result = {"wrote": args.write_stats, "count": acc.count, "dim": acc.dim, "feature": name}
@@ -209,13 +315,35 @@ def main(argv=None) -> Dict[str, float]:
     if ref_is_stats:
       ref_mu, ref_sigma = load_stats(args.ref)
     else:
-      ref_acc, _ = feature_statistics(image_batches(args.ref, args.batch_size), feature_fn)
+      ref_acc, _ = feature_statistics(batches("ref"), feature_fn)
       ref_mu, ref_sigma = ref_acc.mean, ref_acc.cov
-    result = evaluate(image_batches(args.samples, args.batch_size), ref_mu, ref_sigma, feature_fn,
-                      args.splits)
+    result = evaluate(batches("samples"), ref_mu, ref_sigma, feature_fn, args.splits)
     result["feature"] = name
   print(json.dumps(result))
   return result
+
+
+def _check_shapes(args, ref_is_stats: bool) -> None:
+  """Image layout of every input, and the reference's feature dimension; SystemExit if wrong."""
+  flags_in = ["images"] if args.write_stats else ["samples"] + ([] if ref_is_stats else ["ref"])
+  dims = {}
+  try:
+    for flag in flags_in:
+      shape, dtype = describe_images(getattr(args, flag))
+      check_image_layout(shape, dtype, args.features, args.float_range, flag)
+      dims[flag] = 2048 if args.features == "inception" else int(np.prod(shape[1:]))
+  except ValueError as e:
+    raise SystemExit(str(e)) from e
+  if ref_is_stats:
+    with np.load(args.ref) as data:
+      ref_dim = int(data["mu"].shape[0])
+    if ref_dim != dims["samples"]:
+      raise SystemExit(f"--ref={args.ref!r} holds {ref_dim}-d statistics but --samples give "
+                       f"{dims['samples']}-d {args.features} features: use statistics of the same "
+                       "features and image size.")
+  elif "ref" in dims and dims["ref"] != dims["samples"]:
+    raise SystemExit(f"--ref images give {dims['ref']}-d {args.features} features but --samples "
+                     f"give {dims['samples']}-d: resize them to one image size.")
 
 
 def _check_feature_tag(path: str, name: str) -> None:

@@ -14,6 +14,8 @@ posterior mean and std of the image and of its horizontal flip, the label and th
 Encoding is batched and data-parallel over all local devices (jit + NamedSharding over a 1-D mesh;
 the last batch is padded). A shard is written under a temp name and renamed when complete, so a
 rerun skips finished shards and resumes; manifest.json is written when every shard exists.
+A rerun trusts a finished shard of the right size; --repair also re-hashes each one and rewrites
+those whose sha256 changed since writing (what --verify reports).
 Several hosts may share one --out with --num_tasks/--task_index (task k writes shards k, k+n, ...);
 whichever run finds every shard finished writes the manifest.
 """
@@ -226,9 +228,17 @@ def prepare(args) -> Optional[dict]:
   encoder = Encoder(config, params, args.batch_size)
   paths = [os.path.join(args.out, records.shard_name(args.split, i, num_shards))
            for i in range(num_shards)]
+  mine = range(args.task_index, num_shards, args.num_tasks)
+  if args.repair:  # Re-hash finished shards: a same-size corruption passes the size check below.
+    damaged = [i for i in mine if records.finished_shard(paths[i]) is not None
+               and not records.shard_intact(paths[i])]
+    for i in damaged:
+      records.discard_shard(paths[i])
+    print(f"[prepare] --repair: {len(damaged)} finished shards failed their sha256 and will be "
+          f"rewritten{': ' + ', '.join(os.path.basename(paths[i]) for i in damaged) if damaged else ''}",
+          flush=True)
   # Several tasks (hosts) may split the work on a shared --out: task k writes shards k, k+n, ...
-  todo = [i for i in range(args.task_index, num_shards, args.num_tasks)
-          if records.finished_shard(paths[i]) is None]
+  todo = [i for i in mine if records.finished_shard(paths[i]) is None]
   print(f"[prepare] {source.count} images -> {num_shards} shards in {args.out}; "
         f"{num_shards - len(todo)} already finished, {len(todo)} to write; "
         f"{len(jax.local_devices())} devices, batch {encoder.batch_size}", flush=True)
@@ -312,6 +322,9 @@ def parse_args(argv: Sequence[str]):
   p.add_argument("--log_every_s", type=float, default=10.0)
   p.add_argument("--verify", action="store_true",
                  help="only re-read every shard in --out against its manifest")
+  p.add_argument("--repair", action="store_true",
+                 help="re-hash finished shards and rewrite those that fail (what --verify flags); "
+                      "give the original flags too")
   return p.parse_args(argv)
 
 

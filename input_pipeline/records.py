@@ -122,6 +122,19 @@ def finished_shard(path: str):
   return info if os.path.getsize(path) == info.get("bytes") else None
 
 
+def shard_intact(path: str) -> bool:
+  """True if the shard is finished and its bytes still hash to the sha256 recorded when written."""
+  info = finished_shard(path)
+  return info is not None and file_sha256(path) == info.get("sha256")
+
+
+def discard_shard(path: str) -> None:
+  """Removes a damaged shard and its done marker, so the next preparation run rewrites it."""
+  for name in (path + ".done.json", path):
+    if os.path.exists(name):
+      os.remove(name)
+
+
 def manifest_path(path: str) -> str:
   """Manifest file for a data directory, a manifest path, or a glob pattern inside a data directory."""
   if os.path.isdir(path):
@@ -232,7 +245,9 @@ def verify(path: str) -> dict:
       problems.append(str(e))
   if problems:
     raise ValueError(f"{len(problems)} of {len(m['shards'])} shards in {m['dir']!r} failed "
-                     "verification:\n  " + "\n  ".join(problems))
+                     "verification:\n  " + "\n  ".join(problems) + "\nRewrite them: rerun "
+                     "input_pipeline.prepare_imagenet with this --out, its original flags and "
+                     "--repair.")
   return {"dir": m["dir"], "shards": len(m["shards"]), "count": m["count"], "ok": True}
 
 

@@ -1,20 +1,363 @@
-"""Checks a run config and workdir before any compilation, with errors that name the field."""
+"""Checks a run config and workdir before anything is written or compiled; errors name the field.
+
+Every field a user can set has one row in FIELDS: (rule, fix). A rule maps the value to None (good)
+or to what is wrong with it and the allowed values. A field added to configs/base.py gets a row
+here (tests/test_bad_input.py fails and lists it otherwise). Checks that involve several fields,
+the device count or files are in CROSS_CHECKS, each a function of the config that raises.
+"""
+import difflib
+import glob
+import numbers
 import os
 import tempfile
+from typing import Callable, Optional
 
 import jax
 
 import input_pipeline
-from mf_jax import drifting, meanflow
-from mf_jax.models.dit import parse_variant
-from mf_jax.train_state import build_model
+from mf_jax import drifting, meanflow, workdir_signature
+from mf_jax.models.dit import ATTENTION_IMPLS, parse_variant
+from mf_jax.train_state import DTYPES, build_model
 
 METHODS = ("meanflow", "drifting", "mae")
+MODES = ("train", "sample", "eval")
 
 
-def check_workdir(workdir: str) -> None:
+class ConfigError(ValueError):
+  """A bad config field or workdir; main.py prints it in one line and exits with status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules: value -> None, or what is wrong ("must be ...", with the allowed values).
+
+Rule = Callable[[object], Optional[str]]
+
+
+def _is_int(v):
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def integer(lo=None, hi=None) -> Rule:
+  def rule(v):
+    if not _is_int(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+      bounds = " and ".join(s for s in (lo is not None and f">= {lo}", hi is not None and f"<= {hi}")
+                            if s)
+      return f"must be an integer{' ' + bounds if bounds else ''}"
+    return None
+  return rule
+
+
+def _span(lo, hi, lo_open, hi_open) -> str:
+  if lo is not None and hi is not None:
+    return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+  if lo is not None:
+    return f"{'>' if lo_open else '>='} {lo}"
+  return "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+
+
+def _in_range(v, lo, hi, lo_open, hi_open) -> bool:
+  if not isinstance(v, numbers.Real) or isinstance(v, bool) or v != v:  # v != v: NaN.
+    return False
+  return ((lo is None or (v > lo if lo_open else v >= lo))
+          and (hi is None or (v < hi if hi_open else v <= hi)))
+
+
+def number(lo=None, hi=None, lo_open=False, hi_open=False) -> Rule:
+  message = f"must be a number {_span(lo, hi, lo_open, hi_open)}".strip()
+  return lambda v: None if _in_range(v, lo, hi, lo_open, hi_open) else message
+
+
+def choice(*options) -> Rule:
+  return lambda v: None if v in options else f"allowed values are {list(options)}"
+
+
+def boolean() -> Rule:
+  return lambda v: None if isinstance(v, bool) else "must be True or False"
+
+
+def text() -> Rule:
+  return lambda v: None if isinstance(v, str) else "must be a string"
+
+
+def optional(rule: Rule) -> Rule:
+  return lambda v: None if v is None else rule(v)
+
+
+def int_tuple(lo=1, allow_empty=False) -> Rule:
+  def rule(v):
+    if isinstance(v, (tuple, list)) and (v or allow_empty) and all(_is_int(x) and x >= lo for x in v):
+      return None
+    return f"must be a {'' if allow_empty else 'non-empty '}tuple of integers >= {lo}"
+  return rule
+
+
+def number_tuple(lo=None, hi=None, lo_open=False, hi_open=False) -> Rule:
+  message = f"must be a tuple of numbers, each {_span(lo, hi, lo_open, hi_open)}"
+  return lambda v: (None if isinstance(v, (tuple, list)) and all(
+      _in_range(x, lo, hi, lo_open, hi_open) for x in v) else message)
+
+
+POSITIVE = integer(lo=1)
+NON_NEGATIVE = integer(lo=0)
+FRACTION = number(0.0, 1.0)
+
+FIELDS = {
+    "seed": (integer(), "any integer, e.g. 0"),
+    "method": (choice(*METHODS), "meanflow (default), drifting, or mae (drifting's encoder)"),
+    "data.name": (choice(*input_pipeline.DATASETS), "a data set this codebase reads"),
+    "data.path": (text(), "the folder of prepared records (latents) or the TFDS data_dir (cifar10)"),
+    "data.image_size": (POSITIVE, "the stored image/latent side, e.g. 32 for ImageNet latents"),
+    "data.channels": (POSITIVE, "4 for SD-VAE latents, 3 for RGB, 1 for digits"),
+    "data.num_classes": (NON_NEGATIVE, "0 for unconditional, else the label count"),
+    "data.latent_scale": (number(0.0, lo_open=True), "0.18215 for SD-VAE latents"),
+    "data.vae_path": (text(), "a local diffusers AutoencoderKL folder, or '' (no decoding)"),
+    "data.random_flip": (boolean(), "True or False"),
+    "data.shuffle_buffer": (POSITIVE, "examples in the shuffle buffer, e.g. 50000"),
+    "model.name": (choice("dit", "mlp"), "dit for images, mlp for small vectors"),
+    "model.variant": (text(), "NAME/PATCH, e.g. 'B/2'"),
+    "model.depth": (optional(POSITIVE), "None (the variant's) or a block count"),
+    "model.hidden_size": (optional(POSITIVE), "None (the variant's) or a width divisible by "
+                                              "num_heads and 4"),
+    "model.num_heads": (optional(POSITIVE), "None (the variant's) or a divisor of hidden_size"),
+    "model.compute_dtype": (choice(*DTYPES), "float32, or bfloat16 for bf16 matmuls"),
+    "model.attention_impl": (choice(*ATTENTION_IMPLS), "einsum works everywhere"),
+    "model.remat": (boolean(), "True trades compute for memory"),
+    "model.mlp_widths": (int_tuple(), "hidden widths, e.g. (512, 512, 512, 512)"),
+    "meanflow.num_classes": (NON_NEGATIVE, "leave it linked to data.num_classes"),
+    "meanflow.time_sampler": (choice("logit_normal", "uniform"), "logit_normal (paper)"),
+    "meanflow.time_mu": (number(), "-0.4 (paper)"),
+    "meanflow.time_sigma": (number(0.0, lo_open=True), "1.0 (paper)"),
+    "meanflow.r_neq_t_ratio": (FRACTION, "0.25 (paper); 0 is flow matching"),
+    "meanflow.adaptive_p": (number(0.0), "1.0 (paper); 0 is plain L2"),
+    "meanflow.adaptive_c": (number(0.0, lo_open=True), "1e-3 (paper)"),
+    "meanflow.guidance_omega": (number(0.0, lo_open=True), "1.0 (no guidance) or e.g. 2.0"),
+    "meanflow.guidance_kappa": (number(hi=1.0, hi_open=True), "0.0, or e.g. 0.5 with omega"),
+    "meanflow.guidance_t_min": (FRACTION, "0.0"),
+    "meanflow.guidance_t_max": (FRACTION, "1.0, or e.g. 0.75 (XL/2)"),
+    "meanflow.class_dropout": (number(0.0, 1.0, hi_open=True), "0.1 (paper)"),
+    "drifting.temperatures": (number_tuple(0.0, lo_open=True), "e.g. (0.02, 0.05, 0.2)"),
+    "drifting.normalize_distances": (boolean(), "True (paper)"),
+    "drifting.normalize_drift": (boolean(), "True (paper)"),
+    "drifting.num_neg": (integer(lo=2), "64 (paper)"),
+    "drifting.num_unc": (NON_NEGATIVE, "16 (paper); 0 turns guidance off"),
+    "drifting.alpha_min": (number(1.0), "1.0"),
+    "drifting.alpha_max": (number(1.0), "4.0"),
+    "drifting.alpha_distribution": (choice(*drifting.ALPHA_DISTRIBUTIONS), "uniform"),
+    "drifting.alpha_power": (number(0.0), "1.0"),
+    "drifting.alpha_per_class": (boolean(), "True"),
+    "drifting.noise_shape": (int_tuple(allow_empty=True), "() for the sample shape"),
+    "drifting.classes_per_step": (POSITIVE, "at most data.num_classes, e.g. 64"),
+    "drifting.num_pos": (POSITIVE, "at most drifting.queue_len, e.g. 64"),
+    "drifting.queue_len": (POSITIVE, "e.g. 128"),
+    "drifting.feature_encoder_workdir": (text(), "the workdir of a method='mae' run, or ''"),
+    "mae.widths": (int_tuple(), "e.g. (128, 256, 512, 512)"),
+    "mae.blocks_per_stage": (POSITIVE, "e.g. 2"),
+    "mae.groups": (POSITIVE, "a divisor of every mae.widths entry, e.g. 32"),
+    "mae.decoder_width": (POSITIVE, "e.g. 256"),
+    "mae.mask_ratio": (number(0.0, 1.0, hi_open=True), "0.75"),
+    "mae.patch_size": (POSITIVE, "a divisor of data.image_size, e.g. 2"),
+    "optim.learning_rate": (number(0.0, lo_open=True), "1e-4 (MeanFlow ImageNet)"),
+    "optim.b1": (number(0.0, 1.0, hi_open=True), "0.9"),
+    "optim.b2": (number(0.0, 1.0, hi_open=True), "0.95"),
+    "optim.weight_decay": (number(0.0), "0.0"),
+    "optim.warmup_steps": (NON_NEGATIVE, "0"),
+    "optim.schedule": (choice("constant", "cosine"), "constant"),
+    "optim.grad_clip": (number(0.0), "0 (off) or e.g. 2.0"),
+    "ema_decays": (number_tuple(0.0, 1.0, hi_open=True), "e.g. (0.9999,)"),
+    "train.global_batch_size": (POSITIVE, "a multiple of the device count, e.g. 256"),
+    "train.num_steps": (POSITIVE, "the step to train to, e.g. 1200000"),
+    "train.log_every": (POSITIVE, "e.g. 100"),
+    "train.checkpoint_every": (POSITIVE, "e.g. 5000"),
+    "train.keep_checkpoints": (POSITIVE, "e.g. 3"),
+    "train.sample_every": (NON_NEGATIVE, "0 (off) or e.g. 10000"),
+    "train.profile": (boolean(), "False"),
+    "sharding.fsdp": (POSITIVE, "1 (data parallel) or a divisor of the device count"),
+    "sample.num_samples": (POSITIVE, "e.g. 64, or 50000 for FID"),
+    "sample.num_steps": (POSITIVE, "1 (1-NFE) or 2"),
+    "sample.batch_size": (POSITIVE, "a multiple of the device count"),
+    "sample.use_ema": (boolean(), "True"),
+    "sample.ema_index": (NON_NEGATIVE, "an index into ema_decays, e.g. 0"),
+    "sample.seed": (integer(), "any integer"),
+    "sample.cfg_scale": (number(0.0, lo_open=True), "1.0 (none)"),
+    "eval.every_steps": (NON_NEGATIVE, "0 (off) or a step count"),
+    "eval.num_samples": (integer(lo=2), "50000 (FID-50K)"),
+    "eval.batch_size": (POSITIVE, "a multiple of the device count, e.g. 256"),
+    "eval.num_steps": (int_tuple(), "e.g. (1, 2)"),
+    "eval.cfg_scale": (number(0.0, lo_open=True), "1.0 (none)"),
+    "eval.use_ema": (boolean(), "True"),
+    "eval.ema_index": (NON_NEGATIVE, "an index into ema_decays, e.g. 0"),
+    "eval.features": (text(), "inception or pixels"),
+    "eval.inception_path": (text(), "the FID Inception .pth, or '' for the default path"),
+    "eval.ref_stats": (text(), "an .npz with mu/sigma"),
+    "eval.seed": (integer(), "any integer"),
+}
+
+
+def field_names(config, prefix="") -> list:
+  """Dotted names of every leaf field of a config (sections recursed)."""
+  names = []
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      names += field_names(value, f"{prefix}{key}.")
+    else:
+      names.append(prefix + key)
+  return names
+
+
+def _value(config, name):
+  for part in name.split("."):
+    config = config[part]
+  return config
+
+
+def check_fields(config) -> None:
+  """Type and range of every field in FIELDS that the config has."""
+  for name in field_names(config):
+    if name not in FIELDS:
+      continue
+    rule, fix = FIELDS[name]
+    value = _value(config, name)
+    problem = rule(value)
+    if problem:
+      raise ConfigError(f"{name}={value!r}: {problem}. Fix: set --config.{name} to {fix}.")
+
+
+def unknown_field_message(config, dotted: str) -> Optional[str]:
+  """For an override path that does not exist: names the section and the closest valid names."""
+  node, parts = config, dotted.split(".")
+  for i, part in enumerate(parts):
+    section = ".".join(parts[:i]) or "the top level"
+    if not hasattr(node, "keys"):
+      return (f"--config.{dotted}: {section} is a field ({node!r}), not a section with "
+              f"sub-fields.")
+    if part not in node.keys():
+      valid = sorted(node.keys())
+      close = difflib.get_close_matches(part, valid, n=3, cutoff=0.5)
+      hint = f"did you mean {' or '.join(close)}? " if close else ""
+      return (f"--config.{dotted}: {section} has no field {part!r}; {hint}"
+              f"valid names in {section}: {', '.join(valid)}.")
+    node = node[part]
+  return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks across fields, devices and files.
+
+def _batches_fit_devices(config):
+  devices = jax.device_count()
+  for name in ("train.global_batch_size", "sample.batch_size"):
+    value = _value(config, name)
+    if value % devices:
+      raise ConfigError(f"{name}={value} must be divisible by the number of devices ({devices}); "
+                        f"for example {max(devices, value - value % devices)}.")
+  if devices % config.sharding.fsdp:
+    divisors = [k for k in range(1, devices + 1) if devices % k == 0]
+    raise ConfigError(f"sharding.fsdp={config.sharding.fsdp} must divide the device count "
+                      f"{devices}: one of {divisors}.")
+
+
+def _ema_indices(config):
+  n = len(config.ema_decays)
+  if config.sample.use_ema and config.sample.ema_index >= n:
+    raise ConfigError(f"sample.ema_index={config.sample.ema_index}: ema_decays="
+                      f"{tuple(config.ema_decays)} has {n} entries, so the index must lie in "
+                      f"[0, {n - 1}]; or set sample.use_ema=False." if n else
+                      f"sample.use_ema=True but ema_decays=() keeps no EMA copy: set "
+                      "sample.use_ema=False or add a decay.")
+
+
+def _model(config):
+  model = build_model(config)
+  if config.model.name == "dit" and config.method != "mae":
+    _, width, heads, _ = parse_variant(config.model.variant)
+    width, heads = config.model.hidden_size or width, config.model.num_heads or heads
+    if width % heads or width % 4:
+      raise ConfigError(f"model.hidden_size={width} must be divisible by model.num_heads={heads} "
+                        "and by 4: change one of them (None takes the variant's).")
+    model.dims()  # Patch size, dtype and attention names.
+  if config.method == "mae":
+    if config.data.image_size % config.mae.patch_size:
+      raise ConfigError(f"mae.patch_size={config.mae.patch_size} must divide data.image_size="
+                        f"{config.data.image_size}.")
+    for width in config.mae.widths:
+      if width % config.mae.groups:
+        raise ConfigError(f"mae.groups={config.mae.groups} must divide every mae.widths entry "
+                          f"{tuple(config.mae.widths)}.")
+
+
+def _objective(config):
+  if config.method == "meanflow":
+    meanflow.validate_config(config.meanflow)
+    if config.meanflow.num_classes != config.data.num_classes:
+      raise ConfigError(f"meanflow.num_classes={config.meanflow.num_classes} differs from "
+                        f"data.num_classes={config.data.num_classes}; leave it linked to data.")
+  if config.method == "drifting":
+    drifting.validate_config(config.drifting)
+    d, classes = config.drifting, max(config.data.num_classes, 1)
+    if not 1 <= d.classes_per_step <= classes:
+      raise ConfigError(f"drifting.classes_per_step={d.classes_per_step} must lie in [1, {classes}] "
+                        f"(data.num_classes={config.data.num_classes}).")
+    if not 1 <= d.num_pos <= d.queue_len:
+      raise ConfigError(f"drifting.num_pos={d.num_pos} must lie in [1, drifting.queue_len="
+                        f"{d.queue_len}].")
+    enc = d.feature_encoder_workdir
+    if enc and not os.path.isdir(os.path.join(enc, "checkpoints")):
+      raise ConfigError(f"drifting.feature_encoder_workdir={enc!r} holds no checkpoints/ folder: "
+                        "pretrain the encoder with method='mae' into it, or set it to ''.")
+
+
+def _data_files(config):
+  d = config.data
+  if d.vae_path and not os.path.exists(d.vae_path):
+    raise ConfigError(f"data.vae_path={d.vae_path!r} does not exist: give a local diffusers "
+                      "AutoencoderKL folder or weights file, or '' to skip decoding.")
+  if d.name not in ("imagenet_latents", "cifar10"):
+    return
+  what = ("the --out folder of `python -m input_pipeline.prepare_imagenet`"
+          if d.name == "imagenet_latents" else "a TFDS data_dir holding cifar10")
+  if not d.path:
+    raise ConfigError(f"data.path is empty, but data.name={d.name!r} reads files: set "
+                      f"--config.data.path to {what}.")
+  if d.name == "cifar10":
+    if not os.path.isdir(d.path):
+      raise ConfigError(f"data.path={d.path!r} is not a folder: set it to {what}.")
+    return
+  if os.path.isdir(d.path):
+    manifest = os.path.join(d.path, "manifest.json")
+  elif d.path.endswith(".json") or not glob.has_magic(d.path):
+    manifest = d.path
+  else:
+    manifest = os.path.join(os.path.dirname(d.path), "manifest.json")
+  if not os.path.exists(os.path.dirname(manifest) or "."):
+    raise ConfigError(f"data.path={d.path!r}: folder {os.path.dirname(manifest)!r} does not exist; "
+                      f"set it to {what}.")
+  if not os.path.isfile(manifest):
+    raise ConfigError(f"data.path={d.path!r}: no manifest {manifest!r} (written last by a finished "
+                      f"preparation); set it to {what}, or finish the preparation.")
+
+
+def _evaluation(config, mode):
+  if config.eval.every_steps or mode == "eval":
+    from eval import evaluators  # pylint: disable=g-import-not-at-top
+    evaluators.validate_config(config)
+
+
+CROSS_CHECKS = (_batches_fit_devices, _ema_indices, _model, _objective, _data_files)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workdir.
+
+def check_workdir(workdir: str, mode: str = "train") -> None:
+  """--workdir: for training writable (created if missing); other modes need its checkpoints."""
   if not workdir:
-    raise ValueError("--workdir is required: the folder for checkpoints, metrics and samples.")
+    raise ConfigError("--workdir is required: the folder for checkpoints, metrics and samples.")
+  if mode != "train":
+    ckpts = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpts) or not any(n.isdigit() for n in os.listdir(ckpts)):
+      raise FileNotFoundError(f"--mode={mode} found no checkpoint in {ckpts}: train first, or "
+                              "point --workdir at a trained run.")
+    return
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_probe_"):
@@ -24,39 +367,19 @@ def check_workdir(workdir: str) -> None:
                           "can write to, or fix its permissions.") from e
 
 
-def validate(config, workdir: str = None) -> None:
-  if config.method not in METHODS:
-    raise ValueError(f"method={config.method!r}: allowed values are {list(METHODS)}.")
+def validate(config, workdir: str = None, mode: str = "train") -> None:
+  """Every field, then cross-field and file checks, then the workdir; writes nothing before all
+  config checks pass (a new training workdir is created last)."""
+  if mode not in MODES:
+    raise ConfigError(f"--mode={mode!r}: allowed values are {list(MODES)}.")
+  check_fields(config)
   input_pipeline.check_name(config.data.name)
-  model = build_model(config)
-  if config.model.name == "dit" and config.method != "mae":
-    parse_variant(config.model.variant)
-    model.dims()  # Patch size, widths, dtype and attention names.
-  batch, devices = config.train.global_batch_size, jax.device_count()
-  if batch % devices:
-    raise ValueError(f"train.global_batch_size={batch} must be divisible by the number of devices "
-                     f"({devices}); for example {max(devices, batch - batch % devices)}.")
-  if devices % config.sharding.fsdp:
-    raise ValueError(f"sharding.fsdp={config.sharding.fsdp} must divide the device count {devices}.")
-  for d in config.ema_decays:
-    if not 0.0 <= d < 1.0:
-      raise ValueError(f"ema_decays={tuple(config.ema_decays)}: each decay must lie in [0, 1).")
-  if config.method == "meanflow":
-    meanflow.validate_config(config.meanflow)
-    if config.meanflow.num_classes != config.data.num_classes:
-      raise ValueError(f"meanflow.num_classes={config.meanflow.num_classes} differs from "
-                       f"data.num_classes={config.data.num_classes}; leave it linked to data.")
-  if config.method == "drifting":
-    drifting.validate_config(config.drifting)
-    d, classes = config.drifting, max(config.data.num_classes, 1)
-    if not 1 <= d.classes_per_step <= classes:
-      raise ValueError(f"drifting.classes_per_step={d.classes_per_step} must lie in [1, {classes}] "
-                       f"(data.num_classes={config.data.num_classes}).")
-    if not 1 <= d.num_pos <= d.queue_len:
-      raise ValueError(f"drifting.num_pos={d.num_pos} must lie in [1, drifting.queue_len="
-                       f"{d.queue_len}].")
-  if config.eval.every_steps:
-    from eval import evaluators
-    evaluators.validate_config(config)
+  for check in CROSS_CHECKS:
+    check(config)
+  _evaluation(config, mode)
   if workdir is not None:
-    check_workdir(workdir)
+    if mode != "train":
+      check_workdir(workdir, mode)
+    workdir_signature.check(config, workdir)  # Reads only.
+    if mode == "train":
+      check_workdir(workdir, mode)

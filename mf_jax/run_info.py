@@ -55,9 +55,13 @@ def write(workdir: str, config, start_step: int) -> str:
       "process_count": jax.process_count(),
       "argv": sys.argv,
   }
-  path = os.path.join(folder, f"start_{start_step:09d}.json")
+  # A second start at the same step (a run stopped before its first checkpoint) keeps the first's.
+  tag, n = f"{start_step:09d}", 1
+  while os.path.exists(os.path.join(folder, f"start_{tag}.json")):
+    tag, n = f"{start_step:09d}_{n}", n + 1
+  path = os.path.join(folder, f"start_{tag}.json")
   with open(path, "w") as f:
     json.dump(info, f, indent=2)
-  with open(os.path.join(folder, f"config_{start_step:09d}.json"), "w") as f:
+  with open(os.path.join(folder, f"config_{tag}.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   return path

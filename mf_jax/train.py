@@ -8,7 +8,7 @@ from absl import logging
 from clu import periodic_actions
 
 import input_pipeline
-from mf_jax import checkpointing, config_checks, generate, run_info, writers
+from mf_jax import checkpointing, config_checks, generate, run_info, workdir_signature, writers
 from mf_jax import sharding as sharding_lib
 from mf_jax import train_state as ts
 from mf_jax import train_step as step_lib
@@ -21,12 +21,13 @@ QUEUE_FILL_STREAM = 2**31 - 2  # Minus the batch index while filling the class q
 # ---------------------------------------------------------------------------------------------
 # Set-up shared by training, sampling and evaluation.
 
-def setup_state(config, workdir: str):
+def setup_state(config, workdir: str, mode: str = "train"):
   """Validates, builds mesh/model/optimizer, and restores the newest good checkpoint if any.
 
   Returns (state, shardings, mesh, model, optimizer, checkpointer).
   """
-  config_checks.validate(config, workdir)
+  config_checks.validate(config, workdir, mode)
+  logging.info("Workdir: %s", os.path.abspath(workdir))
   mesh = sharding_lib.make_mesh(config.sharding.fsdp)
   model = ts.build_model(config)
   optimizer = ts.make_optimizer(config)
@@ -37,6 +38,8 @@ def setup_state(config, workdir: str):
   if restored is not None:
     state = restored
     logging.info("Resumed from the checkpoint at step %d.", int(state.step))
+  if mode == "train":
+    workdir_signature.write(config, workdir)
   return state, shardings, mesh, model, optimizer, ckpt
 
 
@@ -78,7 +81,9 @@ def write_sample_grids(config, sample_fn, state, mesh, writer, workdir, step):
     img = generate.grid(generate.to_uint8(x, config), cols=8)
     images[f"samples_{steps}nfe"] = img[None]
     if jax.process_index() == 0:
-      generate.save_png(img, os.path.join(workdir, "samples", f"step_{step:08d}_{steps}nfe.png"))
+      path = os.path.join(workdir, "samples", f"step_{step:08d}_{steps}nfe.png")
+      generate.save_png(img, path)
+      logging.info("Wrote sample grid %s", path)
   writer.write_images(step, images)
 
 
@@ -216,7 +221,7 @@ def train_and_evaluate(config, workdir: str, objective=None):
 
 def restore_trained(config, workdir: str, mode: str):
   """(state, mesh, model) from the newest checkpoint, for the modes that need a trained model."""
-  state, _, mesh, model, _, ckpt = setup_state(config, workdir)
+  state, _, mesh, model, _, ckpt = setup_state(config, workdir, mode)
   found = ckpt.latest_step()
   ckpt.close()
   if found is None:

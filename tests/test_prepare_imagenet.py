@@ -146,6 +146,23 @@ def test_verify_names_truncated_and_altered_shards(prepared, tmp_path):
   assert names[2] in msg and "sha256" in msg and names[0] not in msg
 
 
+def test_repair_rewrites_a_shard_altered_at_the_same_size(tree, prepared, tmp_path):
+  out = tmp_path / "repair"
+  shutil.copytree(prepared, out)
+  name = sorted(p.name for p in out.glob("*.tfrecord"))[2]
+  with open(out / name, "r+b") as f:
+    f.seek(500)
+    byte = f.read(1)
+    f.seek(500)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  with pytest.raises(ValueError, match=f"(?s){name}.*sha256.*--repair"):
+    records.verify(str(out))
+  run(tree, out, "--repair")
+  assert records.verify(str(out))["ok"]
+  full = json.load(open(os.path.join(prepared, records.MANIFEST)))
+  assert json.load(open(out / records.MANIFEST))["shards"] == full["shards"]
+
+
 def test_bad_sources_give_errors_naming_the_path(tmp_path):
   with pytest.raises(FileNotFoundError, match="nowhere.*not a directory"):
     run(tmp_path / "nowhere", tmp_path / "out")

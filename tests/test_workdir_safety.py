@@ -1,0 +1,125 @@
+"""A workdir keeps its run: a mismatched config changes nothing, bad checkpoints are found and set aside.
+
+One tiny training run (checkpoints at steps 2 and 4) is shared by the tests; each works on a copy.
+"""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from configs import tiny
+from mf_jax import checkpointing, config_checks, train, workdir_signature
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**train_overrides):
+  config = tiny.get_config()
+  config.train.update(num_steps=4, checkpoint_every=2, keep_checkpoints=3)
+  config.train.update(train_overrides)
+  return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("trained") / "run")
+  train.train_and_evaluate(tiny_config(), workdir)
+  return workdir
+
+
+@pytest.fixture
+def workdir(trained, tmp_path):
+  copy = str(tmp_path / "run")
+  shutil.copytree(trained, copy)
+  return copy
+
+
+def snapshot(folder):
+  """{relative path: sha256} of every file, plus the folder list: equal means untouched."""
+  out = {}
+  for root, dirs, files in os.walk(folder):
+    out[os.path.relpath(root, folder) + "/"] = sorted(dirs)
+    for name in files:
+      with open(os.path.join(root, name), "rb") as f:
+        out[os.path.relpath(os.path.join(root, name), folder)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def flip_one_bit(step_dir):
+  """Flips one bit in the middle of the checkpoint's largest file (same size, still parseable)."""
+  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.seek(os.path.getsize(largest) // 2)
+    byte = f.read(1)[0]
+    f.seek(-1, 1)
+    f.write(bytes([byte ^ 0x10]))
+  return largest
+
+
+def test_first_start_records_signature_and_checkpoint_sums(trained):
+  with open(os.path.join(trained, workdir_signature.FILE)) as f:
+    signature = json.load(f)
+  assert signature["fields"]["model.hidden_size"] == 32
+  assert signature["shapes"] == workdir_signature.compute(tiny_config())["shapes"]
+  ckpt = checkpointing.Checkpointer(trained, keep=3)
+  with open(os.path.join(trained, checkpointing.SUMS_FILE)) as f:
+    assert sorted(json.load(f)) == ["2", "4"]
+  assert ckpt.verify(2) is None and ckpt.verify(4) is None
+  ckpt.close()
+
+
+def test_resume_with_other_width_changes_nothing_then_right_config_continues(workdir):
+  before = snapshot(workdir)
+  wide = tiny_config(num_steps=6)
+  wide.model.hidden_size = 64
+  for run in (train.train_and_evaluate, train.sample_to_files, train.evaluate_checkpoint):
+    with pytest.raises(config_checks.ConfigError,
+                       match=r"model\.hidden_size: workdir 32, this config 64.*workdir's own config.*"
+                             r"--config\.model\.hidden_size=32.*new --workdir"):
+      run(wide, workdir)
+  # The command line: non-zero exit, one message, nothing written.
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"),
+                         f"--config={os.path.join(ROOT, 'configs', 'tiny.py')}", f"--workdir={workdir}",
+                         "--config.model.hidden_size=64"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 2 and "model.hidden_size: workdir 32, this config 64" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert snapshot(workdir) == before  # Checkpoints, metrics, run_info: byte-identical.
+
+  state = train.train_and_evaluate(tiny_config(num_steps=6), workdir)
+  assert int(state.step) == 6
+  assert os.path.exists(os.path.join(workdir, "run_info", "start_000000004.json"))
+  steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))
+           if "loss" in line]
+  assert steps == [2, 4, 6]  # Continued: no step logged twice.
+
+
+def test_bit_flipped_newest_checkpoint_is_set_aside_and_previous_used(workdir):
+  flipped = flip_one_bit(os.path.join(workdir, "checkpoints", "4"))
+  # An earlier set-aside copy of step 4 must not be nested into.
+  os.makedirs(os.path.join(workdir, checkpointing.ASIDE, "4"))
+  ckpt = checkpointing.Checkpointer(workdir, keep=3)
+  why = ckpt.verify(4)
+  ckpt.close()
+  assert why and os.path.relpath(flipped, os.path.join(workdir, "checkpoints", "4")) in why
+  state, *_, ckpt = train.setup_state(tiny_config(), workdir)
+  ckpt.close()
+  assert int(state.step) == 2
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+  assert os.path.isdir(os.path.join(workdir, checkpointing.ASIDE, "4.1", "default"))
+
+
+def test_no_readable_checkpoint_stops_and_moves_nothing(workdir):
+  for step in ("2", "4"):
+    flip_one_bit(os.path.join(workdir, "checkpoints", step))
+  before = snapshot(workdir)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"None of the 2 checkpoints.*step 4: integrity check failed.*step 2: "
+                           r"integrity.*Nothing was moved"):
+    train.setup_state(tiny_config(), workdir)
+  assert snapshot(workdir) == before
