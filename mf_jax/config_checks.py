@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import jax
 
 import input_pipeline
-from mf_jax import drifting, meanflow, workdir_signature
+from mf_jax import drifting, generate, meanflow, workdir_signature
 from mf_jax.models.dit import ATTENTION_IMPLS, parse_variant
 from mf_jax.train_state import DTYPES, build_model
 
@@ -135,6 +135,8 @@ FIELDS = {
     "meanflow.guidance_t_min": (FRACTION, "0.0"),
     "meanflow.guidance_t_max": (FRACTION, "1.0, or e.g. 0.75 (XL/2)"),
     "meanflow.class_dropout": (number(0.0, 1.0, hi_open=True), "0.1 (paper)"),
+    "meanflow.class_dropout_rows": (choice(*meanflow.DROPOUT_ROWS),
+                                    "independent, or r_eq_t_first (official batch layout)"),
     "drifting.temperatures": (number_tuple(0.0, lo_open=True), "e.g. (0.02, 0.05, 0.2)"),
     "drifting.normalize_distances": (boolean(), "True (paper)"),
     "drifting.normalize_drift": (boolean(), "True (paper)"),
@@ -142,9 +144,11 @@ FIELDS = {
     "drifting.num_unc": (NON_NEGATIVE, "16 (paper); 0 turns guidance off"),
     "drifting.alpha_min": (number(1.0), "1.0"),
     "drifting.alpha_max": (number(1.0), "4.0"),
-    "drifting.alpha_distribution": (choice(*drifting.ALPHA_DISTRIBUTIONS), "uniform"),
-    "drifting.alpha_power": (number(0.0), "1.0"),
-    "drifting.alpha_per_class": (boolean(), "True"),
+    "drifting.alpha_power": (number(0.0), "3.0 (released ablation); 0 = uniform"),
+    "drifting.no_guidance_frac": (FRACTION, "0.0, or 0.5 (released SOTA-L)"),
+    "drifting.class_chunk": (NON_NEGATIVE, "0 (all classes at once) or a divisor of "
+                                           "drifting.classes_per_step"),
+    "drifting.affinity_floor": (number(0.0), "0.0, or 1e-3 (released ImageNet configs)"),
     "drifting.noise_shape": (int_tuple(allow_empty=True), "() for the sample shape"),
     "drifting.classes_per_step": (POSITIVE, "at most data.num_classes, e.g. 64"),
     "drifting.num_pos": (POSITIVE, "at most drifting.queue_len, e.g. 64"),
@@ -190,6 +194,8 @@ FIELDS = {
     "eval.inception_path": (text(), "the FID Inception .pth, or '' for the default path"),
     "eval.ref_stats": (text(), "an .npz with mu/sigma"),
     "eval.seed": (integer(), "any integer"),
+    "eval.label_sampling": (choice(*generate.LABEL_SAMPLING), "cycle, or uniform (official)"),
+    "eval.uint8_rounding": (choice(*generate.UINT8_ROUNDING), "half_even, or half_up (official)"),
 }
 
 
