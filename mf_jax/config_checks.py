@@ -55,6 +55,10 @@ def validate(config, workdir: str = None) -> None:
     if not 1 <= d.num_pos <= d.queue_len:
       raise ValueError(f"drifting.num_pos={d.num_pos} must lie in [1, drifting.queue_len="
                        f"{d.queue_len}].")
+    if d.uncond_queue_len < 0 or d.fill_max_examples < 1:
+      raise ValueError(f"drifting.uncond_queue_len={d.uncond_queue_len} must be >= 0 (0: guidance "
+                       f"negatives from the step's other classes) and drifting.fill_max_examples="
+                       f"{d.fill_max_examples} >= 1.")
   if config.eval.every_steps:
     from eval import evaluators
     evaluators.validate_config(config)
