@@ -68,6 +68,12 @@ def get_config() -> ml_collections.ConfigDict:
       classes_per_step=64,  # N_c classes per step, each with num_pos real and num_neg generated.
       num_pos=64,
       queue_len=128,  # Real samples kept per class on device.
+      # Guidance negatives (num_unc per class) are drawn from the most recent uncond_queue_len real
+      # samples of any class; 0 draws them from the other classes of the step instead.
+      uncond_queue_len=1000,
+      # Before the first step the queues are filled from the stream until every class holds num_pos
+      # samples; a bounded wait (> one ImageNet epoch, so class-ordered shards reach every class).
+      fill_max_examples=2_000_000,
       # Workdir of a method="mae" run whose encoder gives the feature space; "" = raw samples.
       feature_encoder_workdir="",
   ))
@@ -79,6 +85,8 @@ def get_config() -> ml_collections.ConfigDict:
       decoder_width=256,
       mask_ratio=0.75,
       patch_size=2,
+      compute_dtype="float32",  # "bfloat16": bf16 convolutions; norms and feature statistics in fp32.
+      remat=False,  # Rematerialise encoder blocks in the backward pass (drifting's generated samples).
   ))
 
   config.optim = ml_collections.ConfigDict(dict(
@@ -120,6 +128,9 @@ def get_config() -> ml_collections.ConfigDict:
       cfg_scale=1.0,  # Sampling-time guidance; 1.0 = none (MeanFlow trains it into the target).
       label_sampling="cycle",  # "cycle": N / num_classes per class; "uniform": random (official).
       uint8_rounding="half_even",  # "half_even": round(127.5 (x + 1)); "half_up": floor(127.5 x + 128).
+      # Non-empty: score every listed scale instead of cfg_scale (fd_..._cfg<s>) and report the
+      # best as fd_<k>nfe, its scale as best_cfg_<k>nfe (the Drifting release's CFG sweep).
+      cfg_scales=(),
       use_ema=True,
       ema_index=0,  # Which of ema_decays to evaluate.
       features="inception",  # "inception" (FID, IS) | "pixels" (Frechet distance of raw pixels).

@@ -77,6 +77,9 @@ def validate_config(config) -> None:
   if ev.cfg_scale != 1.0 and config.data.num_classes < 1:
     raise ValueError(f"eval.cfg_scale={ev.cfg_scale} needs a class-conditional model; "
                      "data.num_classes is 0. Use eval.cfg_scale=1.0.")
+  if tuple(ev.get("cfg_scales", ())) and config.data.num_classes < 1:
+    raise ValueError(f"eval.cfg_scales={tuple(ev.cfg_scales)} needs a class-conditional model; "
+                     "data.num_classes is 0. Use eval.cfg_scales=().")
   if ev.use_ema and not 0 <= ev.ema_index < len(config.ema_decays):
     raise ValueError(f"eval.use_ema=True with eval.ema_index={ev.ema_index}, but ema_decays="
                      f"{tuple(config.ema_decays)} has {len(config.ema_decays)} entries: pick an "
@@ -261,7 +264,7 @@ class SampleQualityEvaluator:
     ev = self.config.eval
     return state.ema_params[ev.ema_index] if ev.use_ema else state.params
 
-  def statistics(self, params, num_steps: int):
+  def statistics(self, params, num_steps: int, cfg_scale: float = None):
     """(StatsAccumulator of all num_samples features, [num_samples, K] logits or None,
     [num_samples, D] features when num_samples <= D else None)."""
     ev = self.config.eval
@@ -274,7 +277,8 @@ class SampleQualityEvaluator:
       start = i * self.batch_size
       key = jax.random.fold_in(jax.random.key(ev.seed), i)
       noise, labels, mask = self._chunk_inputs(key, start)
-      x = self.sample_fn(params, noise, labels, num_steps, float(ev.cfg_scale))
+      scale = float(ev.cfg_scale if cfg_scale is None else cfg_scale)
+      x = self.sample_fn(params, noise, labels, num_steps, scale)
       images = self._to_images(self._decode(x))
       feats, chunk_logits = self.features.extract(self.features.params, images)
       count, mean, m2 = fid.sharded_moments(feats, self.mesh, sharding_lib.BATCH_AXES, mask)
@@ -298,16 +302,24 @@ class SampleQualityEvaluator:
     params = self._params(state)
     f = self.features
     scalars = {}
+    sweep = tuple(float(s) for s in self.config.eval.get("cfg_scales", ()))
     for k in self.num_steps:
-      acc, logits, features = self.statistics(params, k)
-      if features is not None:
-        fd = frechet_distance_from_samples(features, f.ref_mu, f.ref_sigma)
-      else:
-        fd = fid.frechet_distance(acc.mean, acc.cov, f.ref_mu, f.ref_sigma)
-      scalars[f"{f.scalar_prefixes['fd']}_{k}nfe"] = fd
-      if logits is not None:
-        splits = IS_SPLITS if len(logits) >= 2 * IS_SPLITS else 1
-        scalars[f"{f.scalar_prefixes['is']}_{k}nfe"] = fid.inception_score(logits, splits)[0]
+      best = None
+      for scale in sweep or (None,):
+        acc, logits, features = self.statistics(params, k, scale)
+        if features is not None:
+          fd = frechet_distance_from_samples(features, f.ref_mu, f.ref_sigma)
+        else:
+          fd = fid.frechet_distance(acc.mean, acc.cov, f.ref_mu, f.ref_sigma)
+        suffix = "" if scale is None else f"_cfg{scale:g}"
+        scalars[f"{f.scalar_prefixes['fd']}_{k}nfe{suffix}"] = fd
+        if logits is not None:
+          splits = IS_SPLITS if len(logits) >= 2 * IS_SPLITS else 1
+          scalars[f"{f.scalar_prefixes['is']}_{k}nfe{suffix}"] = fid.inception_score(logits, splits)[0]
+        if scale is not None and (best is None or fd < best[0]):
+          best = (fd, scale)
+      if best is not None:  # The sweep's best, under the name a single scale would have.
+        scalars[f"{f.scalar_prefixes['fd']}_{k}nfe"], scalars[f"best_cfg_{k}nfe"] = best
     return scalars
 
 

@@ -7,11 +7,21 @@ so a row always holds the most recent `queue_len` samples of its class. `draw` p
 requested classes uniformly at random among the stored ones, without replacement while there are
 enough. All functions are pure and jit-able; the trainer refills the queues from the data pipeline
 (push every incoming batch) and should wait until `ready` before the first step.
+
+A queue with one row (num_classes = 1) fed through `push_any` is the unconditional bank: the most
+recent real samples of any class, from which guidance negatives are drawn.
+
+On a mesh (`shardings`) the samples are split over all devices along the class axis (or the slot
+axis when the device count does not divide the classes), so 1000 classes are held once per mesh,
+not once per device; XLA moves what a step draws to the devices that need it.
 """
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mf_jax import sharding as sharding_lib
 
 Array = jax.Array
 
@@ -57,6 +67,18 @@ def push(queues: ClassQueues, samples: Array, labels: Array) -> ClassQueues:
   new = queues.samples.at[row, slot].set(samples.astype(queues.samples.dtype), mode="drop")
   return ClassQueues(new, (queues.write_pos + added) % queue_len,
                      jnp.minimum(queues.count + added, queue_len))
+
+
+def push_any(queues: ClassQueues, samples: Array, labels: Array) -> ClassQueues:
+  """push into a one-row queue regardless of class: every sample with a label >= 0 is kept."""
+  return push(queues, samples, jnp.where(labels >= 0, 0, -1))
+
+
+def shardings(mesh: Mesh, queues: ClassQueues) -> ClassQueues:
+  """NamedShardings for queues (arrays or ShapeDtypeStructs): samples spread over all devices."""
+  spec = sharding_lib.spread_spec(queues.samples.shape, mesh, dims=(0, 1))
+  replicated = NamedSharding(mesh, P())
+  return ClassQueues(NamedSharding(mesh, spec), replicated, replicated)
 
 
 def draw(queues: ClassQueues, key: Array, classes: Array, num: int) -> Array:

@@ -154,12 +154,17 @@ FIELDS = {
     "drifting.num_pos": (POSITIVE, "at most drifting.queue_len, e.g. 64"),
     "drifting.queue_len": (POSITIVE, "e.g. 128"),
     "drifting.feature_encoder_workdir": (text(), "the workdir of a method='mae' run, or ''"),
+    "drifting.uncond_queue_len": (NON_NEGATIVE, "1000 (released); 0 = guidance negatives from the "
+                                                "step's other classes"),
+    "drifting.fill_max_examples": (POSITIVE, "2000000 (more than one ImageNet epoch)"),
     "mae.widths": (int_tuple(), "e.g. (128, 256, 512, 512)"),
     "mae.blocks_per_stage": (POSITIVE, "e.g. 2"),
     "mae.groups": (POSITIVE, "a divisor of every mae.widths entry, e.g. 32"),
     "mae.decoder_width": (POSITIVE, "e.g. 256"),
     "mae.mask_ratio": (number(0.0, 1.0, hi_open=True), "0.75"),
     "mae.patch_size": (POSITIVE, "a divisor of data.image_size, e.g. 2"),
+    "mae.compute_dtype": (choice("float32", "bfloat16"), "float32, or bfloat16 for bf16 convolutions"),
+    "mae.remat": (boolean(), "True trades compute for memory"),
     "optim.learning_rate": (number(0.0, lo_open=True), "1e-4 (MeanFlow ImageNet)"),
     "optim.b1": (number(0.0, 1.0, hi_open=True), "0.9"),
     "optim.b2": (number(0.0, 1.0, hi_open=True), "0.95"),
@@ -194,6 +199,8 @@ FIELDS = {
     "eval.inception_path": (text(), "the FID Inception .pth, or '' for the default path"),
     "eval.ref_stats": (text(), "an .npz with mu/sigma"),
     "eval.seed": (integer(), "any integer"),
+    "eval.cfg_scales": (number_tuple(0.0, lo_open=True), "() (use eval.cfg_scale), or e.g. "
+                                                        "(1.0, 1.5, 2.0) to report the best"),
     "eval.label_sampling": (choice(*generate.LABEL_SAMPLING), "cycle, or uniform (official)"),
     "eval.uint8_rounding": (choice(*generate.UINT8_ROUNDING), "half_even, or half_up (official)"),
 }

@@ -41,6 +41,21 @@ def fsdp_spec(shape, fsdp: int) -> P:
   return P()
 
 
+def spread_spec(shape, mesh: Mesh, dims) -> P:
+  """Splits the first of `dims` that the device count divides over every device; else replicated.
+
+  For large buffers that are not parameters (the drifting sample banks): all devices share them,
+  whatever the FSDP grouping.
+  """
+  n = mesh.size
+  for dim in dims:
+    if shape[dim] % n == 0:
+      spec = [None] * len(shape)
+      spec[dim] = BATCH_AXES
+      return P(*spec)
+  return P()
+
+
 def state_shardings(mesh: Mesh, abstract_state):
   """NamedShardings for a pytree of ShapeDtypeStructs (e.g. from jax.eval_shape)."""
   fsdp = mesh.shape["fsdp"]

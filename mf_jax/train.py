@@ -104,24 +104,50 @@ def run_evaluators(evaluators, state, step, writer):
 
 
 def fill_class_queues(config, state, mesh, shardings):
-  """Drifting: fills every class queue with drifting.num_pos real samples before the first step."""
+  """Drifting: before the first step, pushes the stream into the queues until every class holds
+  drifting.num_pos samples (and the unconditional queue num_unc).
+
+  Waiting (rather than drawing with replacement from whatever a class has, as the official release
+  does from a host-side bank) keeps N_pos distinct positives per class from the first step - the
+  paper's ablation shows few distinct positives hurt - and costs one pass over the data at most:
+  class-ordered shards reach every class within an epoch. The wait is bounded by
+  drifting.fill_max_examples. The queues then live in the checkpoint; a resumed run does not refill.
+  """
   from mf_jax import class_queues
-  need = config.drifting.num_pos
-  push = jax.jit(lambda q, batch, key: class_queues.push(
-      q, step_lib.prepare_batch(batch, key, config), batch["label"]),
-      out_shardings=shardings.aux["queues"], donate_argnums=(0,))
+  d = config.drifting
+  need, max_examples = d.num_pos, d.fill_max_examples
+  push = jax.jit(lambda aux, batch, key: step_lib.push_queues(
+      aux, step_lib.prepare_batch(batch, key, config), batch["label"]),
+      out_shardings=shardings.aux, donate_argnums=(0,))
+  ready = jax.jit(lambda aux: class_queues.ready(aux["queues"], need) & (
+      class_queues.ready(aux["uncond_queue"], d.num_unc) if aux.get("uncond_queue") is not None
+      else True))
   batches = input_pipeline.train_iterator(config, 0)
-  queues = state.aux["queues"]
-  for i in range(100_000 // config.train.global_batch_size + 1):
-    if bool(class_queues.ready(queues, need)):
-      logging.info("Class queues filled with >= %d samples per class from %d batches.", need, i)
-      return state.replace(aux=dict(state.aux, queues=queues))
+  aux = state.aux
+  batch_size = config.train.global_batch_size
+  num_batches = -(-max_examples // batch_size)
+  for i in range(num_batches + 1):
+    if bool(ready(aux)):
+      logging.info("Class queues hold >= %d samples per class after %d examples.", need,
+                   i * batch_size)
+      return state.replace(aux=aux)
+    if i == num_batches:
+      break
+    if i and i % max(1, 100_000 // batch_size) == 0:
+      counts = jax.device_get(aux["queues"].count)
+      logging.info("Filling class queues: %d examples read, %d of %d classes hold %d samples.",
+                   i * batch_size, int((counts >= need).sum()), len(counts), need)
     batch = sharding_lib.global_batch(next(batches), mesh)
     key = jax.random.fold_in(jax.random.key(config.seed), QUEUE_FILL_STREAM - i)
-    queues = push(queues, batch, key)
-  counts = jax.device_get(queues.count)
-  raise ValueError(f"drifting.num_pos={need}: after 100,000 examples some classes still have fewer "
-                   f"samples (per-class counts {counts.tolist()}); lower num_pos or check the labels.")
+    aux = push(aux, batch, key)
+  counts = jax.device_get(aux["queues"].count)
+  short = [c for c in range(len(counts)) if counts[c] < need]
+  raise ValueError(
+      f"drifting.fill_max_examples={max_examples}: after {num_batches * batch_size} examples "
+      f"{len(short)} of {len(counts)} classes still hold fewer than drifting.num_pos={need} samples "
+      f"(classes {short[:10]}{'...' if len(short) > 10 else ''} with counts "
+      f"{[int(counts[c]) for c in short[:10]]}). Raise drifting.fill_max_examples to cover an epoch "
+      "of the data, lower drifting.num_pos, or check data.num_classes against the labels.")
 
 
 def load_feature_encoder(config, shardings):
@@ -170,7 +196,7 @@ def train_and_evaluate(config, workdir: str, objective=None):
     writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
 
   train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(config, model, optimizer, objective), mesh, shardings)
+      step_lib.make_train_step(config, model, optimizer, objective, mesh), mesh, shardings)
   sample_fn = generate.make_sampler(config, model, mesh)
   evaluators = build_evaluators(config, model, mesh, sample_fn)
   batches = input_pipeline.train_iterator(config, start_step)

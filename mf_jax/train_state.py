@@ -33,6 +33,7 @@ class TrainState:
   # parameters and any checkpoint keep the last good values; the host raises at its next check.
   nonfinite_step: jax.Array
   # Method-specific state carried between steps. Drifting: {"queues": per-class real samples,
+  # "uncond_queue": recent real samples of any class (guidance negatives) or None,
   # "encoder": frozen feature-encoder parameters or None}.
   aux: Any = None
 
@@ -47,7 +48,8 @@ def build_model(config) -> nn.Module:
   if m.name == "mlp":  # Small vector data (2-D toys, 8x8 digits); output flattened, see net_fn.
     d = config.data
     return MLP(out_dim=d.image_size * d.image_size * d.channels, hidden_widths=tuple(m.mlp_widths),
-               condition_names=conditions, num_classes=d.num_classes)
+               condition_names=conditions, num_classes=d.num_classes, remat=m.remat,
+               dtype=DTYPES[m.compute_dtype])
   if m.name != "dit":
     raise ValueError(f"model.name={m.name!r}: allowed values are ['dit', 'mlp'].")
   return DiT(variant=m.variant, image_size=config.data.image_size, channels=config.data.channels,
@@ -59,9 +61,12 @@ def build_model(config) -> nn.Module:
 
 def mae_model(config) -> MaskedAutoencoder:
   e = config.mae
+  if e.compute_dtype not in DTYPES:
+    raise ValueError(f"mae.compute_dtype={e.compute_dtype!r}: allowed values are {sorted(DTYPES)}.")
   return MaskedAutoencoder(channels=config.data.channels, widths=tuple(e.widths),
                            blocks_per_stage=e.blocks_per_stage, groups=e.groups,
-                           decoder_width=e.decoder_width)
+                           decoder_width=e.decoder_width, remat=e.remat,
+                           dtype=DTYPES[e.compute_dtype])
 
 
 def meanflow_u_fn(model: nn.Module, params):
@@ -111,18 +116,35 @@ def init_state(config, model, optimizer, key) -> TrainState:
       mae = config.copy_and_resolve_references()
       mae.method = "mae"
       encoder = mae_model(mae).init(key, *example_inputs(mae))
-    aux = {"queues": class_queues.init(max(d.num_classes, 1), config.drifting.queue_len,
-                                       (d.image_size, d.image_size, d.channels)),
+    shape = (d.image_size, d.image_size, d.channels)
+    aux = {"queues": class_queues.init(max(d.num_classes, 1), config.drifting.queue_len, shape),
+           "uncond_queue": (class_queues.init(1, config.drifting.uncond_queue_len, shape)
+                            if uses_uncond_queue(config) else None),
            "encoder": encoder}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                     ema_params=tuple(params for _ in config.ema_decays),
                     nonfinite_step=jnp.full((), -1, jnp.int32), aux=aux)
 
 
+def uses_uncond_queue(config) -> bool:
+  """Drifting guidance negatives come from the unconditional queue (else: other classes of the step)."""
+  return config.drifting.num_unc > 0 and config.drifting.uncond_queue_len > 0
+
+
+def state_shardings(mesh, abstract: TrainState) -> TrainState:
+  """Parameters as sharding.state_shardings says; drifting sample queues spread over all devices."""
+  shardings = sharding_lib.state_shardings(mesh, abstract)
+  if isinstance(abstract.aux, dict):
+    queues = {k: class_queues.shardings(mesh, q) for k, q in abstract.aux.items()
+              if isinstance(q, class_queues.ClassQueues)}
+    shardings = shardings.replace(aux=dict(shardings.aux, **queues))
+  return shardings
+
+
 def create_sharded_state(config, model, optimizer, mesh, key):
   """Returns (state, state_shardings) with every array born in its sharded layout."""
   abstract = jax.eval_shape(lambda k: init_state(config, model, optimizer, k), key)
-  shardings = sharding_lib.state_shardings(mesh, abstract)
+  shardings = state_shardings(mesh, abstract)
   state = jax.jit(lambda k: init_state(config, model, optimizer, k), out_shardings=shardings)(key)
   return state, shardings
 

@@ -48,12 +48,40 @@ def drifting_feature_fn(config, encoder_params):
       lambda x: encoder.apply(encoder_params, x, method=encoder.features))
 
 
-def drifting_objective(model, config, encoder_params=None):
-  """(params, real_by_class [N_c, N_pos, ...], classes [N_c], key) -> (loss, metrics)."""
+def split_leading_axis(mesh):
+  """tree -> tree with every array's leading axis split over all devices of `mesh`.
+
+  Inside jit this pins the layout GSPMD propagates from: each device then holds (and computes)
+  only its share. Arrays whose leading axis the device count does not divide are padded by XLA.
+  """
+  sharding = sharding_lib.batch_sharding(mesh)
+  def split(tree):
+    return jax.tree_util.tree_map(
+        lambda a: jax.lax.with_sharding_constraint(a, sharding) if jnp.ndim(a) else a, tree)
+  return split
+
+
+def drifting_objective(model, config, encoder_params=None, mesh=None):
+  """(params, real {"positives": [N_c, N_pos, ...], "uncond": [N_c, N_unc, ...] or None},
+  classes [N_c], key) -> (loss, metrics).
+
+  Data parallel over the classes of the step: the labels, their real samples, the noise, the
+  generated samples and every feature set are split over all devices of `mesh` along the class
+  (or class-major sample) axis, so each device generates, featurises and computes the field for
+  its own labels; only global statistics and the gradients are reduced across devices.
+  """
   feature_fn = drifting_feature_fn(config, encoder_params)
-  def loss_fn(params, real_by_class, classes, key):
-    return drifting.drifting_loss(generator_fn(model, params), real_by_class, classes, key,
-                                  config.drifting, feature_fn=feature_fn)
+  split = split_leading_axis(mesh) if mesh is not None else (lambda tree: tree)
+
+  def sharded_features(x):
+    return split(feature_fn(split(x)))
+
+  def loss_fn(params, real, classes, key):
+    generate = generator_fn(model, params)
+    sharded_generator = lambda noise, alpha, labels: split(generate(*split((noise, alpha, labels))))
+    return drifting.drifting_loss(sharded_generator, split(real["positives"]), split(classes), key,
+                                  config.drifting, feature_fn=sharded_features,
+                                  uncond_real=split(real["uncond"]))
   return loss_fn
 
 
@@ -66,38 +94,56 @@ def mae_objective(model, config):
   return loss_fn
 
 
-def drifting_inputs(queues, x, labels, key, config):
-  """Pushes the batch into the per-class queues, then draws N_pos real samples for N_c classes."""
-  k_classes, k_draw = jax.random.split(key)
-  queues = class_queues.push(queues, x, labels)
+def push_queues(aux, x, labels):
+  """Every real sample of the batch into its class queue and into the unconditional queue."""
+  aux = dict(aux, queues=class_queues.push(aux["queues"], x, labels))
+  if aux.get("uncond_queue") is not None:
+    aux["uncond_queue"] = class_queues.push_any(aux["uncond_queue"], x, labels)
+  return aux
+
+
+def drifting_inputs(aux, x, labels, key, config):
+  """Pushes the batch into the queues, then draws the step's N_c classes, N_pos real samples of
+  each and N_unc guidance negatives per class. -> (aux, {"positives", "uncond"}, classes)."""
+  k_classes, k_draw, k_unc = jax.random.split(key, 3)
+  aux = push_queues(aux, x, labels)
   d = config.drifting
   classes = class_queues.sample_classes(k_classes, max(config.data.num_classes, 1),
                                         d.classes_per_step)
-  return queues, class_queues.draw(queues, k_draw, classes, d.num_pos), classes
+  real = {"positives": class_queues.draw(aux["queues"], k_draw, classes, d.num_pos), "uncond": None}
+  if aux.get("uncond_queue") is not None:
+    real["uncond"] = class_queues.draw(aux["uncond_queue"], k_unc, jnp.zeros_like(classes),
+                                       d.num_unc)
+  return aux, real, classes
 
 
-def method_objective(model, config, aux):
+def method_objective(model, config, aux, mesh=None):
   """config.method's loss as (params, x, labels, key) -> (loss, metrics), built at trace time."""
   if config.method == "drifting":
     # The frozen encoder's parameters travel in the state: arguments, not compile-time constants.
-    return drifting_objective(model, config, aux["encoder"])
+    return drifting_objective(model, config, aux["encoder"], mesh)
   if config.method == "mae":
     return mae_objective(model, config)
   return meanflow_objective(model, config)
 
 
-def make_train_step(config, model, optimizer, objective=None):
+def make_train_step(config, model, optimizer, objective=None, mesh=None):
   """Returns train_step(state, batch) -> (state, metrics), not yet jitted.
 
   `objective` replaces config.method's loss (same signature as method_objective's result).
+  `mesh`: the mesh the step is jitted for (default: all devices, config.sharding.fsdp); the
+  drifting step splits its classes over it.
   """
+  if mesh is None and config.method == "drifting":
+    mesh = sharding_lib.make_mesh(config.sharding.fsdp)
+
   def train_step(state: TrainState, batch):
     k_data, k_loss, k_aux = jax.random.split(step_key(config.seed, state.step), 3)
     x, labels, aux = prepare_batch(batch, k_data, config), batch["label"], state.aux
     if config.method == "drifting":
-      queues, x, labels = drifting_inputs(aux["queues"], x, labels, k_aux, config)
-      aux = dict(aux, queues=queues)
-    grad_fn = jax.value_and_grad(objective or method_objective(model, config, aux), has_aux=True)
+      aux, x, labels = drifting_inputs(aux, x, labels, k_aux, config)
+    grad_fn = jax.value_and_grad(objective or method_objective(model, config, aux, mesh),
+                                 has_aux=True)
     (loss, metrics), grads = grad_fn(state.params, x, labels, k_loss)
     grad_norm = optax.global_norm(grads)
 

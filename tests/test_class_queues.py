@@ -61,3 +61,42 @@ def test_draw_is_uniform_over_stored_samples():
   freq = np.bincount(ids.ravel(), minlength=10)[4:] / ids.size
   # Each of the 6 stored samples: 1/6; binomial std over 6000 draws is about 0.005.
   np.testing.assert_allclose(freq, 1 / 6, atol=0.025)
+
+
+def test_fill_from_class_ordered_latent_shards(tmp_path):
+  """One class per shard, a small shuffle buffer: the fill reads on until every class is full (or
+  stops at drifting.fill_max_examples with an error that names it); queues hold only their class."""
+  import pytest
+  from configs import drifting_digits
+  from input_pipeline import records
+  from mf_jax import sharding as sharding_lib, train
+  from mf_jax import train_state as ts
+
+  num_classes, per_class, shape = 6, 10, (4, 4, 2)
+  labels = np.repeat(np.arange(num_classes), per_class)  # Class-ordered.
+  value = np.broadcast_to(labels[:, None, None, None], labels.shape + shape).astype(np.float32)
+  arrays = {"mean": value, "flip_mean": value, "std": np.zeros_like(value),
+            "flip_std": np.zeros_like(value), "label": labels, "index": np.arange(len(labels))}
+  records.write_arrays(str(tmp_path), arrays, shard_size=per_class, num_classes=num_classes)
+
+  config = drifting_digits.get_config()
+  config.data.update(name="imagenet_latents", path=str(tmp_path), image_size=4, channels=2,
+                     num_classes=num_classes, latent_scale=1.0, shuffle_buffer=4)
+  config.model.mlp_widths = (8,)
+  config.drifting.update(classes_per_step=2, num_pos=8, num_neg=2, num_unc=2, queue_len=8,
+                         uncond_queue_len=8, fill_max_examples=len(labels))  # One epoch.
+  config.train.global_batch_size = 8
+  mesh = sharding_lib.make_mesh(1)
+  model, opt = ts.build_model(config), ts.make_optimizer(config)
+  state, shardings = ts.create_sharded_state(config, model, opt, mesh, jax.random.key(0))
+  filled = train.fill_class_queues(config, state, mesh, shardings)
+  queues = jax.device_get(filled.aux["queues"])
+  assert np.all(queues.count >= config.drifting.num_pos)
+  for c in range(num_classes):  # Every stored sample of row c is a sample of class c.
+    np.testing.assert_array_equal(queues.samples[c], c)
+  assert int(filled.aux["uncond_queue"].count[0]) == config.drifting.uncond_queue_len
+
+  config.drifting.fill_max_examples = 16
+  state, _ = ts.create_sharded_state(config, model, opt, mesh, jax.random.key(0))
+  with pytest.raises(ValueError, match=r"drifting.fill_max_examples=16: after 16 examples"):
+    train.fill_class_queues(config, state, mesh, shardings)

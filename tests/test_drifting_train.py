@@ -1,13 +1,17 @@
-"""The drifting method inside the trainer: queues filled, a step on 8 devices equals one device,
-exact resume through checkpoints, and one-step sampling."""
+"""The drifting method inside the trainer: a data-parallel step on 8 devices that equals the
+one-device step, exact resume (queues included) through checkpoints, and one-step sampling."""
+import re
+
 import jax
 import numpy as np
+import optax
 
+import input_pipeline
 from configs import drifting_digits
-from mf_jax import class_queues
 from mf_jax import sharding as sharding_lib
 from mf_jax import train
-from test_train import run_steps
+from mf_jax import train_state as ts
+from mf_jax import train_step as step_lib
 
 
 def tiny_drifting():
@@ -22,21 +26,63 @@ def tiny_drifting():
   return config
 
 
-def test_drifting_step_sharded_matches_single_device():
+def _one_step(config, mesh, with_hlo=False):
+  """One drifting step with SGD(lr=1) after filling the queues: (params delta = -grad, loss, aux, hlo)."""
+  model, opt = ts.build_model(config), optax.sgd(1.0)
+  state, shardings = ts.create_sharded_state(config, model, opt, mesh, jax.random.key(0))
+  state = train.fill_class_queues(config, state, mesh, shardings)
+  step = step_lib.jit_train_step(step_lib.make_train_step(config, model, opt, mesh=mesh), mesh,
+                                 shardings)
+  batch = sharding_lib.global_batch(next(input_pipeline.train_iterator(config, 0)), mesh)
+  hlo = step.lower(state, batch).compile().as_text() if with_hlo else None
+  before = jax.device_get(state.params)
+  state, metrics = step(state, batch)  # Donates the old state.
+  delta = jax.tree_util.tree_map(lambda a, b: a - b, before, jax.device_get(state.params))
+  return delta, float(metrics["loss"]), jax.device_get(state.aux), hlo
+
+
+def test_drifting_step_is_data_parallel_and_matches_one_device():
   config = tiny_drifting()
-  ref, ref_losses = run_steps(config, sharding_lib.make_mesh(1, jax.devices()[:1]), 2)
-  got, losses = run_steps(config, sharding_lib.make_mesh(1), 2)
-  assert bool(class_queues.ready(got.aux["queues"], config.drifting.num_pos))
-  assert np.all(np.isfinite(losses))
-  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get((got.params, got.aux))),
-                  jax.tree_util.tree_leaves(jax.device_get((ref.params, ref.aux)))):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  config.drifting.update(classes_per_step=8, num_unc=4, uncond_queue_len=16)  # Guidance on.
+  ref_grad, ref_loss, ref_aux, _ = _one_step(config, sharding_lib.make_mesh(1, jax.devices()[:1]))
+  mesh = sharding_lib.make_mesh(2)  # 4 data x 2 FSDP: classes over all 8 devices, params over 2.
+  grad, loss, aux, hlo = _one_step(config, mesh, with_hlo=True)
+
+  # Each device runs the generator's first layer on its 1/8 of the step's N_c * N_neg samples.
+  samples = config.drifting.classes_per_step * config.drifting.num_neg
+  rows = {int(m) for m in re.findall(
+      r"= f32\[(\d+),\d+\][^\n]* dot\([^\n]*op_name=\"[^\"]*/jvp\(MLP\)/hidden_0/dot_general", hlo)}
+  assert rows == {samples // 8}, rows
+  # The first layer's kernel gradient is reduced across devices (all-reduce, or reduce-scatter
+  # onto its FSDP shards).
+  kernel = ref_grad["params"]["hidden_0"]["kernel"].shape
+  shapes = {f"f32[{a},{b}]" for a, b in (kernel, kernel[::-1], (kernel[0] // 2, kernel[1]),
+                                         (kernel[1], kernel[0] // 2))}
+  reduced = re.findall(r"= (.*?) (?:all-reduce|reduce-scatter)(?:-start)?\(", hlo)
+  assert any(shape in types for types in reduced for shape in shapes), reduced
+
+  # Same step as on one device. Both are float32 evaluations of one function in different
+  # reduction orders: distances carry relative rounding ~ eps sqrt(C) (C = 64 pixels), and the
+  # kernel exp(-d / (tau mean_d)) turns it into relative weight errors of ~ eps sqrt(C) (d / mean_d)
+  # / tau, d / mean_d < 8 here. A sharding error (a class mixed up, a missing reduction) is O(1).
+  tol = 8 * np.sqrt(64) * np.finfo(np.float32).eps / min(config.drifting.temperatures)
+  assert abs(loss - ref_loss) <= tol * abs(ref_loss)
+  flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(t)])
+  assert np.linalg.norm(flat(grad) - flat(ref_grad)) <= tol * np.linalg.norm(flat(ref_grad))
+  for a, b in zip(jax.tree_util.tree_leaves(aux), jax.tree_util.tree_leaves(ref_aux)):
+    np.testing.assert_array_equal(a, b)  # Queues: exact copies, whatever the sharding.
 
 
 def test_drifting_resume_and_sample(tmp_path):
   config = tiny_drifting()
-  train.train_and_evaluate(config, str(tmp_path / "a"))
+  config.drifting.update(num_unc=2, uncond_queue_len=16)  # Both queues in the checkpoint.
+  first = train.train_and_evaluate(config, str(tmp_path / "a"))
+  restored, *_, ckpt = train.setup_state(config, str(tmp_path / "a"))
+  ckpt.close()
+  assert restored.aux["queues"].samples.sharding.spec == first.aux["queues"].samples.sharding.spec
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(restored.aux)),
+                  jax.tree_util.tree_leaves(jax.device_get(first.aux))):
+    np.testing.assert_array_equal(a, b)
   config.train.num_steps = 5
   resumed = train.train_and_evaluate(config, str(tmp_path / "a"))
   straight = train.train_and_evaluate(config, str(tmp_path / "b"))

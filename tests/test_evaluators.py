@@ -209,3 +209,22 @@ def test_ref_stats_dimension_and_latent_errors(tmp_path):
   config.data.name = "imagenet_latents"
   with pytest.raises(ValueError, match=r"data.vae_path"):
     evaluators.build_evaluators(config, None, sharding_lib.make_mesh(1), None)
+
+
+def test_cfg_sweep_reports_each_scale_and_the_best():
+  config = tiny.get_config()
+  config.eval.update(features="pixels", num_samples=150, batch_size=16, num_steps=(1,),
+                     cfg_scales=(1.0, 2.0, 3.0))
+  mesh = sharding_lib.make_mesh(1)
+
+  class ScaleSampler(HeldOutSampler):  # Held-out digits at scale 2, all-ones images otherwise.
+    def __call__(self, params, noise, labels, num_steps, cfg_scale):
+      if cfg_scale == 2.0:
+        return super().__call__(params, noise, labels, num_steps, cfg_scale)
+      return jax.device_put(jnp.ones(noise.shape, jnp.float32), sharding_lib.batch_sharding(mesh))
+
+  evaluator, = evaluators.build_evaluators(config, None, mesh, ScaleSampler(mesh))
+  scalars = evaluator(types.SimpleNamespace(ema_params=(None,), params=None), 0)
+  assert scalars["best_cfg_1nfe"] == 2.0
+  assert scalars["fd_pixels_1nfe"] == scalars["fd_pixels_1nfe_cfg2"] < scalars["fd_pixels_1nfe_cfg1"]
+  assert scalars["fd_pixels_1nfe_cfg1"] == scalars["fd_pixels_1nfe_cfg3"]

@@ -31,7 +31,8 @@ def run_steps(config, mesh, num_steps):
   state, shardings = ts.create_sharded_state(config, model, opt, mesh, jax.random.key(0))
   if config.method == "drifting":
     state = train.fill_class_queues(config, state, mesh, shardings)
-  step = step_lib.jit_train_step(step_lib.make_train_step(config, model, opt), mesh, shardings)
+  step = step_lib.jit_train_step(step_lib.make_train_step(config, model, opt, mesh=mesh), mesh,
+                                 shardings)
   batches = input_pipeline.train_iterator(config, 0)
   losses = []
   for _ in range(num_steps):

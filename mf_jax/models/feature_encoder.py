@@ -10,7 +10,7 @@ Pretraining: random p x p patches of the latent are replaced by a learned mask t
 decoder (every stage projected, upsampled to full resolution and summed) reconstructs them; the loss
 is the MSE on masked positions only. Shapes are channels-last: latents [B, H, W, C].
 """
-from typing import Callable, Mapping, Sequence, Tuple
+from typing import Any, Callable, Mapping, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -31,15 +31,17 @@ class ResBlock(nn.Module):
   width: int
   stride: int = 1
   groups: int = 32
+  dtype: Any = jnp.float32  # Compute dtype; flax's GroupNorm takes its statistics in float32.
 
   @nn.compact
   def __call__(self, x):
-    h = nn.silu(nn.GroupNorm(_groups(x.shape[-1], self.groups), name="norm1")(x))
-    h = nn.Conv(self.width, (3, 3), strides=self.stride, padding=1, name="conv1")(h)
-    h = nn.silu(nn.GroupNorm(_groups(self.width, self.groups), name="norm2")(h))
-    h = nn.Conv(self.width, (3, 3), padding=1, name="conv2")(h)
+    kw = dict(dtype=self.dtype)
+    h = nn.silu(nn.GroupNorm(_groups(x.shape[-1], self.groups), name="norm1", **kw)(x))
+    h = nn.Conv(self.width, (3, 3), strides=self.stride, padding=1, name="conv1", **kw)(h)
+    h = nn.silu(nn.GroupNorm(_groups(self.width, self.groups), name="norm2", **kw)(h))
+    h = nn.Conv(self.width, (3, 3), padding=1, name="conv2", **kw)(h)
     if self.stride != 1 or x.shape[-1] != self.width:
-      x = nn.Conv(self.width, (1, 1), strides=self.stride, name="skip")(x)
+      x = nn.Conv(self.width, (1, 1), strides=self.stride, name="skip", **kw)(x)
     return x + h
 
 
@@ -51,14 +53,18 @@ class ResNetEncoder(nn.Module):
   widths: Sequence[int] = (128, 256, 512, 512)
   blocks_per_stage: int = 2
   groups: int = 32
+  remat: bool = False  # Recompute each block's activations in the backward pass.
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    h = nn.Conv(self.widths[0], (3, 3), padding=1, name="stem")(x)
+    h = nn.Conv(self.widths[0], (3, 3), padding=1, name="stem", dtype=self.dtype)(x)
+    block = nn.remat(ResBlock) if self.remat else ResBlock
     maps = []
     for s, width in enumerate(self.widths):
       for b in range(self.blocks_per_stage):
-        h = ResBlock(width, 2 if (s > 0 and b == 0) else 1, self.groups, name=f"stage{s}_block{b}")(h)
+        h = block(width, 2 if (s > 0 and b == 0) else 1, self.groups, self.dtype,
+                  name=f"stage{s}_block{b}")(h)
       maps.append(h)
     return maps
 
@@ -70,9 +76,12 @@ class MaskedAutoencoder(nn.Module):
   blocks_per_stage: int = 2
   groups: int = 32
   decoder_width: int = 256
+  remat: bool = False
+  dtype: Any = jnp.float32
 
   def setup(self):
-    self.encoder = ResNetEncoder(self.widths, self.blocks_per_stage, self.groups)
+    self.encoder = ResNetEncoder(self.widths, self.blocks_per_stage, self.groups, self.remat,
+                                 self.dtype)
     self.mask_token = self.param("mask_token", nn.initializers.normal(0.02), (self.channels,))
     self.projections = [nn.Dense(self.decoder_width) for _ in self.widths]
     self.decoder_norm = nn.GroupNorm(_groups(self.decoder_width, self.groups))

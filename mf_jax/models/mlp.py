@@ -9,7 +9,7 @@ Each scalar condition enters through sinusoidal features of its value (frequenci
 1/10000, as in the DiT, so inputs in [0, 1] or [1, 4] need no rescaling); the class label through an
 embedding table with one extra row, `num_classes`, for the null label. Inputs [B, ...] are flattened.
 """
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,12 +27,16 @@ class MLP(nn.Module):
     condition_names: one sinusoidal embedding per scalar condition, in call order.
     num_classes: real classes (0: unconditional, labels ignored).
     embed_dim: width of each condition's sinusoidal features and of the label embedding.
+    remat: recompute each hidden layer in the backward pass (saves activation memory).
+    dtype: compute dtype of the hidden layers (parameters stay float32); the output is float32.
   """
   out_dim: int
   hidden_widths: Sequence[int] = (256, 256, 256)
   condition_names: Sequence[str] = ()
   num_classes: int = 0
   embed_dim: int = 64
+  remat: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, conditions: Sequence[jax.Array] = (),
@@ -48,6 +52,21 @@ class MLP(nn.Module):
       parts.append(nn.Embed(self.num_classes + 1, self.embed_dim, name="label_embedding",
                             embedding_init=nn.initializers.normal(1.0))(labels))
     h = jnp.concatenate(parts, axis=-1)
+    layer = nn.remat(_Hidden) if self.remat else _Hidden
     for i, width in enumerate(self.hidden_widths):
-      h = nn.silu(nn.Dense(width, name=f"hidden_{i}")(h))
-    return nn.Dense(self.out_dim, name="out")(h)
+      h = layer(width, self.dtype, name=f"hidden_{i}")(h)
+    return nn.Dense(self.out_dim, name="out")(h.astype(jnp.float32))
+
+
+class _Hidden(nn.Module):
+  """silu(h W + b) with nn.Dense's parameters and initialisers, so the parameter tree is the same
+  (hidden_i/kernel, hidden_i/bias) with or without remat."""
+  width: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (h.shape[-1], self.width))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.width,))
+    h, kernel, bias = (a.astype(self.dtype) for a in (h, kernel, bias))
+    return nn.silu(h @ kernel + bias)
