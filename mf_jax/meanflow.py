@@ -173,6 +173,13 @@ def adaptive_weighted_loss(u: Array, u_tgt: Array, p: float, c: float) -> Tuple[
   return jnp.mean(weight * d), jnp.mean(jnp.square(err))
 
 
+def batch_sum_weighted_loss(u: Array, u_tgt: Array, p: float, c: float) -> Array:
+  """Sum over the batch of d / sg((d + c)^p): adaptive_weighted_loss's loss times the batch size."""
+  err = (u - u_tgt).astype(jnp.float32)
+  d = jnp.sum(jnp.square(err), axis=tuple(range(1, err.ndim)))
+  return jnp.sum(jax.lax.stop_gradient(1.0 / jnp.power(d + c, p)) * d)
+
+
 def _split_pattern(tree, period: int, n: int):
   """Splits every [B, ...] leaf into (i mod period < n, the rest), keeping shards local."""
   def split(a):
@@ -189,6 +196,14 @@ def meanflow_loss(u_fn: UFn, x: Array, labels: Array, key: Array,
 
   `config` is the `meanflow` section of the run config. With r_neq_t_ratio = 0 this is exactly
   (adaptively weighted) flow matching, since (t - r) du/dt vanishes.
+
+  Cost, in forwards F per image, ratio a = r_neq_t_ratio, dropout d = class_dropout: unguided,
+  3F for r = t rows (forward + backward) and about 4F for r != t rows (the jvp adds ~1F), i.e.
+  3 + a; guidance adds one inference call per row: the null label for every row, the conditional
+  label for r != t rows only, i.e. (1 + a)F. Its floor is (1 - d)(1 + a)F, since class-dropped
+  rows need neither call; they sit at random positions, so skipping them would need a static
+  dropout layout, for at most d(1 + a)F (2.8% of the B/2 step). benchmarks/scale.py --floor
+  measures both (benchmarks/RESULTS.md).
   """
   k_time, k_noise, k_drop = jax.random.split(key, 3)
   batch = x.shape[0]
@@ -216,15 +231,15 @@ def meanflow_loss_from_draws(u_fn: UFn, x: Array, labels: Array, r: Array, t: Ar
   has_avg, has_inst = n_avg > 0, n_avg < period
 
   if is_guided(config):
-    # One inference call: u(z, t, t | c) and u(z, t, t | null) on the avg part; only the null
+    # Inference calls: u(z, t, t | c) and u(z, t, t | null) on the avg part; only the null
     # velocity on the inst part, whose conditional velocity is the main forward's own output.
+    # Separate calls, not one on a concatenation: joining parts would move rows between devices.
     null = lambda part: jnp.full_like(part["y"], config.num_classes)
-    zs = [avg["z"], avg["z"], inst["z"]]
-    ts = [avg["t"], avg["t"], inst["t"]]
-    ys = [avg["y"], null(avg), null(inst)]
-    out = jax.lax.stop_gradient(u_fn(jnp.concatenate(zs), jnp.concatenate(ts),
-                                     jnp.concatenate(ts), jnp.concatenate(ys)))
-    u_cond_avg, u_null_avg, u_null_inst = jnp.split(out, [len(avg["z"]), 2 * len(avg["z"])])
+    infer = lambda part, y: jax.lax.stop_gradient(u_fn(part["z"], part["t"], part["t"], y))
+    if has_avg:
+      u_cond_avg, u_null_avg = infer(avg, avg["y"]), infer(avg, null(avg))
+    if has_inst:
+      u_null_inst = infer(inst, null(inst))
 
   us, targets = [], []
   if has_avg:
@@ -244,6 +259,10 @@ def meanflow_loss_from_draws(u_fn: UFn, x: Array, labels: Array, r: Array, t: Ar
     us.append(u)
     targets.append(jax.lax.stop_gradient(u_tgt))
 
-  u, u_tgt = jnp.concatenate(us), jnp.concatenate(targets)
-  loss, mse = adaptive_weighted_loss(u, u_tgt, config.adaptive_p, config.adaptive_c)
-  return loss, {"loss": loss, "mse": mse, "u_tgt_rms": jnp.sqrt(jnp.mean(jnp.square(u_tgt)))}
+  # Batch means as sums over the parts: concatenating them would move rows between devices.
+  size = x.size
+  loss = sum(batch_sum_weighted_loss(u, tgt, config.adaptive_p, config.adaptive_c)
+             for u, tgt in zip(us, targets)) / batch
+  mse = sum(jnp.sum(jnp.square((u - tgt).astype(jnp.float32))) for u, tgt in zip(us, targets)) / size
+  tgt_ms = sum(jnp.sum(jnp.square(tgt.astype(jnp.float32))) for tgt in targets) / size
+  return loss, {"loss": loss, "mse": mse, "u_tgt_rms": jnp.sqrt(tgt_ms)}

@@ -1,0 +1,485 @@
+"""Compiled FLOPs, memory and communication of a config's real train step on N simulated devices.
+
+  python -m benchmarks.scale --config=configs/imagenet_b2.py --devices=8 [--fsdp=K] [--fit]
+  python -m benchmarks.scale --all [--write_results]   # every ImageNet and CIFAR config at 8 and 64
+
+The trainer's own step (mf_jax.train_step.make_train_step / jit_train_step) and 1-NFE sampler
+(mf_jax.generate.make_sampler) are lowered with abstract inputs (jax.ShapeDtypeStruct carrying the
+trainer's shardings; the state's shapes come from jax.eval_shape of train_state.init_state) and
+compiled for N CPU devices, so nothing large is allocated. XLA's own accounting is read back:
+cost_analysis() (FLOPs of one device's program), memory_analysis() (bytes per device), and the
+collectives in the partitioned HLO with their bytes. One JSON object is printed.
+
+Projections divide the per-device FLOPs by (peak x MFU): H100 989 dense bf16 TFLOP/s or 495 TF32
+(the config's model.compute_dtype picks which applies), TPU v5p 459 bf16 TFLOP/s (TPUs run float32
+matmuls as bf16 passes at default precision). They ignore communication and input time.
+
+"Images" are the samples the step trains on: the global batch for MeanFlow and MAE, the generated
+samples (classes_per_step x num_neg) for Drifting. --fit compiles a second time at twice the batch
+and extrapolates memory linearly to the largest per-device batch that fits --device_memory_gb.
+
+Simulated devices: XLA reads the device count once, when the backend starts, so this module sets
+XLA_FLAGS from --devices before jax is imported; --all runs each (config, N) in a subprocess.
+"""
+import os
+import re
+import sys
+
+
+def _set_device_count(argv) -> None:
+  """--devices=N -> XLA_FLAGS, before jax starts (a no-op once jax is imported)."""
+  n = None
+  for i, arg in enumerate(argv):
+    if arg.startswith("--devices="):
+      n = arg.split("=", 1)[1]
+    elif arg == "--devices" and i + 1 < len(argv):
+      n = argv[i + 1]
+  if n is None or "jax" in sys.modules:
+    return
+  flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
+  os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(n)}".strip()
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+if __name__ == "__main__":
+  _set_device_count(sys.argv)
+
+# pylint: disable=wrong-import-position
+import glob  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from mf_jax import config_checks, generate  # noqa: E402
+from mf_jax import sharding as sharding_lib  # noqa: E402
+from mf_jax import train_state as ts  # noqa: E402
+from mf_jax import train_step as step_lib  # noqa: E402
+
+PEAK_TFLOPS = {"h100_bf16": 989.0, "h100_tf32": 495.0, "v5p_bf16": 459.0}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
+               "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+SHAPE_RE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
+INSTR_RE = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s([a-z][\w\-]*)\((.*)$")
+# Codegen only: the optimised HLO, and so every figure read here, is unchanged (checked on the tiny
+# configs); compiles take about a third less CPU time.
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+RESULTS_BEGIN = "<!-- scale.py --all: begin -->"
+RESULTS_END = "<!-- scale.py --all: end -->"
+
+
+# ---------------------------------------------------------------------------------------------
+# Abstract inputs.
+
+def _with_shardings(tree, shardings):
+  return jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
+def abstract_state(config, model, optimizer, mesh):
+  """(state of ShapeDtypeStructs with the trainer's shardings, the shardings), nothing allocated."""
+  abstract = jax.eval_shape(lambda k: ts.init_state(config, model, optimizer, k), jax.random.key(0))
+  shardings = sharding_lib.state_shardings(mesh, abstract)
+  return _with_shardings(abstract, shardings), shardings
+
+
+def abstract_batch(config, mesh):
+  """The arrays input_pipeline.train_iterator yields for one global batch, as ShapeDtypeStructs."""
+  d, b = config.data, config.train.global_batch_size
+  sharding = sharding_lib.batch_sharding(mesh)
+  image = jax.ShapeDtypeStruct((b, d.image_size, d.image_size, d.channels), jnp.float32,
+                               sharding=sharding)
+  keys = ("x", "x_std", "x_flip", "x_flip_std") if d.name == "imagenet_latents" else ("x",)
+  batch = {k: image for k in keys}
+  batch["label"] = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=sharding)
+  return batch
+
+
+def images_per_step(config) -> int:
+  if config.method == "drifting":
+    return config.drifting.classes_per_step * config.drifting.num_neg
+  return config.train.global_batch_size
+
+
+def sample_batch_size(config, num_devices: int) -> int:
+  """The evaluator's chunk (eval.batch_size), rounded up to a multiple of the device count."""
+  b = max(config.eval.batch_size, num_devices)
+  return -(-b // num_devices) * num_devices
+
+
+# ---------------------------------------------------------------------------------------------
+# XLA's accounting.
+
+def _cost(compiled) -> dict:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return cost or {}
+
+
+def memory_per_device(compiled) -> dict:
+  """Bytes per device: arguments, outputs, temporaries, aliased (donated), and the live total."""
+  m = compiled.memory_analysis()
+  out = {"argument_bytes": m.argument_size_in_bytes, "output_bytes": m.output_size_in_bytes,
+         "temp_bytes": m.temp_size_in_bytes, "alias_bytes": m.alias_size_in_bytes,
+         "generated_code_bytes": m.generated_code_size_in_bytes}
+  # Donated state buffers are reused for the outputs, so aliased bytes count once.
+  out["total_bytes"] = (out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
+                        - out["alias_bytes"])
+  return out
+
+
+def _type_bytes(type_text: str) -> int:
+  total = 0
+  for dtype, dims in SHAPE_RE.findall(type_text):
+    total += DTYPE_BYTES[dtype] * int(np.prod([int(x) for x in dims.split(",") if x], dtype=np.int64))
+  return total
+
+
+def _operand_names(args_text: str):
+  """Operand names of an instruction: the %names before the closing parenthesis of its call."""
+  depth, end = 1, len(args_text)
+  for i, ch in enumerate(args_text):
+    depth += {"(": 1, ")": -1}.get(ch, 0)
+    if depth == 0:
+      end = i
+      break
+  return re.findall(r"%([\w.\-]+)", args_text[:end])
+
+
+def collectives(hlo_text: str) -> dict:
+  """Collectives of a partitioned HLO module: {op: {count, operand_bytes, result_bytes}} per device.
+
+  Async pairs (op-start / op-done) count once, at the start. Operand bytes are what a device
+  contributes; result bytes what it receives (e.g. all-gather: result = operand x group size).
+  """
+  sizes, found = {}, []
+  for line in hlo_text.splitlines():
+    m = INSTR_RE.match(line)
+    if not m:
+      continue
+    name, type_text, op, args = m.groups()
+    sizes[name] = _type_bytes(type_text)
+    base = op[:-len("-start")] if op.endswith("-start") else op
+    if base in COLLECTIVES:
+      found.append((base, sizes[name], _operand_names(args)))
+  out = {op: {"count": 0, "operand_bytes": 0, "result_bytes": 0} for op in COLLECTIVES}
+  for op, result_bytes, operands in found:
+    out[op]["count"] += 1
+    out[op]["result_bytes"] += result_bytes
+    out[op]["operand_bytes"] += sum(sizes.get(o, 0) for o in operands)
+  return out
+
+
+def projections(flops_per_device: float, images: int, compute_dtype: str, mfu: float) -> dict:
+  """Step time and images/s per chip at `mfu` of each peak; `h100` picks bf16 or TF32 by dtype."""
+  out = {"mfu": mfu}
+  for name, tflops in PEAK_TFLOPS.items():
+    step_s = flops_per_device / (tflops * 1e12 * mfu)
+    out[name] = {"peak_tflops": tflops, "step_s": step_s, "images_per_s": images / step_s}
+  out["h100"] = out["h100_bf16" if compute_dtype == "bfloat16" else "h100_tf32"]
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Compilation.
+
+def prepare_config(config, feature_encoder: bool):
+  """A resolved copy; drifting gets a placeholder frozen encoder of the real shapes if asked."""
+  config = config.copy_and_resolve_references()
+  if config.method == "drifting" and feature_encoder and not config.drifting.feature_encoder_workdir:
+    config.drifting.feature_encoder_workdir = "(abstract encoder)"  # init_state makes a placeholder.
+  return config
+
+
+def compile_train_step(config, mesh):
+  """The trainer's jitted step, compiled for `mesh` with abstract inputs -> (compiled, state)."""
+  model, optimizer = ts.build_model(config), ts.make_optimizer(config)
+  state, shardings = abstract_state(config, model, optimizer, mesh)
+  step = step_lib.jit_train_step(step_lib.make_train_step(config, model, optimizer), mesh, shardings)
+  return step.lower(state, abstract_batch(config, mesh)).compile(COMPILER_OPTIONS), state
+
+
+def compile_sample_step(config, mesh, params):
+  """The 1-NFE sampler of generate.make_sampler, compiled for `mesh`; None for MAE."""
+  if config.method == "mae":
+    return None, 0
+  model = ts.build_model(config)
+  b, d = sample_batch_size(config, mesh.size), config.data
+  batch = sharding_lib.batch_sharding(mesh)
+  noise = jax.ShapeDtypeStruct((b, d.image_size, d.image_size, d.channels), jnp.float32,
+                               sharding=batch)
+  labels = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch)
+  sample_fn = generate.make_sampler(config, model, mesh)
+  # num_steps=1, positionally: a jit with in_shardings takes no keyword arguments.
+  return sample_fn.lower(params, noise, labels, 1).compile(COMPILER_OPTIONS), b
+
+
+def param_bytes(params) -> int:
+  return int(sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(params)))
+
+
+def measure_train(config, mesh) -> dict:
+  """FLOPs, memory and collectives of one train step on `mesh` (figures per device)."""
+  t0 = time.perf_counter()
+  compiled, state = compile_train_step(config, mesh)
+  cost = _cost(compiled)
+  images = images_per_step(config)
+  flops = float(cost.get("flops", 0.0))
+  out = {
+      "compile_s": time.perf_counter() - t0,
+      "images_per_step": images,
+      "flops_per_device": flops,
+      "flops_per_image": flops * mesh.size / images,
+      "bytes_accessed_per_device": float(cost.get("bytes accessed", 0.0)),
+      "memory_per_device": memory_per_device(compiled),
+      "collectives": collectives(compiled.as_text()),
+      "param_bytes": param_bytes(state.params),
+      "_state": state,
+  }
+  # 1.0: gradients all-reduced once (data parallel). See tests/test_scale.py for MeanFlow's 2.0.
+  out["all_reduce_bytes_per_param_byte"] = (
+      out["collectives"]["all-reduce"]["operand_bytes"] / max(out["param_bytes"], 1))
+  return out
+
+
+def fit_batch(config, mesh, measured: dict, device_memory_gb: float) -> dict:
+  """Largest per-device batch within device memory, from a second compile at twice the batch.
+
+  Per-device memory is affine in the per-device batch (state + per-sample activations), so two
+  points give it. Drifting scales its classes per step (its generated batch); others the batch.
+  """
+  bigger = config.copy_and_resolve_references()
+  if config.method == "drifting":
+    bigger.drifting.classes_per_step = 2 * config.drifting.classes_per_step
+  else:
+    bigger.train.global_batch_size = 2 * config.train.global_batch_size
+  second = measure_train(bigger, mesh)
+  n = mesh.size
+  b1, b2 = measured["images_per_step"] / n, second["images_per_step"] / n
+  m1 = measured["memory_per_device"]["total_bytes"]
+  m2 = second["memory_per_device"]["total_bytes"]
+  per_image = (m2 - m1) / (b2 - b1)
+  fixed = m1 - per_image * b1
+  limit = device_memory_gb * 1e9
+  largest = int((limit - fixed) // per_image) if per_image > 0 else None
+  return {"device_memory_gb": device_memory_gb, "bytes_per_image": per_image, "fixed_bytes": fixed,
+          "fits": m1 <= limit, "largest_batch_per_device": largest,
+          "compile_s": second["compile_s"]}
+
+
+def measure(config, devices=None, fsdp: int = 1, mfu: float = 0.4, sample: bool = True,
+            fit: bool = False, device_memory_gb: float = 80.0, feature_encoder: bool = True,
+            floor: bool = False) -> dict:
+  """Every figure of one (config, device count, FSDP size) as a JSON-ready dict."""
+  config = prepare_config(config, feature_encoder)
+  config_checks.validate(config)
+  devices = jax.devices() if devices is None else list(devices)
+  mesh = sharding_lib.make_mesh(fsdp, devices)
+  train = measure_train(config, mesh)
+  state = train.pop("_state")
+  m = config.model
+  out = {
+      "config": {"method": config.method, "model": m.name,
+                 "variant": m.variant if m.name == "dit" else None,
+                 "compute_dtype": m.compute_dtype, "remat": bool(m.remat),
+                 "global_batch": config.train.global_batch_size,
+                 "image": [config.data.image_size, config.data.image_size, config.data.channels],
+                 "guided": config.method == "meanflow" and (
+                     config.meanflow.guidance_omega != 1.0 or config.meanflow.guidance_kappa != 0.0),
+                 "feature_encoder": bool(config.method == "drifting"
+                                         and config.drifting.feature_encoder_workdir)},
+      "devices": len(devices), "fsdp": fsdp, "jax": jax.__version__,
+      "train": train,
+  }
+  out["train"]["projection"] = projections(train["flops_per_device"], train["images_per_step"],
+                                           m.compute_dtype, mfu)
+  if fit:
+    out["train"]["fit"] = fit_batch(config, mesh, train, device_memory_gb)
+  if floor and out["config"]["guided"]:
+    sample = True  # F, one forward per image, is read from the 1-NFE sampler.
+  if sample:
+    t0 = time.perf_counter()
+    compiled, b = compile_sample_step(config, mesh, state.params)
+    if compiled is not None:
+      flops = float(_cost(compiled).get("flops", 0.0))
+      out["sample_1nfe"] = {
+          "compile_s": time.perf_counter() - t0, "batch": b, "flops_per_device": flops,
+          "flops_per_image": flops * mesh.size / b,
+          "memory_per_device": memory_per_device(compiled),
+          "collectives": collectives(compiled.as_text()),
+          "projection": projections(flops, b, m.compute_dtype, mfu)}
+  if floor and out["config"]["guided"]:
+    out["guidance_floor"] = guidance_floor(config, mesh, train["flops_per_image"],
+                                           out["sample_1nfe"]["flops_per_image"])
+  return out
+
+
+def guidance_floor(config, mesh, guided_flops_per_image: float, forward_flops: float) -> dict:
+  """The guided MeanFlow step against its FLOP floor (see mf_jax/meanflow.py, meanflow_loss).
+
+  floor = U + (1 - class_dropout) (1 + r_neq_t_ratio) F: the unguided step U plus, for every row
+  whose label is kept, the null-label forward, and for its r != t rows the conditional forward too
+  (r = t rows reuse their own main forward). F is one forward per image. Rows outside the
+  guidance interval are not subtracted: which rows they are depends on the sampled t, so a
+  static-shape program cannot skip them.
+  """
+  unguided = config.copy_and_resolve_references()
+  unguided.meanflow.update(guidance_omega=1.0, guidance_kappa=0.0)
+  u = measure_train(unguided, mesh)
+  u.pop("_state")
+  mf = config.meanflow
+  floor = u["flops_per_image"] + (1 - mf.class_dropout) * (1 + mf.r_neq_t_ratio) * forward_flops
+  return {"forward_flops_per_image": forward_flops, "unguided_flops_per_image": u["flops_per_image"],
+          "floor_flops_per_image": floor, "guided_flops_per_image": guided_flops_per_image,
+          "guided_over_floor": guided_flops_per_image / floor,
+          "in_forwards": {"unguided": u["flops_per_image"] / forward_flops,
+                          "floor": floor / forward_flops,
+                          "guided": guided_flops_per_image / forward_flops}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config whose step is compiled.")
+flags.DEFINE_integer("devices", 8, "Simulated CPU devices (set before jax starts).")
+flags.DEFINE_integer("fsdp", 1, "FSDP group size (overrides config.sharding.fsdp when > 1).")
+flags.DEFINE_float("mfu", 0.4, "Model-FLOP utilisation assumed by the projections.")
+flags.DEFINE_bool("sample", True, "Also compile the 1-NFE sampling step.")
+flags.DEFINE_bool("fit", False, "Also find the largest per-device batch that fits (second compile).")
+flags.DEFINE_bool("floor", False, "Guided MeanFlow: also compile the unguided step and report "
+                  "the guided step against its FLOP floor.")
+flags.DEFINE_float("device_memory_gb", 80.0, "Device memory for --fit, in GB (1e9 bytes).")
+flags.DEFINE_bool("feature_encoder", True, "Drifting on images: include the frozen MAE encoder.")
+flags.DEFINE_string("out", "", "Also write the JSON object to this file.")
+flags.DEFINE_bool("all", False, "Every ImageNet and CIFAR config at --all_devices, in subprocesses.")
+flags.DEFINE_list("all_devices", ["8", "64"], "Device counts for --all.")
+flags.DEFINE_list("all_configs", [], "Configs for --all (default: configs/imagenet_*.py, "
+                  "configs/mae_latents.py, configs/cifar10*.py).")
+flags.DEFINE_integer("timeout", 1800, "Seconds per (config, device count) in --all.")
+flags.DEFINE_string("results_json", "/tmp/scale_all.json", "--all: where the raw figures go.")
+flags.DEFINE_bool("write_results", False, "--all, --table_from: write the table into "
+                  "benchmarks/RESULTS.md.")
+flags.DEFINE_string("table_from", "", "Print (and --write_results) the table of a saved --all JSON.")
+FLAGS = flags.FLAGS
+
+
+def all_configs():
+  names = sorted(glob.glob("configs/imagenet_*.py")) + ["configs/mae_latents.py"]
+  names += sorted(glob.glob("configs/cifar10*.py"))
+  return [n for n in names if os.path.basename(n) != "imagenet_base.py" and os.path.exists(n)]
+
+
+def run_all():
+  """One subprocess per (config, device count) with a time limit; the fitting batch at 8 devices."""
+  rows, t_all = [], time.perf_counter()
+  for n in (int(x) for x in FLAGS.all_devices):
+    for path in FLAGS.all_configs or all_configs():
+      out_file = f"/tmp/scale_{os.path.basename(path)[:-3]}_{n}.json"
+      cmd = [sys.executable, "-m", "benchmarks.scale", f"--config={path}", f"--devices={n}",
+             f"--mfu={FLAGS.mfu}", f"--fit={n == 8}", f"--out={out_file}",
+             f"--feature_encoder={FLAGS.feature_encoder}"]
+      t0 = time.perf_counter()
+      try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=FLAGS.timeout)
+        if proc.returncode:
+          row = {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+        else:
+          with open(out_file) as f:
+            row = json.load(f)
+      except subprocess.TimeoutExpired:
+        row = {"error": f"timed out after {FLAGS.timeout} s"}
+      row.update(config_path=path, wall_s=time.perf_counter() - t0, devices=n)
+      print(json.dumps({k: row.get(k) for k in ("config_path", "devices", "wall_s", "error")}),
+            flush=True)
+      rows.append(row)
+      with open(FLAGS.results_json, "w") as f:  # After every row: a cut-off run keeps its figures.
+        json.dump({"rows": rows, "total_wall_s": time.perf_counter() - t_all}, f, indent=1)
+  summary = {"rows": rows, "total_wall_s": time.perf_counter() - t_all}
+  with open(FLAGS.results_json, "w") as f:
+    json.dump(summary, f, indent=1)
+  if FLAGS.write_results:
+    write_results("benchmarks/RESULTS.md", results_table(rows))
+  print(json.dumps({"total_wall_s": summary["total_wall_s"], "results_json": FLAGS.results_json}))
+
+
+def results_table(rows) -> str:
+  """Markdown: one line per config, figures at 8 devices, per-device FLOPs at 8 and 64."""
+  by_config = {}
+  for row in rows:
+    by_config.setdefault(row["config_path"], {})[row["devices"]] = row
+  lines = ["| config | method | GFLOP/image train | GFLOP/image 1-NFE | GB/device at 8 "
+           "| largest batch/device (80 GB) | H100 images/s/chip | v5p images/s/chip "
+           "| TFLOP/device 8 -> 64 | all-reduce / param bytes | compile s at 8 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for path, per_n in by_config.items():
+    r8, r64 = per_n.get(8, {}), per_n.get(64, {})
+    name = os.path.basename(path)[:-3]
+    if "train" not in r8:
+      lines.append(f"| {name} | | {r8.get('error', 'not run')} | | | | | | | | |")
+      continue
+    t, c = r8["train"], r8["config"]
+    method = c["method"] + (" guided" if c["guided"] else "") + (" +encoder" if c["feature_encoder"] else "")
+    sample = r8.get("sample_1nfe")
+    fit = t.get("fit", {})
+    f64 = (f"{r64['train']['flops_per_device'] / 1e12:.2f}" if "train" in r64
+           else r64.get("error", "not run"))
+    cells = [name, method, f"{t['flops_per_image'] / 1e9:.1f}",
+             f"{sample['flops_per_image'] / 1e9:.1f}" if sample else "-",
+             f"{t['memory_per_device']['total_bytes'] / 1e9:.1f}",
+             str(fit.get("largest_batch_per_device", "-")),
+             f"{t['projection']['h100']['images_per_s'] / 8:.0f}",
+             f"{t['projection']['v5p_bf16']['images_per_s'] / 8:.0f}",
+             f"{t['flops_per_device'] / 1e12:.2f} -> {f64}",
+             f"{t['all_reduce_bytes_per_param_byte']:.2f}",
+             f"{t['compile_s'] + fit.get('compile_s', 0):.0f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def write_results(path: str, table: str) -> None:
+  """Replaces the text between the scale.py markers in RESULTS.md (other sections untouched)."""
+  with open(path) as f:
+    text = f.read()
+  if RESULTS_BEGIN not in text:
+    raise ValueError(f"{path} has no '{RESULTS_BEGIN}' marker: add the scale section first.")
+  head, rest = text.split(RESULTS_BEGIN, 1)
+  tail = rest.split(RESULTS_END, 1)[1]
+  with open(path, "w") as f:
+    f.write(f"{head}{RESULTS_BEGIN}\n{table}\n{RESULTS_END}{tail}")
+
+
+def main(argv):
+  del argv
+  if FLAGS.all:
+    run_all()
+    return
+  if FLAGS.table_from:
+    with open(FLAGS.table_from) as f:
+      table = results_table(json.load(f)["rows"])
+    if FLAGS.write_results:
+      write_results("benchmarks/RESULTS.md", table)
+    print(table)
+    return
+  if jax.device_count() != FLAGS.devices:
+    raise ValueError(f"--devices={FLAGS.devices} but jax sees {jax.device_count()} devices: run as "
+                     "`python -m benchmarks.scale` so the flag is read before jax starts.")
+  config = FLAGS.config
+  fsdp = FLAGS.fsdp if FLAGS.fsdp > 1 else config.sharding.fsdp
+  out = measure(config, fsdp=fsdp, mfu=FLAGS.mfu, sample=FLAGS.sample, fit=FLAGS.fit,
+                device_memory_gb=FLAGS.device_memory_gb, feature_encoder=FLAGS.feature_encoder,
+                floor=FLAGS.floor)
+  text = json.dumps(out, indent=1)
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      f.write(text)
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
