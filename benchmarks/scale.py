@@ -85,7 +85,7 @@ def _with_shardings(tree, shardings):
 def abstract_state(config, model, optimizer, mesh):
   """(state of ShapeDtypeStructs with the trainer's shardings, the shardings), nothing allocated."""
   abstract = jax.eval_shape(lambda k: ts.init_state(config, model, optimizer, k), jax.random.key(0))
-  shardings = sharding_lib.state_shardings(mesh, abstract)
+  shardings = ts.state_shardings(mesh, abstract)
   return _with_shardings(abstract, shardings), shardings
 
 
@@ -201,7 +201,8 @@ def compile_train_step(config, mesh):
   """The trainer's jitted step, compiled for `mesh` with abstract inputs -> (compiled, state)."""
   model, optimizer = ts.build_model(config), ts.make_optimizer(config)
   state, shardings = abstract_state(config, model, optimizer, mesh)
-  step = step_lib.jit_train_step(step_lib.make_train_step(config, model, optimizer), mesh, shardings)
+  step = step_lib.jit_train_step(step_lib.make_train_step(config, model, optimizer, mesh=mesh),
+                                 mesh, shardings)
   return step.lower(state, abstract_batch(config, mesh)).compile(COMPILER_OPTIONS), state
 
 
@@ -277,8 +278,8 @@ def measure(config, devices=None, fsdp: int = 1, mfu: float = 0.4, sample: bool 
             fit: bool = False, device_memory_gb: float = 80.0, feature_encoder: bool = True,
             floor: bool = False) -> dict:
   """Every figure of one (config, device count, FSDP size) as a JSON-ready dict."""
+  config_checks.validate(config)  # Before prepare_config names a placeholder encoder workdir.
   config = prepare_config(config, feature_encoder)
-  config_checks.validate(config)
   devices = jax.devices() if devices is None else list(devices)
   mesh = sharding_lib.make_mesh(fsdp, devices)
   train = measure_train(config, mesh)

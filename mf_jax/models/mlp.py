@@ -55,7 +55,8 @@ class MLP(nn.Module):
     layer = nn.remat(_Hidden) if self.remat else _Hidden
     for i, width in enumerate(self.hidden_widths):
       h = layer(width, self.dtype, name=f"hidden_{i}")(h)
-    return nn.Dense(self.out_dim, name="out")(h.astype(jnp.float32))
+    # bf16 hidden layers feed a float32 output layer; float64 (exactness tests) stays float64.
+    return nn.Dense(self.out_dim, name="out")(h.astype(jnp.promote_types(self.dtype, jnp.float32)))
 
 
 class _Hidden(nn.Module):
