@@ -1,0 +1,72 @@
+"""U-Net parity with the official py-meanflow SongUNet (golden file from scripts/make_unet_golden.py)."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import cifar10_unet
+from mf_jax import train_state as ts
+from mf_jax.convert import cifar_unet_torch
+from mf_jax.models.unet import SongUNet
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "unet_tiny.npz")
+
+
+def _golden():
+  data = np.load(GOLDEN)
+  state = {k[len("param:"):]: data[k] for k in data.files if k.startswith("param:")}
+  return data, state
+
+
+def _tiny_model():  # The same values as make_unet_golden.TINY.
+  return SongUNet(image_size=8, channels=3, model_channels=8, channel_mult=(1, 2), num_blocks=1,
+                  attn_resolutions=(4,), dropout=0.2, augment_dim=6)
+
+
+def test_converted_official_unet_reproduces_official_outputs():
+  data, state = _golden()
+  model = _tiny_model()
+  x = jnp.asarray(data["x"], jnp.float32)
+  t = jnp.asarray(data["t"], jnp.float32)
+  expected = jax.eval_shape(lambda k: model.init(k, x, (t, t), None, data["aug"].astype(np.float32)),
+                            jax.random.key(0))
+  params = cifar_unet_torch.to_flax(state, expected)
+  n_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params))
+  assert n_params == int(data["tiny_param_count"])
+  with jax.enable_x64(True):  # float64 on both sides: only the reference's float32 softmax rounds (~1e-7).
+    params64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
+    args = [jnp.asarray(data[k], jnp.float64) for k in ("x", "t", "h", "aug")]
+    out = model.apply(params64, args[0], (args[1], args[2]), None, args[3])
+    out_no_aug = model.apply(params64, args[0], (args[1], args[2]), None, None)
+    for got, want in ((out, data["out"]), (out_no_aug, data["out_no_aug"])):
+      rel = np.linalg.norm(np.asarray(got) - want) / np.linalg.norm(want)
+      assert rel < 1e-5, rel
+  # Dropout: deterministic without train; with train and a key it changes the output.
+  y_train = model.apply(params, x, (t, t), None, data["aug"].astype(np.float32), train=True,
+                        rngs={"dropout": jax.random.key(1)})
+  y_eval = model.apply(params, x, (t, t), None, data["aug"].astype(np.float32))
+  assert np.abs(np.asarray(y_train - y_eval)).max() > 1e-3
+
+
+def test_full_size_parameter_count_equals_official():
+  data, _ = _golden()
+  config = cifar10_unet.get_config()
+  model = ts.build_model(config)
+  shapes = jax.eval_shape(lambda k: model.init(k, *ts.example_inputs(config)), jax.random.key(0))
+  count = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes))
+  assert count == int(data["full_param_count"])  # 55,932,419 from the official SongUNet.
+
+
+def test_converter_names_missing_and_unused_tensors():
+  data, state = _golden()
+  model = _tiny_model()
+  x, t = jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,))
+  expected = jax.eval_shape(lambda k: model.init(k, x, (t, t), None, jnp.zeros((1, 6))),
+                            jax.random.key(0))
+  broken = dict(state)
+  del broken["map_layer0.weight"]
+  broken["extra.weight"] = np.zeros((2, 2))
+  with pytest.raises(ValueError, match=r"extra\.weight.*map_layer0/kernel"):
+    cifar_unet_torch.to_flax(broken, expected)
