@@ -76,3 +76,40 @@ def test_converter_names_missing_and_unused_tensors():
   broken["extra.weight"] = np.zeros((2, 2))
   with pytest.raises(ValueError, match=r"extra\.weight.*map_layer0/kernel"):
     cifar_unet_torch.to_flax(broken, expected)
+
+
+def _tiny_unet_config():
+  config = cifar10_unet.get_config()
+  config.data.update(image_size=8)
+  config.model.unet.update(channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,))
+  config.ema_decays = (0.99995, 0.9999)
+  return config
+
+
+def test_release_style_checkpoint_converts_into_a_workdir(tmp_path):
+  import orbax.checkpoint as ocp
+  import torch
+  data, state = _golden()
+  path = str(tmp_path / "model.pth")
+  model_sd = {f"{net}.{k}": torch.tensor(v) for net in ("net", "net_ema1") for k, v in state.items()}
+  model_sd["net_ema1.map_layer0.bias"] = model_sd["net_ema1.map_layer0.bias"] + 1  # Tell them apart.
+  model_sd["num_updates"] = torch.tensor(7)
+  torch.save({"model": model_sd, "epoch": 3}, path)
+  cifar_unet_torch.convert(path, str(tmp_path / "wd"), _tiny_unet_config())
+  manager = ocp.CheckpointManager(str(tmp_path / "wd" / "checkpoints"))
+  restored = manager.restore(0, args=ocp.args.StandardRestore())
+  assert len(restored["ema_params"]) == 2
+  for tree in (restored["params"], *restored["ema_params"]):
+    got = np.asarray(tree["params"]["map_layer0"]["bias"])
+    np.testing.assert_allclose(got, state["map_layer0.bias"] + 1, rtol=1e-6)  # net_ema1, not net.
+    np.testing.assert_allclose(np.asarray(tree["params"]["enc_8x8_conv"]["kernel"]),
+                               state["enc.8x8_conv.weight"].transpose(2, 3, 1, 0), rtol=1e-6)
+  with pytest.raises(ValueError, match="net_ema2"):
+    cifar_unet_torch.read_checkpoint(path, "net_ema2")
+
+
+def test_reading_a_checkpoint_without_torch_says_how_to_fix_it(monkeypatch):
+  import sys
+  monkeypatch.setitem(sys.modules, "torch", None)
+  with pytest.raises(ImportError, match="pip install torch"):
+    cifar_unet_torch.read_checkpoint("model.pth")

@@ -113,8 +113,11 @@ def main(argv=None):
   parser.add_argument("--network", default="net_ema1", choices=NETWORKS)
   parser.add_argument("--config", default="configs/cifar10_unet.py")
   args = parser.parse_args(argv)
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config = config_flags.config_flags._LoadConfigModule("config", args.config).get_config()  # pylint: disable=protected-access
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("converter_config", args.config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
   convert(args.checkpoint, args.workdir, config, args.network)
   print(f"Wrote {args.network} of {args.checkpoint} to {args.workdir} (step 0).")
 
