@@ -6,7 +6,7 @@ plain Adam with warmup in epochs, EMA updated every 4 steps. Reports the pixel-s
 distance (features in [0, 1], against all 1797 digits) of 1-NFE samples from the untrained and
 the trained network.
 
-  python scripts/unet_digits.py --steps 2000
+  python scripts/unet_digits.py --steps 300
 """
 import argparse
 import os
@@ -26,12 +26,16 @@ from mf_jax import train_state as ts  # noqa: E402
 from mf_jax import train_step as step_lib  # noqa: E402
 
 
-def config(steps: int, batch: int = 32):
+# The README run's U-Net; tests use TEST_UNET (one resolution, 8 channels) to keep compiles short.
+README_UNET = dict(channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,), dropout=0.1)
+TEST_UNET = dict(channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=(), dropout=0.1)
+
+
+def config(steps: int, batch: int = 32, unet=None):
   c = cifar10_unet.get_config()
   c.data.update(name="digits", image_size=8, channels=1, num_classes=0, random_flip=False,
                 num_train_examples=1500)
-  c.model.unet.update(channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,),
-                      dropout=0.1)
+  c.model.unet.update(**(unet or README_UNET))
   c.augment.update(xflip=0.0)  # Digits are not mirror-symmetric.
   c.optim.update(learning_rate=2e-3, warmup_epochs=2.0)
   c.ema_decays = (0.99,)
@@ -47,9 +51,9 @@ def fd_to_digits(samples) -> float:
   return frechet_distance(*stats_from_features(feats(samples)), *stats_from_features(feats(ref)))
 
 
-def run(steps: int = 300, batch: int = 32, seed: int = 0, num_samples: int = 1000):
-  """Returns (FD untrained, FD trained raw params, FD trained EMA params, seconds)."""
-  c = config(steps, batch)
+def run(steps: int = 300, batch: int = 32, seed: int = 0, num_samples: int = 1000, unet=None):
+  """Returns (FD untrained, FD trained raw params, FD trained EMA params, seconds, losses)."""
+  c = config(steps, batch, unet)
   c.seed = seed
   model, opt = ts.build_model(c), ts.make_optimizer(c)
   state = jax.jit(lambda k: ts.init_state(c, model, opt, k))(jax.random.key(seed, impl="rbg"))
@@ -81,8 +85,10 @@ def main():
   parser.add_argument("--steps", type=int, default=2000)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--test_unet", action="store_true", help="the test's smaller U-Net")
   args = parser.parse_args()
-  fd0, fd, fd_ema, seconds, losses = run(args.steps, args.batch, args.seed)
+  fd0, fd, fd_ema, seconds, losses = run(args.steps, args.batch, args.seed,
+                                         unet=TEST_UNET if args.test_unet else None)
   print(f"steps {args.steps}: 1-NFE pixel FD untrained {fd0:.3f}, trained {fd:.3f}, "
         f"EMA {fd_ema:.3f}; loss {losses[:10].mean():.3f} -> {losses[-10:].mean():.3f}; "
         f"{seconds:.1f} s incl. compile")
