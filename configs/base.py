@@ -5,7 +5,7 @@ Defaults follow the paper's ImageNet recipe (REFERENCE.md section 1) where one e
 """
 import ml_collections
 
-from mf_jax import drifting
+from mf_jax import augment, drifting
 
 
 def meanflow_config(num_classes=1000) -> ml_collections.ConfigDict:
@@ -15,6 +15,9 @@ def meanflow_config(num_classes=1000) -> ml_collections.ConfigDict:
       time_sampler="logit_normal",  # or "uniform"
       time_mu=-0.4,
       time_sigma=1.0,
+      time_mu_r=None,  # r's own logit-normal (mu, sigma); None: the same as t's.
+      time_sigma_r=None,
+      time_pairing="sort",  # "sort": t, r = max, min (paper, v0) | "min_r": r = min(t, r) (v1).
       r_neq_t_ratio=0.25,  # Fraction of the batch with r != t; 0 is flow matching.
       adaptive_p=1.0,  # Weight 1 / sg((d + c)^p); p = 0 is plain L2.
       adaptive_c=1e-3,
@@ -44,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
       vae_path="",  # Local diffusers AutoencoderKL weights, to decode latent samples.
       random_flip=True,
       shuffle_buffer=50_000,
+      num_train_examples=0,  # Training-set size; needed only by optim.warmup_epochs.
   ))
   num_classes = config.data.get_ref("num_classes")
 
@@ -57,10 +61,19 @@ def get_config() -> ml_collections.ConfigDict:
       attention_impl="einsum",  # "einsum" (jvp-friendly everywhere) | "fused" (jax.nn.dot_product_attention)
       remat=False,  # Rematerialise DiT blocks in the backward pass: less memory, ~1/3 more compute.
       mlp_widths=(512, 512, 512, 512),  # name="mlp" only.
+      unet=ml_collections.ConfigDict(dict(  # name="unet" only (DDPM++ U-Net, mf_jax/models/unet.py).
+          channels=128,
+          channel_mult=(2, 2, 2),
+          num_blocks=4,
+          attn_resolutions=(16,),
+          dropout=0.2,  # Training only; the trainer passes the dropout rng.
+      )),
   ))
 
   config.meanflow = meanflow_config()
   config.meanflow.num_classes = num_classes
+  # EDM augmentation in the train step, labels fed to the network (mf_jax/augment.py; U-Net only).
+  config.augment = augment.default_config()
 
   # Drifting Models (method="drifting"): the loss's section plus how the trainer feeds it.
   config.drifting = drifting.default_config()
@@ -90,15 +103,18 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   config.optim = ml_collections.ConfigDict(dict(
+      name="adamw",  # "adamw" | "adam" (no weight decay term at all).
       learning_rate=1e-4,
       b1=0.9,
       b2=0.95,
       weight_decay=0.0,
       warmup_steps=0,
+      warmup_epochs=0.0,  # > 0: warmup over this many epochs of data.num_train_examples instead.
       schedule="constant",  # "constant" | "cosine"
       grad_clip=0.0,  # Global-norm clip; 0 disables.
   ))
   config.ema_decays = (0.9999,)
+  config.ema_every = 1  # EMA updated every k steps with decay^k (k > 1 saves time on big batches).
 
   config.train = ml_collections.ConfigDict(dict(
       global_batch_size=256,

@@ -11,6 +11,7 @@ Usage:
   python -m eval.fid --samples=SAMPLES.npz --ref=VIRTUAL_imagenet256_labeled.npz \
       [--inception=pt_inception-2015-12-05-6726825d.pth]
   python -m eval.fid --images=DIR_OR_NPZ --write_stats=ref_stats.npz [--inception=...]
+  python -m eval.fid --images=tfds:cifar10:train --tfds_data_dir=DIR --write_stats=cifar10_train.npz
 SAMPLES is an ADM batch (.npz with arr_0 uint8 [N, H, W, 3]) or a directory of images; --ref is
 an .npz with mu/sigma (ADM's reference batch has them) or an images-only .npz / directory whose
 statistics are computed on the fly. Prints one JSON object; progress (images, rate, ETA) goes to
@@ -190,7 +191,23 @@ def directory_image_batches(directory: str, batch_size: int) -> Iterator[np.ndar
     yield np.stack(batch)
 
 
-def image_batches(path: str, batch_size: int) -> Iterator[np.ndarray]:
+TFDS_PREFIX = "tfds:"
+TFDS_SETS = ("cifar10",)
+
+
+def _parse_tfds(path: str):
+  """'tfds:cifar10:train' -> ('cifar10', 'train'); the split defaults to train."""
+  name, _, split = path[len(TFDS_PREFIX):].partition(":")
+  if name not in TFDS_SETS:
+    raise SystemExit(f"--images={path!r}: TFDS data sets supported here are {list(TFDS_SETS)}.")
+  return name, split or "train"
+
+
+def image_batches(path: str, batch_size: int, tfds_data_dir: str = "") -> Iterator[np.ndarray]:
+  if path.startswith(TFDS_PREFIX):
+    _, split = _parse_tfds(path)
+    from input_pipeline import cifar10  # pylint: disable=g-import-not-at-top
+    return cifar10.uint8_image_batches(tfds_data_dir, split, batch_size)
   if os.path.isdir(path):
     return directory_image_batches(path, batch_size)
   if os.path.isfile(path) and path.endswith(".npz"):
@@ -261,7 +278,9 @@ def main(argv=None) -> Dict[str, float]:
   parser = argparse.ArgumentParser(prog="python -m eval.fid", description=__doc__.split("\n")[0])
   parser.add_argument("--samples", help="images to evaluate: ADM .npz (arr_0) or a directory")
   parser.add_argument("--ref", help="reference: .npz with mu/sigma, or images (.npz / directory)")
-  parser.add_argument("--images", help="with --write_stats: images to compute statistics of")
+  parser.add_argument("--images", help="with --write_stats: images to compute statistics of "
+                      "(.npz, directory, or tfds:cifar10[:split] with --tfds_data_dir)")
+  parser.add_argument("--tfds_data_dir", default="", help="TFDS data_dir for --images=tfds:...")
   parser.add_argument("--write_stats", help="write mu/sigma of --images to this .npz")
   parser.add_argument("--features", choices=("inception", "pixels"), default="inception")
   parser.add_argument("--inception", default=DEFAULT_INCEPTION_PATH,
@@ -284,7 +303,12 @@ def main(argv=None) -> Dict[str, float]:
   if args.write_stats:
     if not args.images:
       parser.error("--write_stats needs --images=DIR_OR_NPZ.")
-    _check_input(args.images, "images")
+    if args.images.startswith(TFDS_PREFIX):
+      _parse_tfds(args.images)
+      if not args.tfds_data_dir:
+        parser.error("--images=tfds:... needs --tfds_data_dir=DIR (the prepared TFDS data).")
+    else:
+      _check_input(args.images, "images")
   else:
     if not (args.samples and args.ref):
       parser.error("give --samples and --ref (or --images with --write_stats).")
@@ -307,7 +331,11 @@ def main(argv=None) -> Dict[str, float]:
 
   feature_fn = _make_feature_fn(args)
   if args.write_stats:
-    acc, _ = feature_statistics(batches("images"), feature_fn)
+    if args.images.startswith(TFDS_PREFIX):  # uint8 NHWC RGB by construction (cifar10 reader).
+      images = image_batches(args.images, args.batch_size, args.tfds_data_dir)
+    else:
+      images = batches("images")
+    acc, _ = feature_statistics(images, feature_fn)
     save_stats(args.write_stats, acc.mean, acc.cov, acc.count, feature=name,
                preprocess=args.preprocess)
     result = {"wrote": args.write_stats, "count": acc.count, "dim": acc.dim, "feature": name}
@@ -326,6 +354,8 @@ def main(argv=None) -> Dict[str, float]:
 def _check_shapes(args, ref_is_stats: bool) -> None:
   """Image layout of every input, and the reference's feature dimension; SystemExit if wrong."""
   flags_in = ["images"] if args.write_stats else ["samples"] + ([] if ref_is_stats else ["ref"])
+  if args.write_stats and args.images.startswith(TFDS_PREFIX):
+    flags_in = []  # The TFDS reader yields uint8 NHWC RGB images.
   dims = {}
   try:
     for flag in flags_in:

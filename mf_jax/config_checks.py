@@ -113,7 +113,8 @@ FIELDS = {
     "data.vae_path": (text(), "a local diffusers AutoencoderKL folder, or '' (no decoding)"),
     "data.random_flip": (boolean(), "True or False"),
     "data.shuffle_buffer": (POSITIVE, "examples in the shuffle buffer, e.g. 50000"),
-    "model.name": (choice("dit", "mlp"), "dit for images, mlp for small vectors"),
+    "model.name": (choice("dit", "mlp", "unet"), "dit for images, mlp for small vectors, unet for "
+                                                 "CIFAR-10 (unconditional)"),
     "model.variant": (text(), "NAME/PATCH, e.g. 'B/2'"),
     "model.depth": (optional(POSITIVE), "None (the variant's) or a block count"),
     "model.hidden_size": (optional(POSITIVE), "None (the variant's) or a width divisible by "
@@ -123,10 +124,19 @@ FIELDS = {
     "model.attention_impl": (choice(*ATTENTION_IMPLS), "einsum works everywhere"),
     "model.remat": (boolean(), "True trades compute for memory"),
     "model.mlp_widths": (int_tuple(), "hidden widths, e.g. (512, 512, 512, 512)"),
+    "model.unet.channels": (POSITIVE, "128 (official CIFAR-10 U-Net)"),
+    "model.unet.channel_mult": (int_tuple(), "(2, 2, 2)"),
+    "model.unet.num_blocks": (POSITIVE, "4"),
+    "model.unet.attn_resolutions": (int_tuple(allow_empty=True), "(16,)"),
+    "model.unet.dropout": (number(0.0, 1.0, hi_open=True), "0.2 (official)"),
+    "data.num_train_examples": (NON_NEGATIVE, "0, or 50000 for CIFAR-10 with optim.warmup_epochs"),
     "meanflow.num_classes": (NON_NEGATIVE, "leave it linked to data.num_classes"),
     "meanflow.time_sampler": (choice("logit_normal", "uniform"), "logit_normal (paper)"),
     "meanflow.time_mu": (number(), "-0.4 (paper)"),
     "meanflow.time_sigma": (number(0.0, lo_open=True), "1.0 (paper)"),
+    "meanflow.time_mu_r": (optional(number()), "None (as time_mu), or e.g. -4.0 (CIFAR-10 v1)"),
+    "meanflow.time_sigma_r": (optional(number(0.0, lo_open=True)), "None (as time_sigma), or 1.6"),
+    "meanflow.time_pairing": (choice(*meanflow.TIME_PAIRINGS), "sort (paper), or min_r (v1)"),
     "meanflow.r_neq_t_ratio": (FRACTION, "0.25 (paper); 0 is flow matching"),
     "meanflow.adaptive_p": (number(0.0), "1.0 (paper); 0 is plain L2"),
     "meanflow.adaptive_c": (number(0.0, lo_open=True), "1e-3 (paper)"),
@@ -165,6 +175,19 @@ FIELDS = {
     "mae.patch_size": (POSITIVE, "a divisor of data.image_size, e.g. 2"),
     "mae.compute_dtype": (choice("float32", "bfloat16"), "float32, or bfloat16 for bf16 convolutions"),
     "mae.remat": (boolean(), "True trades compute for memory"),
+    "optim.name": (choice("adamw", "adam"), "adamw, or adam (no weight decay term)"),
+    "optim.warmup_epochs": (number(0.0), "0.0, or e.g. 200 (CIFAR-10; needs data.num_train_examples)"),
+    "ema_every": (POSITIVE, "1, or e.g. 16 (decay^16 every 16 steps)"),
+    "augment.enabled": (boolean(), "False; True for the CIFAR-10 U-Net recipe"),
+    "augment.p": (number(0.0), "0.12 (EDM CIFAR-10)"),
+    "augment.xflip": (number(0.0), "1e8 (every image may flip)"),
+    "augment.scale": (number(0.0), "1.0"),
+    "augment.aniso": (number(0.0), "1.0"),
+    "augment.translate": (number(0.0), "1.0"),
+    "augment.scale_std": (number(0.0), "0.2"),
+    "augment.aniso_std": (number(0.0), "0.2"),
+    "augment.aniso_rotate_prob": (FRACTION, "0.5"),
+    "augment.translate_std": (number(0.0), "0.125"),
     "optim.learning_rate": (number(0.0, lo_open=True), "1e-4 (MeanFlow ImageNet)"),
     "optim.b1": (number(0.0, 1.0, hi_open=True), "0.9"),
     "optim.b2": (number(0.0, 1.0, hi_open=True), "0.95"),
@@ -355,7 +378,8 @@ def _evaluation(config, mode):
     evaluators.validate_config(config)
 
 
-CROSS_CHECKS = (_batches_fit_devices, _ema_indices, _model, _objective, _data_files)
+CROSS_CHECKS = (_batches_fit_devices, _ema_indices, _model, _objective, _data_files,
+                _cifar_recipe)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,3 +420,39 @@ def validate(config, workdir: str = None, mode: str = "train") -> None:
     workdir_signature.check(config, workdir)  # Reads only.
     if mode == "train":
       check_workdir(workdir, mode)
+
+
+def _cifar_recipe(config) -> None:
+  """The U-Net, EDM augmentation and the optimizer options of the CIFAR-10 recipe."""
+  check_unet_and_augment(config)
+  o = config.optim
+  if o.name == "adam" and o.weight_decay:
+    raise ConfigError(f"optim.weight_decay={o.weight_decay} with optim.name='adam' (no decay term): "
+                      "set it to 0 or use 'adamw'.")
+  if o.warmup_epochs and config.data.num_train_examples <= 0:
+    raise ConfigError(f"optim.warmup_epochs={o.warmup_epochs} needs data.num_train_examples "
+                      "(the training-set size; 50000 for CIFAR-10), or use optim.warmup_steps.")
+  if o.warmup_epochs and o.warmup_steps:
+    raise ConfigError("optim.warmup_epochs and optim.warmup_steps are both set: keep one.")
+
+
+def check_unet_and_augment(config) -> None:
+  """U-Net shape constraints and EDM augmentation, which only the U-Net takes as a condition."""
+  from mf_jax import augment  # pylint: disable=g-import-not-at-top
+  augment.validate_config(config.augment)
+  if config.augment.enabled and (config.model.name != "unet" or config.method != "meanflow"):
+    raise ConfigError(f"augment.enabled=True needs model.name='unet' and method='meanflow' (the "
+                     f"network must see the augmentation labels); got model.name="
+                     f"{config.model.name!r}, method={config.method!r}.")
+  if config.model.name != "unet":
+    return
+  u, size = config.model.unet, config.data.image_size
+  levels = len(u.channel_mult)
+  if size % 2 ** (levels - 1):
+    raise ConfigError(f"data.image_size={size} must be divisible by 2^(len(model.unet.channel_mult)"
+                     f" - 1) = {2 ** (levels - 1)}.")
+  if not 0.0 <= u.dropout < 1.0:
+    raise ConfigError(f"model.unet.dropout={u.dropout}: must lie in [0, 1).")
+  if config.method == "meanflow" and config.data.num_classes != 0:
+    raise ConfigError(f"model.name='unet' is unconditional, but data.num_classes="
+                     f"{config.data.num_classes}: set data.num_classes=0.")

@@ -36,6 +36,18 @@ def validate_config(config) -> None:
   if config.time_sampler not in ("logit_normal", "uniform"):
     raise ValueError(f"meanflow.time_sampler={config.time_sampler!r}: allowed values are "
                      "'logit_normal' and 'uniform'.")
+  pairing = config.get("time_pairing", "sort")
+  if pairing not in TIME_PAIRINGS:
+    raise ValueError(f"meanflow.time_pairing={pairing!r}: allowed values are {list(TIME_PAIRINGS)} "
+                     "('sort': t = max, r = min of the two draws (paper, v0); 'min_r': t keeps its "
+                     "draw, r = min(t, r) (py-meanflow v1)).")
+  for name in ("time_sigma", "time_sigma_r"):
+    if config.get(name) is not None and config.get(name) <= 0:
+      raise ValueError(f"meanflow.{name}={config.get(name)}: must be > 0.")
+  if config.time_sampler == "uniform" and (config.get("time_mu_r") is not None
+                                           or config.get("time_sigma_r") is not None):
+    raise ValueError("meanflow.time_mu_r/time_sigma_r are logit-normal parameters but "
+                     "time_sampler='uniform': set them to None or use 'logit_normal'.")
   if config.guidance_kappa >= 1.0:
     raise ValueError(f"meanflow.guidance_kappa={config.guidance_kappa}: must be < 1 "
                      "(the effective guidance scale is omega / (1 - kappa)).")
@@ -75,23 +87,35 @@ def r_neq_t_pattern(batch_size: int, ratio: float) -> Tuple[int, int]:
   return period, int(round(ratio * period))
 
 
+TIME_PAIRINGS = ("sort", "min_r")
+
+
 def sample_times(key: Array, batch_size: int, config) -> Tuple[Array, Array]:
   """Draws (r, t), each [B], with 0 <= r <= t <= 1.
 
-  Two independent draws from logit-normal(time_mu, time_sigma) (or uniform); t is the larger.
-  A static r_neq_t_ratio of the batch keeps r != t (positions given by r_neq_t_pattern); the rest
-  get r = t. Batches are i.i.d., so a fixed pattern has the same law as a random mask.
+  Two independent draws a ~ logit-normal(time_mu, time_sigma) and b ~ logit-normal(time_mu_r,
+  time_sigma_r) (r's parameters default to t's; or both uniform). time_pairing "sort" (paper, v0):
+  t = max(a, b), r = min(a, b). "min_r" (py-meanflow v1): t = a, r = min(a, b), so r = t also
+  where b > a. Then a static r_neq_t_ratio of the batch keeps that r (positions given by
+  r_neq_t_pattern); the rest get r = t. Batches are i.i.d., so a fixed pattern has the same law
+  as a random mask.
   """
   k_a, k_b = jax.random.split(key)
   shape = (batch_size,)
   if config.time_sampler == "logit_normal":
+    mu_r, sigma_r = config.get("time_mu_r"), config.get("time_sigma_r")
+    mu_r = config.time_mu if mu_r is None else mu_r
+    sigma_r = config.time_sigma if sigma_r is None else sigma_r
     a = jax.nn.sigmoid(config.time_mu + config.time_sigma * jax.random.normal(k_a, shape))
-    b = jax.nn.sigmoid(config.time_mu + config.time_sigma * jax.random.normal(k_b, shape))
+    b = jax.nn.sigmoid(mu_r + sigma_r * jax.random.normal(k_b, shape))
   elif config.time_sampler == "uniform":
     a, b = jax.random.uniform(k_a, shape), jax.random.uniform(k_b, shape)
   else:
     raise ValueError(f"meanflow.time_sampler={config.time_sampler!r}: use 'logit_normal' or 'uniform'.")
-  t, r = jnp.maximum(a, b), jnp.minimum(a, b)
+  if config.get("time_pairing", "sort") == "min_r":
+    t, r = a, jnp.minimum(a, b)
+  else:
+    t, r = jnp.maximum(a, b), jnp.minimum(a, b)
   period, n = r_neq_t_pattern(batch_size, config.r_neq_t_ratio)
   distinct = jnp.arange(batch_size) % period < n
   return jnp.where(distinct, r, t), t

@@ -17,6 +17,7 @@ from mf_jax import sharding as sharding_lib
 from mf_jax.models.dit import DiT
 from mf_jax.models.feature_encoder import MaskedAutoencoder
 from mf_jax.models.mlp import MLP
+from mf_jax.models.unet import SongUNet
 
 # "float64" (parameters too; needs jax_enable_x64) exists for exactness tests, e.g. that a sharded
 # step computes the same numbers as one device without float32 rounding in the way.
@@ -50,13 +51,25 @@ def build_model(config) -> nn.Module:
     return MLP(out_dim=d.image_size * d.image_size * d.channels, hidden_widths=tuple(m.mlp_widths),
                condition_names=conditions, num_classes=d.num_classes, remat=m.remat,
                dtype=DTYPES[m.compute_dtype])
+  if m.name == "unet":
+    return unet_model(config)
   if m.name != "dit":
-    raise ValueError(f"model.name={m.name!r}: allowed values are ['dit', 'mlp'].")
+    raise ValueError(f"model.name={m.name!r}: allowed values are ['dit', 'mlp', 'unet'].")
   return DiT(variant=m.variant, image_size=config.data.image_size, channels=config.data.channels,
              num_classes=config.data.num_classes, condition_names=conditions, depth=m.depth,
              hidden_size=m.hidden_size, num_heads=m.num_heads,
              attention_impl=m.attention_impl, remat=m.remat, dtype=DTYPES[m.compute_dtype],
              param_dtype=jnp.float64 if m.compute_dtype == "float64" else jnp.float32)
+
+
+def unet_model(config) -> SongUNet:
+  """The DDPM++ U-Net; it takes augmentation labels when config.augment.enabled."""
+  from mf_jax import augment  # pylint: disable=g-import-not-at-top
+  u, d = config.model.unet, config.data
+  return SongUNet(image_size=d.image_size, channels=d.channels, model_channels=u.channels,
+                  channel_mult=tuple(u.channel_mult), num_blocks=u.num_blocks,
+                  attn_resolutions=tuple(u.attn_resolutions), dropout=u.dropout,
+                  augment_dim=augment.LABEL_DIM if config.augment.enabled else 0)
 
 
 def mae_model(config) -> MaskedAutoencoder:
@@ -69,9 +82,23 @@ def mae_model(config) -> MaskedAutoencoder:
                            dtype=DTYPES[e.compute_dtype])
 
 
-def meanflow_u_fn(model: nn.Module, params):
-  """The network as the objective sees it: u(z, r, t, labels), conditioned on (t, t - r)."""
-  return lambda z, r, t, labels: model.apply(params, z, (t, t - r), labels).reshape(z.shape)
+def meanflow_u_fn(model: nn.Module, params, augment_labels=None, dropout_key=None):
+  """The network as the objective sees it: u(z, r, t, labels), conditioned on (t, t - r).
+
+  Training a U-Net may add augmentation labels [B, 6] and a dropout key. With augment_labels the
+  (unconditional) network's `labels` argument carries each sample's row index into augment_labels,
+  so the labels follow the samples however the objective splits or reorders the batch.
+  """
+  if augment_labels is None and dropout_key is None:
+    return lambda z, r, t, labels: model.apply(params, z, (t, t - r), labels).reshape(z.shape)
+  def u_fn(z, r, t, labels):
+    kw = dict(train=dropout_key is not None)
+    if augment_labels is not None:
+      kw["augment_labels"] = augment_labels[labels]
+    if dropout_key is not None:
+      kw["rngs"] = {"dropout": dropout_key}
+    return model.apply(params, z, (t, t - r), labels, **kw).reshape(z.shape)
+  return u_fn
 
 
 def generator_fn(model: nn.Module, params):
@@ -87,12 +114,25 @@ def make_optimizer(config) -> optax.GradientTransformation:
     schedule = optax.cosine_decay_schedule(o.learning_rate, max(1, config.train.num_steps - o.warmup_steps))
   else:
     raise ValueError(f"optim.schedule={o.schedule!r}: allowed values are ['constant', 'cosine'].")
-  if o.warmup_steps:
+  warmup = warmup_steps(config)
+  if warmup:
     schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps), schedule], [o.warmup_steps])
+        [optax.linear_schedule(0.0, o.learning_rate, warmup), schedule], [warmup])
   chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-  chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+  if o.get("name", "adamw") == "adam":
+    chain.append(optax.adam(schedule, b1=o.b1, b2=o.b2))
+  else:
+    chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
   return optax.chain(*chain)
+
+
+def warmup_steps(config) -> int:
+  """optim.warmup_steps, or optim.warmup_epochs epochs of data.num_train_examples when set."""
+  o = config.optim
+  if o.get("warmup_epochs", 0.0):
+    per_epoch = config.data.num_train_examples / config.train.global_batch_size
+    return int(round(o.warmup_epochs * per_epoch))
+  return o.warmup_steps
 
 
 def example_inputs(config, batch_size: int = 1):
@@ -149,8 +189,15 @@ def create_sharded_state(config, model, optimizer, mesh, key):
   return state, shardings
 
 
-def update_ema(ema_params, params, decays):
-  return tuple(jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+def update_ema(ema_params, params, decays, step=None, every: int = 1):
+  """One EMA update per decay. With every = k > 1, only when `step` (updates applied so far,
+  counting this one) is a multiple of k, with decay^k: k steps' worth of averaging at once."""
+  if every == 1:
+    return tuple(jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+                 for ema, d in zip(ema_params, decays))
+  due = step % every == 0
+  return tuple(jax.tree_util.tree_map(lambda e, p: jnp.where(due, d ** every * e + (1.0 - d ** every) * p, e),
+                                      ema, params)
                for ema, d in zip(ema_params, decays))
 
 

@@ -7,12 +7,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mf_jax import class_queues, drifting, meanflow
+from mf_jax import augment, class_queues, drifting, meanflow
 from mf_jax.models import feature_encoder
 from mf_jax import sharding as sharding_lib
 from mf_jax.train_state import TrainState, generator_fn, meanflow_u_fn, update_ema
 
 NONFINITE_LOSS, NONFINITE_GRAD = "loss", "grad_norm"
+
+
+AUGMENT_STREAM = 1  # fold_in(data key, 1): EDM augmentation of the batch.
 
 
 def step_key(seed: int, step) -> jax.Array:
@@ -31,10 +34,22 @@ def prepare_batch(batch, key, config) -> jax.Array:
   return x
 
 
-def meanflow_objective(model, config):
-  """(params, x, labels, key) -> (loss, metrics) for the MeanFlow objective."""
+DROPOUT_STREAM = 1  # fold_in(loss key, 1): dropout masks, independent of the loss's own split.
+
+
+def meanflow_objective(model, config, augment_labels=None):
+  """(params, x, labels, key) -> (loss, metrics) for the MeanFlow objective.
+
+  augment_labels [B, 6] (EDM augmentation of x): the network sees them; `labels` is then replaced
+  by row indices (see meanflow_u_fn). A U-Net with dropout gets its dropout key here (train only).
+  """
+  uses_dropout = config.model.name == "unet" and config.model.unet.dropout > 0
   def loss_fn(params, x, labels, key):
-    return meanflow.meanflow_loss(meanflow_u_fn(model, params), x, labels, key, config.meanflow)
+    dropout_key = jax.random.fold_in(key, DROPOUT_STREAM) if uses_dropout else None
+    if augment_labels is not None:
+      labels = jnp.arange(x.shape[0], dtype=jnp.int32)
+    u_fn = meanflow_u_fn(model, params, augment_labels, dropout_key)
+    return meanflow.meanflow_loss(u_fn, x, labels, key, config.meanflow)
   return loss_fn
 
 
@@ -117,14 +132,14 @@ def drifting_inputs(aux, x, labels, key, config):
   return aux, real, classes
 
 
-def method_objective(model, config, aux, mesh=None):
+def method_objective(model, config, aux, mesh=None, augment_labels=None):
   """config.method's loss as (params, x, labels, key) -> (loss, metrics), built at trace time."""
   if config.method == "drifting":
     # The frozen encoder's parameters travel in the state: arguments, not compile-time constants.
     return drifting_objective(model, config, aux["encoder"], mesh)
   if config.method == "mae":
     return mae_objective(model, config)
-  return meanflow_objective(model, config)
+  return meanflow_objective(model, config, augment_labels)
 
 
 def make_train_step(config, model, optimizer, objective=None, mesh=None):
@@ -140,16 +155,21 @@ def make_train_step(config, model, optimizer, objective=None, mesh=None):
   def train_step(state: TrainState, batch):
     k_data, k_loss, k_aux = jax.random.split(step_key(config.seed, state.step), 3)
     x, labels, aux = prepare_batch(batch, k_data, config), batch["label"], state.aux
+    augment_labels = None
+    if config.augment.enabled:  # Its own stream: the other keys stay those of unaugmented runs.
+      x, augment_labels = augment.augment(x, jax.random.fold_in(k_data, AUGMENT_STREAM),
+                                          config.augment)
     if config.method == "drifting":
       aux, x, labels = drifting_inputs(aux, x, labels, k_aux, config)
-    grad_fn = jax.value_and_grad(objective or method_objective(model, config, aux, mesh),
+    grad_fn = jax.value_and_grad(objective or method_objective(model, config, aux, mesh, augment_labels),
                                  has_aux=True)
     (loss, metrics), grads = grad_fn(state.params, x, labels, k_loss)
     grad_norm = optax.global_norm(grads)
 
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = update_ema(state.ema_params, params, config.ema_decays)
+    ema_params = update_ema(state.ema_params, params, config.ema_decays, state.step + 1,
+                            config.get("ema_every", 1))
 
     # A non-finite step is not applied, and no later one is: the last good values survive.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -34,3 +34,27 @@ def test_batch_structure_on_mock_data(tmp_path, monkeypatch):
   # Pixels are k/127.5 - 1 for integer k, as uint8 images must give.
   k = (b["x"] + 1) * 127.5
   np.testing.assert_allclose(k, np.round(k), atol=1e-4)
+
+
+def test_fid_training_set_statistics_end_to_end_on_mock_data(tmp_path, monkeypatch):
+  """`python -m eval.fid --write_stats` from the TFDS set: the file holds the images' mu / sigma
+  (tests/test_fid.py covers --samples against such a file)."""
+  from eval import fid
+  monkeypatch.setattr(cifar10, "_require_prepared", lambda builder, data_dir: None)
+  stats = str(tmp_path / "cifar10_train.npz")
+  with tfds.testing.mock_data(num_examples=40):
+    wrote = fid.main(["--images=tfds:cifar10:train", f"--tfds_data_dir={tmp_path}",
+                      f"--write_stats={stats}", "--features=pixels", "--batch_size=16"])
+    images = np.concatenate(list(cifar10.uint8_image_batches(str(tmp_path), "train", 16)))
+  assert wrote["count"] == 40 and wrote["dim"] == 32 * 32 * 3
+  assert images.shape == (40, 32, 32, 3) and images.dtype == np.uint8
+  with np.load(stats) as data:
+    feats = images.reshape(40, -1).astype(np.float64) / 255
+    np.testing.assert_allclose(data["mu"], feats.mean(0), atol=1e-6)
+    np.testing.assert_allclose(data["sigma"], np.cov(feats, rowvar=False), atol=1e-6)
+
+
+def test_fid_tfds_images_need_a_data_dir():
+  from eval import fid
+  with pytest.raises(SystemExit):
+    fid.main(["--images=tfds:cifar10", "--write_stats=/tmp/never.npz", "--features=pixels"])
