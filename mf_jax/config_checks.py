@@ -378,8 +378,45 @@ def _evaluation(config, mode):
     evaluators.validate_config(config)
 
 
-CROSS_CHECKS = (_batches_fit_devices, _ema_indices, _model, _objective, _data_files,
-                _cifar_recipe)
+def _cifar_recipe(config) -> None:
+  """The U-Net, EDM augmentation and the optimizer options of the CIFAR-10 recipe."""
+  check_unet_and_augment(config)
+  o = config.optim
+  if o.name == "adam" and o.weight_decay:
+    raise ConfigError(f"optim.weight_decay={o.weight_decay} with optim.name='adam' (no decay term): "
+                      "set it to 0 or use 'adamw'.")
+  if o.warmup_epochs and config.data.num_train_examples <= 0:
+    raise ConfigError(f"optim.warmup_epochs={o.warmup_epochs} needs data.num_train_examples "
+                      "(the training-set size; 50000 for CIFAR-10), or use optim.warmup_steps.")
+  if o.warmup_epochs and o.warmup_steps:
+    raise ConfigError("optim.warmup_epochs and optim.warmup_steps are both set: keep one.")
+
+
+def check_unet_and_augment(config) -> None:
+  """U-Net shape constraints and EDM augmentation, which only the U-Net takes as a condition."""
+  from mf_jax import augment  # pylint: disable=g-import-not-at-top
+  augment.validate_config(config.augment)
+  if config.augment.enabled and (config.model.name != "unet" or config.method != "meanflow"):
+    raise ConfigError(f"augment.enabled=True needs model.name='unet' and method='meanflow' (the "
+                     f"network must see the augmentation labels); got model.name="
+                     f"{config.model.name!r}, method={config.method!r}.")
+  if config.model.name != "unet":
+    return
+  u, size = config.model.unet, config.data.image_size
+  levels = len(u.channel_mult)
+  if size % 2 ** (levels - 1):
+    raise ConfigError(f"data.image_size={size} must be divisible by 2^(len(model.unet.channel_mult)"
+                     f" - 1) = {2 ** (levels - 1)}.")
+  if not 0.0 <= u.dropout < 1.0:
+    raise ConfigError(f"model.unet.dropout={u.dropout}: must lie in [0, 1).")
+  if config.method == "meanflow" and config.data.num_classes != 0:
+    raise ConfigError(f"model.name='unet' is unconditional, but data.num_classes="
+                     f"{config.data.num_classes}: set data.num_classes=0.")
+
+
+# Files last: every cheap check of the config itself comes first.
+CROSS_CHECKS = (_batches_fit_devices, _ema_indices, _model, _objective, _cifar_recipe,
+                _data_files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,39 +457,3 @@ def validate(config, workdir: str = None, mode: str = "train") -> None:
     workdir_signature.check(config, workdir)  # Reads only.
     if mode == "train":
       check_workdir(workdir, mode)
-
-
-def _cifar_recipe(config) -> None:
-  """The U-Net, EDM augmentation and the optimizer options of the CIFAR-10 recipe."""
-  check_unet_and_augment(config)
-  o = config.optim
-  if o.name == "adam" and o.weight_decay:
-    raise ConfigError(f"optim.weight_decay={o.weight_decay} with optim.name='adam' (no decay term): "
-                      "set it to 0 or use 'adamw'.")
-  if o.warmup_epochs and config.data.num_train_examples <= 0:
-    raise ConfigError(f"optim.warmup_epochs={o.warmup_epochs} needs data.num_train_examples "
-                      "(the training-set size; 50000 for CIFAR-10), or use optim.warmup_steps.")
-  if o.warmup_epochs and o.warmup_steps:
-    raise ConfigError("optim.warmup_epochs and optim.warmup_steps are both set: keep one.")
-
-
-def check_unet_and_augment(config) -> None:
-  """U-Net shape constraints and EDM augmentation, which only the U-Net takes as a condition."""
-  from mf_jax import augment  # pylint: disable=g-import-not-at-top
-  augment.validate_config(config.augment)
-  if config.augment.enabled and (config.model.name != "unet" or config.method != "meanflow"):
-    raise ConfigError(f"augment.enabled=True needs model.name='unet' and method='meanflow' (the "
-                     f"network must see the augmentation labels); got model.name="
-                     f"{config.model.name!r}, method={config.method!r}.")
-  if config.model.name != "unet":
-    return
-  u, size = config.model.unet, config.data.image_size
-  levels = len(u.channel_mult)
-  if size % 2 ** (levels - 1):
-    raise ConfigError(f"data.image_size={size} must be divisible by 2^(len(model.unet.channel_mult)"
-                     f" - 1) = {2 ** (levels - 1)}.")
-  if not 0.0 <= u.dropout < 1.0:
-    raise ConfigError(f"model.unet.dropout={u.dropout}: must lie in [0, 1).")
-  if config.method == "meanflow" and config.data.num_classes != 0:
-    raise ConfigError(f"model.name='unet' is unconditional, but data.num_classes="
-                     f"{config.data.num_classes}: set data.num_classes=0.")

@@ -46,9 +46,12 @@ def test_warmup_in_epochs_and_plain_adam():
   np.testing.assert_allclose(np.asarray(updates["w"]), np.asarray(want["w"]), rtol=1e-6)
 
 
-def test_cifar_configs_validate():
+def test_cifar_configs_validate(tmp_path):
   for module in (cifar10_unet, cifar10_unet_v0):
     config = module.get_config()
+    with pytest.raises(ValueError, match=r"data\.path"):  # The TFDS data_dir must be given.
+      config_checks.validate(config)
+    config.data.path = str(tmp_path)
     with pytest.raises(ValueError, match=r"eval\.ref_stats"):  # FID needs training-set statistics.
       config_checks.validate(config)
     config.eval.every_steps = 0
