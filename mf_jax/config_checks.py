@@ -342,11 +342,16 @@ def _objective(config):
                         "pretrain the encoder with method='mae' into it, or set it to ''.")
 
 
-def _data_files(config):
+def _vae_file(config):
   d = config.data
   if d.vae_path and not os.path.exists(d.vae_path):
     raise ConfigError(f"data.vae_path={d.vae_path!r} does not exist: give a local diffusers "
                       "AutoencoderKL folder or weights file, or '' to skip decoding.")
+
+
+def _training_data(config):
+  """The training set's files; sampling and evaluation read none (train mode only)."""
+  d = config.data
   if d.name not in ("imagenet_latents", "cifar10"):
     return
   what = ("the --out folder of `python -m input_pipeline.prepare_imagenet`"
@@ -416,7 +421,7 @@ def check_unet_and_augment(config) -> None:
 
 # Files last: every cheap check of the config itself comes first.
 CROSS_CHECKS = (_batches_fit_devices, _ema_indices, _model, _objective, _cifar_recipe,
-                _data_files)
+                _vae_file)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,6 +455,8 @@ def validate(config, workdir: str = None, mode: str = "train") -> None:
   input_pipeline.check_name(config.data.name)
   for check in CROSS_CHECKS:
     check(config)
+  if mode == "train":
+    _training_data(config)
   _evaluation(config, mode)
   if workdir is not None:
     if mode != "train":

@@ -186,22 +186,25 @@ def guided_velocity(u_fn: UFn, z: Array, t: Array, v: Array, labels: Array, drop
   return combine_guidance(v, u_cond, u_null, *guidance_weights(t, dropped, config))
 
 
+def _weighted_sample_errors(u: Array, u_tgt: Array, p: float, c: float) -> Tuple[Array, Array]:
+  """(d / sg((d + c)^p) per sample [B], err = u - u_tgt); at least float32, float64 stays float64."""
+  err = (u - u_tgt).astype(jnp.promote_types(u.dtype, jnp.float32))
+  d = jnp.sum(jnp.square(err), axis=tuple(range(1, err.ndim)))
+  return jax.lax.stop_gradient(1.0 / jnp.power(d + c, p)) * d, err
+
+
 def adaptive_weighted_loss(u: Array, u_tgt: Array, p: float, c: float) -> Tuple[Array, Array]:
   """Mean over the batch of d / sg((d + c)^p), with d the per-sample summed squared error.
 
   Returns (loss, unweighted per-element MSE). p = 0 gives the plain summed L2 loss.
   """
-  err = (u - u_tgt).astype(jnp.promote_types(u.dtype, jnp.float32))  # float64 stays float64.
-  d = jnp.sum(jnp.square(err), axis=tuple(range(1, err.ndim)))
-  weight = jax.lax.stop_gradient(1.0 / jnp.power(d + c, p))
-  return jnp.mean(weight * d), jnp.mean(jnp.square(err))
+  weighted, err = _weighted_sample_errors(u, u_tgt, p, c)
+  return jnp.mean(weighted), jnp.mean(jnp.square(err))
 
 
 def batch_sum_weighted_loss(u: Array, u_tgt: Array, p: float, c: float) -> Array:
   """Sum over the batch of d / sg((d + c)^p): adaptive_weighted_loss's loss times the batch size."""
-  err = (u - u_tgt).astype(jnp.float32)
-  d = jnp.sum(jnp.square(err), axis=tuple(range(1, err.ndim)))
-  return jnp.sum(jax.lax.stop_gradient(1.0 / jnp.power(d + c, p)) * d)
+  return jnp.sum(_weighted_sample_errors(u, u_tgt, p, c)[0])
 
 
 def _split_pattern(tree, period: int, n: int):
@@ -287,6 +290,7 @@ def meanflow_loss_from_draws(u_fn: UFn, x: Array, labels: Array, r: Array, t: Ar
   size = x.size
   loss = sum(batch_sum_weighted_loss(u, tgt, config.adaptive_p, config.adaptive_c)
              for u, tgt in zip(us, targets)) / batch
-  mse = sum(jnp.sum(jnp.square((u - tgt).astype(jnp.float32))) for u, tgt in zip(us, targets)) / size
-  tgt_ms = sum(jnp.sum(jnp.square(tgt.astype(jnp.float32))) for tgt in targets) / size
+  at_least_f32 = lambda a: a.astype(jnp.promote_types(a.dtype, jnp.float32))
+  mse = sum(jnp.sum(jnp.square(at_least_f32(u - tgt))) for u, tgt in zip(us, targets)) / size
+  tgt_ms = sum(jnp.sum(jnp.square(at_least_f32(tgt))) for tgt in targets) / size
   return loss, {"loss": loss, "mse": mse, "u_tgt_rms": jnp.sqrt(tgt_ms)}

@@ -51,11 +51,12 @@ def tiny_config(golden):
 
 @pytest.fixture(scope="module")
 def converted(golden, tmp_path_factory):
-  """(config, state, mesh, model): the golden checkpoint converted and restored as --mode=eval does."""
+  """(config, state, mesh, model): the golden checkpoint converted and restored as --mode=sample
+  (and --mode=eval) do; sample mode, because eval mode also asks for reference statistics."""
   config = tiny_config(golden)
   workdir = str(tmp_path_factory.mktemp("official_workdir"))
   convert_lib.convert_to_workdir(CKPT, config, workdir)
-  state, mesh, model = train.restore_trained(config, workdir, "eval")
+  state, mesh, model = train.restore_trained(config, workdir, "sample")
   return config, state, mesh, model
 
 
