@@ -3,7 +3,7 @@
 The official trainer saves a Flax TrainState {step, params, opt_state, ema_params} with flax's
 legacy checkpointing: one msgpack file `checkpoint_<step>` (the state dict of the TrainState). The
 DiT lives under `net/`; opt_state is optax.adamw's (ScaleByAdamState(count, mu, nu), ...) under
-"0". This module reads that file with flax.serialization (no flax.training.checkpoints), maps every
+"0". This module reads that file with flax.serialization (not Flax's legacy checkpoint API), maps every
 parameter name by rule onto this project's DiT, checks every shape, and writes an Orbax checkpoint
 that `--mode=eval` / `--mode=sample` restore (and that training can resume from). An Orbax-format
 official checkpoint folder (flax's Orbax backend) is read too.
