@@ -26,6 +26,7 @@ from configs.base import meanflow_config
 from mf_jax import generate, meanflow, train
 from mf_jax.convert import meanflow_official as convert_lib
 from mf_jax.train_state import meanflow_u_fn
+from numerics import rel_err
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 CKPT = os.path.join(GOLDEN, "meanflow_official_ckpt")
@@ -58,11 +59,6 @@ def converted(golden, tmp_path_factory):
   convert_lib.convert_to_workdir(CKPT, config, workdir)
   state, mesh, model = train.restore_trained(config, workdir, "sample")
   return config, state, mesh, model
-
-
-def rel_err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
 def test_golden_files_come_from_the_pinned_official_commit(golden):
