@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from absl import app, flags
 
-from benchmarks import scale
+from benchmarks import scale, xla_accounting
 
 flags.DEFINE_string("official", "/tmp/meanflow", "Checkout (code files) of Gsunshine/meanflow.")
 flags.DEFINE_string("official_commit", "d70cb55d298ee03c53bf6da67bec281082e4e2d9",
@@ -77,7 +77,7 @@ def step_flops(official_meanflow, guided: bool, batch: int) -> float:
   key = jax.eval_shape(lambda: jax.random.key(0))
   compiled = jax.jit(train_step).lower(params, opt_state, params, images, labels, key).compile(
       scale.COMPILER_OPTIONS)
-  return float(scale._cost(compiled)["flops"])  # pylint: disable=protected-access
+  return float(xla_accounting.cost(compiled)["flops"])
 
 
 def main(argv):

@@ -2,6 +2,7 @@
 
   python -m benchmarks.scale --config=configs/imagenet_b2.py --devices=8 [--fsdp=K] [--fit]
   python -m benchmarks.scale --all [--write_results]   # every ImageNet and CIFAR config at 8 and 64
+  PYTHONPATH=/tmp/libtpu python -m benchmarks.scale --platform=tpu --devices=8 --config=...
 
 The trainer's own step (mf_jax.train_step.make_train_step / jit_train_step) and 1-NFE sampler
 (mf_jax.generate.make_sampler) are lowered with abstract inputs (jax.ShapeDtypeStruct carrying the
@@ -17,6 +18,12 @@ matmuls as bf16 passes at default precision). They ignore communication and inpu
 "Images" are the samples the step trains on: the global batch for MeanFlow and MAE, the generated
 samples (classes_per_step x num_neg) for Drifting. --fit compiles a second time at twice the batch
 and extrapolates memory linearly to the largest per-device batch that fits --device_memory_gb.
+
+--platform=tpu compiles instead for a TPU v5p slice (v5p:2x2x2 for 8 chips, 4x4x4 for 64) ahead of
+time with libtpu, on this CPU machine, without TPU hardware (`jax.experimental.topologies`). Those
+memory figures are an accelerator compiler's: its scheduler honours rematerialisation, which the
+CPU backend's does not (a remat config's CPU temporaries overstate it several-fold), and its
+collectives are the accelerator pipeline's. libtpu stays out of requirements*.txt (LIBTPU_HINT).
 
 Simulated devices: XLA reads the device count once, when the backend starts, so this module sets
 XLA_FLAGS from --devices before jax is imported; --all runs each (config, N) in a subprocess.
@@ -34,11 +41,17 @@ def _set_device_count(argv) -> None:
       n = arg.split("=", 1)[1]
     elif arg == "--devices" and i + 1 < len(argv):
       n = argv[i + 1]
-  if n is None or "jax" in sys.modules:
+  if "jax" in sys.modules:
+    return
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  # A TPU topology is compiled for without TPU hardware: libtpu must not query a metadata server
+  # or hold its one-process lock (a --all run starts one subprocess per row).
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  if n is None:
     return
   flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
   os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(n)}".strip()
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 if __name__ == "__main__":
@@ -52,7 +65,6 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -61,17 +73,16 @@ from mf_jax import sharding as sharding_lib  # noqa: E402
 from mf_jax import train_state as ts  # noqa: E402
 from mf_jax import train_step as step_lib  # noqa: E402
 
-PEAK_TFLOPS = {"h100_bf16": 989.0, "h100_tf32": 495.0, "v5p_bf16": 459.0}
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
-               "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-SHAPE_RE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
-INSTR_RE = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s([a-z][\w\-]*)\((.*)$")
+from benchmarks import scale_table, xla_accounting  # noqa: E402
+
 # Codegen only: the optimised HLO, and so every figure read here, is unchanged (checked on the tiny
 # configs); compiles take about a third less CPU time.
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-RESULTS_BEGIN = "<!-- scale.py --all: begin -->"
-RESULTS_END = "<!-- scale.py --all: end -->"
+# TPU v5p slices by chip count (one device per chip), for --platform=tpu without --topology.
+V5P_TOPOLOGIES = {4: "v5p:2x2x1", 8: "v5p:2x2x2", 16: "v5p:2x2x4", 32: "v5p:2x4x4", 64: "v5p:4x4x4",
+                  128: "v5p:4x4x8", 256: "v5p:4x8x8"}
+LIBTPU_HINT = ("pip install --target=/tmp/libtpu 'libtpu==0.0.42.*' (the version jax[tpu] pins for "
+               "this jax) and run with PYTHONPATH=/tmp/libtpu; keep it out of the project's venv")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,79 +125,6 @@ def sample_batch_size(config, num_devices: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# XLA's accounting.
-
-def _cost(compiled) -> dict:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return cost or {}
-
-
-def memory_per_device(compiled) -> dict:
-  """Bytes per device: arguments, outputs, temporaries, aliased (donated), and the live total."""
-  m = compiled.memory_analysis()
-  out = {"argument_bytes": m.argument_size_in_bytes, "output_bytes": m.output_size_in_bytes,
-         "temp_bytes": m.temp_size_in_bytes, "alias_bytes": m.alias_size_in_bytes,
-         "generated_code_bytes": m.generated_code_size_in_bytes}
-  # Donated state buffers are reused for the outputs, so aliased bytes count once.
-  out["total_bytes"] = (out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
-                        - out["alias_bytes"])
-  return out
-
-
-def _type_bytes(type_text: str) -> int:
-  total = 0
-  for dtype, dims in SHAPE_RE.findall(type_text):
-    total += DTYPE_BYTES[dtype] * int(np.prod([int(x) for x in dims.split(",") if x], dtype=np.int64))
-  return total
-
-
-def _operand_names(args_text: str):
-  """Operand names of an instruction: the %names before the closing parenthesis of its call."""
-  depth, end = 1, len(args_text)
-  for i, ch in enumerate(args_text):
-    depth += {"(": 1, ")": -1}.get(ch, 0)
-    if depth == 0:
-      end = i
-      break
-  return re.findall(r"%([\w.\-]+)", args_text[:end])
-
-
-def collectives(hlo_text: str) -> dict:
-  """Collectives of a partitioned HLO module: {op: {count, operand_bytes, result_bytes}} per device.
-
-  Async pairs (op-start / op-done) count once, at the start. Operand bytes are what a device
-  contributes; result bytes what it receives (e.g. all-gather: result = operand x group size).
-  """
-  sizes, found = {}, []
-  for line in hlo_text.splitlines():
-    m = INSTR_RE.match(line)
-    if not m:
-      continue
-    name, type_text, op, args = m.groups()
-    sizes[name] = _type_bytes(type_text)
-    base = op[:-len("-start")] if op.endswith("-start") else op
-    if base in COLLECTIVES:
-      found.append((base, sizes[name], _operand_names(args)))
-  out = {op: {"count": 0, "operand_bytes": 0, "result_bytes": 0} for op in COLLECTIVES}
-  for op, result_bytes, operands in found:
-    out[op]["count"] += 1
-    out[op]["result_bytes"] += result_bytes
-    out[op]["operand_bytes"] += sum(sizes.get(o, 0) for o in operands)
-  return out
-
-
-def projections(flops_per_device: float, images: int, compute_dtype: str, mfu: float) -> dict:
-  """Step time and images/s per chip at `mfu` of each peak; `h100` picks bf16 or TF32 by dtype."""
-  out = {"mfu": mfu}
-  for name, tflops in PEAK_TFLOPS.items():
-    step_s = flops_per_device / (tflops * 1e12 * mfu)
-    out[name] = {"peak_tflops": tflops, "step_s": step_s, "images_per_s": images / step_s}
-  out["h100"] = out["h100_bf16" if compute_dtype == "bfloat16" else "h100_tf32"]
-  return out
-
-
-# ---------------------------------------------------------------------------------------------
 # Compilation.
 
 def prepare_config(config, feature_encoder: bool):
@@ -197,13 +135,48 @@ def prepare_config(config, feature_encoder: bool):
   return config
 
 
+def compiler_options(mesh) -> dict:
+  """CPU: codegen shortcuts that leave the optimised HLO unchanged; TPU: the compiler's defaults."""
+  return COMPILER_OPTIONS if mesh.devices.flat[0].platform == "cpu" else {}
+
+
+def target_devices(platform: str, num_devices: int, topology: str = ""):
+  """The devices to compile for: N simulated CPU devices, or a TPU slice described by libtpu.
+
+  TPU: `jax.experimental.topologies` describes a slice without TPU hardware, and XLA's TPU
+  compiler compiles for it ahead of time. Its memory figures are the accelerator's own (its
+  scheduler honours rematerialisation, which the CPU backend's does not), and its collectives are
+  those of the TPU pipeline (e.g. all-reduces combined across differentiated passes).
+  """
+  if platform == "cpu":
+    if jax.device_count() < num_devices:
+      raise ValueError(f"--devices={num_devices} but jax sees {jax.device_count()} CPU devices: run "
+                       "as `python -m benchmarks.scale` so the flag is read before jax starts.")
+    return jax.devices()[:num_devices]
+  if platform != "tpu":
+    raise ValueError(f"--platform={platform!r}: use cpu (simulated devices) or tpu (libtpu AOT).")
+  try:
+    import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as e:
+    raise ValueError(f"--platform=tpu needs libtpu: {LIBTPU_HINT}.") from e
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  topology = topology or V5P_TOPOLOGIES.get(num_devices)
+  if not topology:
+    raise ValueError(f"--devices={num_devices}: no default v5p slice; pick one of "
+                     f"{sorted(V5P_TOPOLOGIES)} or pass --topology (e.g. v5p:2x2x2).")
+  devices = list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+  if len(devices) != num_devices:
+    raise ValueError(f"--topology={topology} has {len(devices)} devices, --devices={num_devices}.")
+  return devices
+
+
 def compile_train_step(config, mesh):
   """The trainer's jitted step, compiled for `mesh` with abstract inputs -> (compiled, state)."""
   model, optimizer = ts.build_model(config), ts.make_optimizer(config)
   state, shardings = abstract_state(config, model, optimizer, mesh)
   step = step_lib.jit_train_step(step_lib.make_train_step(config, model, optimizer, mesh=mesh),
                                  mesh, shardings)
-  return step.lower(state, abstract_batch(config, mesh)).compile(COMPILER_OPTIONS), state
+  return step.lower(state, abstract_batch(config, mesh)).compile(compiler_options(mesh)), state
 
 
 def compile_sample_step(config, mesh, params):
@@ -218,7 +191,7 @@ def compile_sample_step(config, mesh, params):
   labels = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch)
   sample_fn = generate.make_sampler(config, model, mesh)
   # num_steps=1, positionally: a jit with in_shardings takes no keyword arguments.
-  return sample_fn.lower(params, noise, labels, 1).compile(COMPILER_OPTIONS), b
+  return sample_fn.lower(params, noise, labels, 1).compile(compiler_options(mesh)), b
 
 
 def param_bytes(params) -> int:
@@ -229,7 +202,7 @@ def measure_train(config, mesh) -> dict:
   """FLOPs, memory and collectives of one train step on `mesh` (figures per device)."""
   t0 = time.perf_counter()
   compiled, state = compile_train_step(config, mesh)
-  cost = _cost(compiled)
+  cost = xla_accounting.cost(compiled)
   images = images_per_step(config)
   flops = float(cost.get("flops", 0.0))
   out = {
@@ -238,8 +211,8 @@ def measure_train(config, mesh) -> dict:
       "flops_per_device": flops,
       "flops_per_image": flops * mesh.size / images,
       "bytes_accessed_per_device": float(cost.get("bytes accessed", 0.0)),
-      "memory_per_device": memory_per_device(compiled),
-      "collectives": collectives(compiled.as_text()),
+      "memory_per_device": xla_accounting.memory_per_device(compiled),
+      "collectives": xla_accounting.collectives(compiled.as_text()),
       "param_bytes": param_bytes(state.params),
       "_state": state,
   }
@@ -296,9 +269,10 @@ def measure(config, devices=None, fsdp: int = 1, mfu: float = 0.4, sample: bool 
                  "feature_encoder": bool(config.method == "drifting"
                                          and config.drifting.feature_encoder_workdir)},
       "devices": len(devices), "fsdp": fsdp, "jax": jax.__version__,
+      "platform": devices[0].platform, "device_kind": devices[0].device_kind,
       "train": train,
   }
-  out["train"]["projection"] = projections(train["flops_per_device"], train["images_per_step"],
+  out["train"]["projection"] = xla_accounting.projections(train["flops_per_device"], train["images_per_step"],
                                            m.compute_dtype, mfu)
   if fit:
     out["train"]["fit"] = fit_batch(config, mesh, train, device_memory_gb)
@@ -308,13 +282,13 @@ def measure(config, devices=None, fsdp: int = 1, mfu: float = 0.4, sample: bool 
     t0 = time.perf_counter()
     compiled, b = compile_sample_step(config, mesh, state.params)
     if compiled is not None:
-      flops = float(_cost(compiled).get("flops", 0.0))
+      flops = float(xla_accounting.cost(compiled).get("flops", 0.0))
       out["sample_1nfe"] = {
           "compile_s": time.perf_counter() - t0, "batch": b, "flops_per_device": flops,
           "flops_per_image": flops * mesh.size / b,
-          "memory_per_device": memory_per_device(compiled),
-          "collectives": collectives(compiled.as_text()),
-          "projection": projections(flops, b, m.compute_dtype, mfu)}
+          "memory_per_device": xla_accounting.memory_per_device(compiled),
+          "collectives": xla_accounting.collectives(compiled.as_text()),
+          "projection": xla_accounting.projections(flops, b, m.compute_dtype, mfu)}
   if floor and out["config"]["guided"]:
     out["guidance_floor"] = guidance_floor(config, mesh, train["flops_per_image"],
                                            out["sample_1nfe"]["flops_per_image"])
@@ -348,7 +322,12 @@ def guidance_floor(config, mesh, guided_flops_per_image: float, forward_flops: f
 # Command line.
 
 config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config whose step is compiled.")
-flags.DEFINE_integer("devices", 8, "Simulated CPU devices (set before jax starts).")
+flags.DEFINE_integer("devices", 8, "Devices to compile for: simulated CPU devices (set before jax "
+                     "starts) or the chips of the --platform=tpu slice.")
+flags.DEFINE_enum("platform", "cpu", ["cpu", "tpu"], "cpu: simulated host devices; tpu: ahead-of-"
+                  "time compile for a TPU v5p slice with libtpu, no TPU needed (memory honours remat).")
+flags.DEFINE_string("topology", "", "--platform=tpu: the slice, e.g. v5p:2x2x2 (default: the v5p "
+                    "slice with --devices chips).")
 flags.DEFINE_integer("fsdp", 1, "FSDP group size (overrides config.sharding.fsdp when > 1).")
 flags.DEFINE_float("mfu", 0.4, "Model-FLOP utilisation assumed by the projections.")
 flags.DEFINE_bool("sample", True, "Also compile the 1-NFE sampling step.")
@@ -377,14 +356,20 @@ def all_configs():
 
 
 def run_all():
-  """One subprocess per (config, device count) with a time limit; the fitting batch at 8 devices."""
+  """One subprocess per (config, device count) with a time limit, config by config.
+
+  The sampler is compiled at the first device count only. The largest batch that fits comes from
+  the first two device counts (same state per device, different per-device batch; see
+  scale_table.fitting_batch), so no extra compile is needed.
+  """
   rows, t_all = [], time.perf_counter()
-  for n in (int(x) for x in FLAGS.all_devices):
-    for path in FLAGS.all_configs or all_configs():
-      out_file = f"/tmp/scale_{os.path.basename(path)[:-3]}_{n}.json"
+  counts = [int(x) for x in FLAGS.all_devices]
+  for path in FLAGS.all_configs or all_configs():
+    for n in counts:
+      out_file = f"/tmp/scale_{os.path.basename(path)[:-3]}_{FLAGS.platform}{n}.json"
       cmd = [sys.executable, "-m", "benchmarks.scale", f"--config={path}", f"--devices={n}",
-             f"--mfu={FLAGS.mfu}", f"--fit={n == 8}", f"--out={out_file}",
-             f"--feature_encoder={FLAGS.feature_encoder}"]
+             f"--platform={FLAGS.platform}", f"--mfu={FLAGS.mfu}", f"--sample={n == counts[0]}",
+             f"--out={out_file}", f"--feature_encoder={FLAGS.feature_encoder}"]
       t0 = time.perf_counter()
       try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=FLAGS.timeout)
@@ -405,54 +390,8 @@ def run_all():
   with open(FLAGS.results_json, "w") as f:
     json.dump(summary, f, indent=1)
   if FLAGS.write_results:
-    write_results("benchmarks/RESULTS.md", results_table(rows))
+    scale_table.write_results("benchmarks/RESULTS.md", scale_table.results_table(rows))
   print(json.dumps({"total_wall_s": summary["total_wall_s"], "results_json": FLAGS.results_json}))
-
-
-def results_table(rows) -> str:
-  """Markdown: one line per config, figures at 8 devices, per-device FLOPs at 8 and 64."""
-  by_config = {}
-  for row in rows:
-    by_config.setdefault(row["config_path"], {})[row["devices"]] = row
-  lines = ["| config | method | GFLOP/image train | GFLOP/image 1-NFE | GB/device at 8 "
-           "| largest batch/device (80 GB) | H100 images/s/chip | v5p images/s/chip "
-           "| TFLOP/device 8 -> 64 | all-reduce / param bytes | compile s at 8 |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
-  for path, per_n in by_config.items():
-    r8, r64 = per_n.get(8, {}), per_n.get(64, {})
-    name = os.path.basename(path)[:-3]
-    if "train" not in r8:
-      lines.append(f"| {name} | | {r8.get('error', 'not run')} | | | | | | | | |")
-      continue
-    t, c = r8["train"], r8["config"]
-    method = c["method"] + (" guided" if c["guided"] else "") + (" +encoder" if c["feature_encoder"] else "")
-    sample = r8.get("sample_1nfe")
-    fit = t.get("fit", {})
-    f64 = (f"{r64['train']['flops_per_device'] / 1e12:.2f}" if "train" in r64
-           else r64.get("error", "not run"))
-    cells = [name, method, f"{t['flops_per_image'] / 1e9:.1f}",
-             f"{sample['flops_per_image'] / 1e9:.1f}" if sample else "-",
-             f"{t['memory_per_device']['total_bytes'] / 1e9:.1f}",
-             str(fit.get("largest_batch_per_device", "-")),
-             f"{t['projection']['h100']['images_per_s'] / 8:.0f}",
-             f"{t['projection']['v5p_bf16']['images_per_s'] / 8:.0f}",
-             f"{t['flops_per_device'] / 1e12:.2f} -> {f64}",
-             f"{t['all_reduce_bytes_per_param_byte']:.2f}",
-             f"{t['compile_s'] + fit.get('compile_s', 0):.0f}"]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
-def write_results(path: str, table: str) -> None:
-  """Replaces the text between the scale.py markers in RESULTS.md (other sections untouched)."""
-  with open(path) as f:
-    text = f.read()
-  if RESULTS_BEGIN not in text:
-    raise ValueError(f"{path} has no '{RESULTS_BEGIN}' marker: add the scale section first.")
-  head, rest = text.split(RESULTS_BEGIN, 1)
-  tail = rest.split(RESULTS_END, 1)[1]
-  with open(path, "w") as f:
-    f.write(f"{head}{RESULTS_BEGIN}\n{table}\n{RESULTS_END}{tail}")
 
 
 def main(argv):
@@ -462,17 +401,16 @@ def main(argv):
     return
   if FLAGS.table_from:
     with open(FLAGS.table_from) as f:
-      table = results_table(json.load(f)["rows"])
+      table = scale_table.results_table(json.load(f)["rows"])
     if FLAGS.write_results:
-      write_results("benchmarks/RESULTS.md", table)
+      scale_table.write_results("benchmarks/RESULTS.md", table)
     print(table)
     return
-  if jax.device_count() != FLAGS.devices:
-    raise ValueError(f"--devices={FLAGS.devices} but jax sees {jax.device_count()} devices: run as "
-                     "`python -m benchmarks.scale` so the flag is read before jax starts.")
+  devices = target_devices(FLAGS.platform, FLAGS.devices, FLAGS.topology)
   config = FLAGS.config
   fsdp = FLAGS.fsdp if FLAGS.fsdp > 1 else config.sharding.fsdp
-  out = measure(config, fsdp=fsdp, mfu=FLAGS.mfu, sample=FLAGS.sample, fit=FLAGS.fit,
+  out = measure(config, devices=devices, fsdp=fsdp, mfu=FLAGS.mfu, sample=FLAGS.sample,
+                fit=FLAGS.fit,
                 device_memory_gb=FLAGS.device_memory_gb, feature_encoder=FLAGS.feature_encoder,
                 floor=FLAGS.floor)
   text = json.dumps(out, indent=1)

@@ -15,7 +15,7 @@ import sys
 import jax
 import pytest
 
-from benchmarks import scale
+from benchmarks import scale, scale_table, xla_accounting
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,7 +115,7 @@ def test_scale_cli_prints_every_field():
   assert memory["total_bytes"] == (memory["argument_bytes"] + memory["output_bytes"]
                                    + memory["temp_bytes"] - memory["alias_bytes"])
   assert train["flops_per_image"] == pytest.approx(train["flops_per_device"] * 2 / 16)
-  assert set(train["collectives"]) == set(scale.COLLECTIVES)
+  assert set(train["collectives"]) == set(xla_accounting.COLLECTIVES)
   for device in ("h100_bf16", "h100_tf32", "v5p_bf16", "h100"):
     p = train["projection"][device]
     assert p["images_per_s"] == pytest.approx(16 / p["step_s"])
@@ -123,3 +123,30 @@ def test_scale_cli_prints_every_field():
         train["flops_per_device"] / (p["peak_tflops"] * 1e12 * train["projection"]["mfu"]))
   assert train["fit"]["bytes_per_image"] > 0 and train["fit"]["largest_batch_per_device"] > 8
   assert out["sample_1nfe"]["flops_per_image"] > 0
+  assert out["platform"] == "cpu"
+
+
+def test_fitting_batch_inverts_an_affine_memory_line():
+  """Two rows of one config (8 and 64 devices, the same state per device) give the line
+  memory = fixed + per_image * batch_per_device; the largest batch is where it meets the limit."""
+  fixed, per_image, images = 3e9, 0.25e9, 4096
+
+  def row(devices):
+    memory = fixed + per_image * images / devices
+    return {"devices": devices, "fsdp": 1, "train": {
+        "images_per_step": images, "memory_per_device": {"total_bytes": memory}}}
+
+  assert scale_table.fitting_batch(row(8), row(64), 80.0) == int((80e9 - fixed) // per_image)
+  assert scale_table.fitting_batch(row(8), {"error": "timed out"}) is None
+
+
+def test_tpu_platform_without_libtpu_says_how_to_get_it():
+  try:
+    import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    pytest.skip("libtpu is installed here; this checks the message shown without it")
+  except ImportError:
+    pass
+  with pytest.raises(ValueError, match="libtpu==0.0.42"):
+    scale.target_devices("tpu", 8)
+  with pytest.raises(ValueError, match="--platform"):
+    scale.target_devices("gpu", 8)
