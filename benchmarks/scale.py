@@ -251,7 +251,8 @@ def measure(config, devices=None, fsdp: int = 1, mfu: float = 0.4, sample: bool 
             fit: bool = False, device_memory_gb: float = 80.0, feature_encoder: bool = True,
             floor: bool = False) -> dict:
   """Every figure of one (config, device count, FSDP size) as a JSON-ready dict."""
-  config_checks.validate(config)  # Before prepare_config names a placeholder encoder workdir.
+  # Before prepare_config names a placeholder encoder workdir; compiling reads no files.
+  config_checks.validate_static(config)
   config = prepare_config(config, feature_encoder)
   devices = jax.devices() if devices is None else list(devices)
   mesh = sharding_lib.make_mesh(fsdp, devices)

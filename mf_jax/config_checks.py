@@ -446,15 +446,21 @@ def check_workdir(workdir: str, mode: str = "train") -> None:
                           "can write to, or fix its permissions.") from e
 
 
+def validate_static(config) -> None:
+  """Every field and cross-field rule, no file or workdir: enough to compile a step on abstract
+  inputs (benchmarks/scale.py), where data, reference statistics and weights are not needed."""
+  check_fields(config)
+  input_pipeline.check_name(config.data.name)
+  for check in CROSS_CHECKS:
+    check(config)
+
+
 def validate(config, workdir: str = None, mode: str = "train") -> None:
   """Every field, then cross-field and file checks, then the workdir; writes nothing before all
   config checks pass (a new training workdir is created last)."""
   if mode not in MODES:
     raise ConfigError(f"--mode={mode!r}: allowed values are {list(MODES)}.")
-  check_fields(config)
-  input_pipeline.check_name(config.data.name)
-  for check in CROSS_CHECKS:
-    check(config)
+  validate_static(config)
   if mode == "train":
     _training_data(config)
   _evaluation(config, mode)

@@ -150,3 +150,17 @@ def test_tpu_platform_without_libtpu_says_how_to_get_it():
     scale.target_devices("tpu", 8)
   with pytest.raises(ValueError, match="--platform"):
     scale.target_devices("gpu", 8)
+
+
+def test_compiling_a_real_config_needs_no_files():
+  """scale.py compiles ImageNet configs on machines without ImageNet, reference statistics or
+  weights: the static rules still run, the file checks of training and evaluation do not."""
+  from configs import imagenet_drift_ablation  # pylint: disable=import-outside-toplevel
+  from mf_jax import config_checks  # pylint: disable=import-outside-toplevel
+  config = imagenet_drift_ablation.get_config()
+  with pytest.raises(config_checks.ConfigError, match="data.path"):
+    config_checks.validate(config)
+  config_checks.validate_static(config)
+  config.drifting.num_pos = 0
+  with pytest.raises(config_checks.ConfigError, match="num_pos"):
+    config_checks.validate_static(config)
