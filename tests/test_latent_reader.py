@@ -197,3 +197,21 @@ def test_draw_latents_passes_pixel_batches_through():
   pixels = {"x": jnp.linspace(-1, 1, 48).reshape(1, 4, 4, 3), "x_flip": jnp.zeros((1, 4, 4, 3)),
             "label": jnp.zeros(1, jnp.int32)}
   assert latents.draw_latents(pixels, jax.random.key(0), 0.18215) is pixels["x"]
+
+
+def test_tfrecord_shards_convert_once_to_the_same_records(tmp_path):
+  from input_pipeline import tfrecord_legacy
+  arrays = synthetic(n=10)
+  tfrecord_legacy.write_arrays(str(tmp_path / "old"), arrays, shard_size=4, num_classes=10)
+  assert tfrecord_legacy.main(["--src", str(tmp_path / "old"), "--out", str(tmp_path / "new")]) == 0
+  got = latents.read_examples(str(tmp_path / "new"), np.arange(10))
+  np.testing.assert_array_equal(got["index"], arrays["index"])
+  np.testing.assert_array_equal(got["x_flip"], arrays["flip_mean"])
+  m = records.read_manifest(str(tmp_path / "new"))
+  assert m["num_classes"] == 10 and m["converted_from"]["format"] == tfrecord_legacy.FORMAT
+  # A corrupt old record is named; shards converted before it stay (a rerun resumes after them).
+  bad = sorted((tmp_path / "old").glob("*.tfrecord"))[1]
+  flip_byte(bad, 100)
+  with pytest.raises(ValueError, match=f"{bad.name}.: record 0 is corrupt"):
+    tfrecord_legacy.convert(str(tmp_path / "old"), str(tmp_path / "again"))
+  assert records.finished_shard(str(tmp_path / "again" / records.shard_name("train", 0, 3)))
