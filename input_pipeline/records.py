@@ -199,7 +199,7 @@ def read_shard(m: dict, shard: dict) -> Dict[str, np.ndarray]:
   path = check_shard_header(m, shard)
   rows = flat_records.ShardedRecords([path], [shard["count"]], m["layout"].numpy_dtype)
   got = rows.read(np.arange(shard["count"]))
-  return {f: np.array(got[f]) for f in LATENT_FIELDS + INT_FIELDS}
+  return {f: np.array(got[f]) for f in got.dtype.names}
 
 
 def verify(path: str) -> dict:
