@@ -90,3 +90,28 @@ def test_cifar10_resume_bit_identical(tmp_path, monkeypatch):
   config = small_config(name="cifar10", path=str(tmp_path), image_size=8, channels=3, num_classes=0)
   config.meanflow.update(guidance_omega=1.0, guidance_kappa=0.0, class_dropout=0.0)
   interrupted_resumed_and_straight(config, tmp_path, monkeypatch)
+
+
+def test_train_iterator_on_two_processes_reads_the_halves_of_the_one_process_batches(tmp_path,
+                                                                                    monkeypatch):
+  """Resuming on 2 processes (or back on 1) feeds the same global batches: the trainer's iterator
+  on process i of 2 yields rows [8i, 8i + 8) of what one process reads at each step."""
+  import input_pipeline
+  rng = np.random.RandomState(2)
+  arrays = {f: rng.normal(size=(N, 2, 2, 4)).astype(np.float32) for f in records.LATENT_FIELDS}
+  arrays["label"] = rng.randint(0, 10, N)
+  records.write_arrays(str(tmp_path), arrays, shard_size=SHARD, num_classes=10)
+  config = small_config(name="imagenet_latents", path=str(tmp_path), image_size=2, channels=4,
+                        num_classes=10)
+
+  def stream(process_index, process_count, start_step, count=4):
+    monkeypatch.setattr(jax, "process_index", lambda: process_index)
+    monkeypatch.setattr(jax, "process_count", lambda: process_count)
+    it = input_pipeline.train_iterator(config, start_step)
+    return [next(it) for _ in range(count)]
+  one = stream(0, 1, 3)
+  halves = [stream(i, 2, 3) for i in range(2)]
+  for step in range(4):
+    for key in one[step]:
+      np.testing.assert_array_equal(
+          one[step][key], np.concatenate([halves[0][step][key], halves[1][step][key]]))
