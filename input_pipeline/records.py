@@ -174,13 +174,14 @@ def check_shard_header(m: dict, shard: dict) -> str:
   path = os.path.join(m["dir"], shard["file"])
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Latent shard {path!r} listed in the manifest is missing.")
-  size = os.path.getsize(path)
+  size, layout = os.path.getsize(path), m["layout"]
+  stride = flat_records.stride(layout.record_bytes)
   if size != shard["bytes"]:
     raise ValueError(f"Latent shard {path!r} has {size} bytes, the manifest says {shard['bytes']}: "
-                     "truncated or replaced. Rerun input_pipeline.prepare_imagenet with the same flags and "
-                     f"--out={m['dir']}: it rewrites shards whose size does not match.")
-  layout = m["layout"]
-  if size != shard["count"] * flat_records.stride(layout.record_bytes):
+                     f"truncated or replaced (if truncated, record {min(size // stride, shard['count'])} "
+                     "onwards is missing or incomplete). Rerun input_pipeline.prepare_imagenet with "
+                     f"the same flags and --out={m['dir']}: it rewrites shards whose size does not match.")
+  if size != shard["count"] * stride:
     raise ValueError(f"Latent shard {path!r}: {size} bytes do not hold {shard['count']} records of "
                      f"the manifest's latent_shape {list(layout.shape)} and dtype {layout.dtype} "
                      f"({layout.record_bytes} bytes each): shard and manifest come from different runs.")
