@@ -116,10 +116,13 @@ class ShardedRecords:
       raise IndexError(f"record numbers outside [0, {len(self)}).")
     out = np.empty((numbers.size, stride(self.record_bytes)), np.uint8)
     shard = np.searchsorted(self.starts, numbers, side="right") - 1
-    for s in np.unique(shard):
-      where = np.flatnonzero(shard == s)
-      offsets = numbers[where] - self.starts[s]
-      rows = self.shards[s][offsets]
-      check_rows(self.paths[s], rows, offsets)
-      out[where] = rows
+    offsets = numbers - self.starts[shard]
+    # One copy per record: examples of a batch mostly sit in different shards (1250 of them on
+    # ImageNet), where grouping by shard would cost more Python than it saves.
+    for i, (s, o) in enumerate(zip(shard.tolist(), offsets.tolist())):
+      out[i] = self.shards[s][o]
+    bad = np.flatnonzero(word_sums(out) != stored_sums(out))
+    if bad.size:
+      s = shard[bad[0]]
+      check_rows(self.paths[s], out[bad[:1]], offsets[bad[:1]])
     return out.reshape(-1).view(self.row_dtype)
