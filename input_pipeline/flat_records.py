@@ -2,10 +2,12 @@
 
 Why this format (and not ArrayRecord, Grain or TFRecord): every record type of the project (latent
 moments, CIFAR images, pixel crops) has a fixed size, so record i of a shard starts at byte
-i * stride and needs no index; a numpy memmap then reads any set of records with one fancy-index
-copy - about 100k latents (64 KiB) per CPU-second here, no extra package, and no per-record parser
-(TFRecord has no random access, and ArrayRecord/Grain would add packages and a per-record
-decode for the same reads).
+i * stride and needs no index; a numpy memmap then copies any record out of the page cache with
+no parser, no decompression and no package (about 27k latents of 64 KiB per CPU-second here,
+against 10k for the TFRecord reader, benchmarks/RESULTS.md). TFRecord has no random access;
+array_record (installed here as a TFDS dependency) has it, but stores records in chunks with
+their own index and decodes each read through its own reader, and Grain (not installed) would add
+a package and its sampler for what `input_pipeline.sampler` does in 100 lines.
 
 Shard file: `count` rows of `stride` bytes, each row = the record payload (the little-endian bytes
 of a numpy structured dtype, see `records.RecordLayout`), zero-padded to a multiple of 8 bytes,
