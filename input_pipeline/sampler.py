@@ -10,6 +10,8 @@ with cycle walking), keyed by (seed, e) only. So:
     step is the whole data position;
   - process i of P reads only positions [i * G/P, (i + 1) * G/P) of each global batch, which
     `sharding.global_batch` assembles back in process order.
+Batches are gathered by numpy in two prefetching threads, not through tf.data (nor Grain): a gather
+by index from memory or a memmap needs no graph, and its copies release the GIL.
 """
 import collections
 import sys
