@@ -46,7 +46,6 @@ def get_config() -> ml_collections.ConfigDict:
       latent_scale=0.18215,  # SD-VAE scale; latents only.
       vae_path="",  # Local diffusers AutoencoderKL weights, to decode latent samples.
       random_flip=True,
-      shuffle_buffer=50_000,
       num_train_examples=0,  # Training-set size; needed only by optim.warmup_epochs.
   ))
   num_classes = config.data.get_ref("num_classes")

@@ -1,17 +1,18 @@
-"""Latent record format: TFRecord shards of fixed-layout binary records, plus a manifest JSON.
+"""Latent record format: flat binary shards of fixed-size records, plus a manifest JSON.
 
-Why TFRecord (and not ArrayRecord): tf.data reads it natively with parallel interleave and every
-record carries a CRC, so the reader needs nothing beyond TensorFlow; ArrayRecord's strength is random
-access (for grain), which this sequential shuffle-buffer reader does not use.
+Storage is `input_pipeline.flat_records` (why: its docstring): record i of a shard sits at a fixed
+offset, so the sampler (`input_pipeline.sampler`) reads any example by its number, and each record
+carries a checksum verified on every read. Shards written by the earlier TFRecord format convert
+once with `python -m input_pipeline.tfrecord_legacy --src=OLD --out=NEW`.
 
 Why raw records (and not tf.train.Example): the payload of each record is the little-endian
 concatenation, in this order, of
   mean, std, flip_mean, flip_std   each `dtype` [h, w, c]  (posterior of the image / of its flip)
   label, index                     each int64
-so that a batch parses with one `decode_raw` and slices; the protobuf parse of four 16 KiB features
-costs several times more. The layout is written in the manifest ("fields", "record_bytes").
+so that a batch of records is one numpy structured array whose fields are the batch's arrays.
+The layout is written in the manifest ("fields", "record_bytes").
 
-Directory: `<split>-SSSSS-of-NNNNN.tfrecord` shards, `manifest.json` (written last, when every shard
+Directory: `<split>-SSSSS-of-NNNNN.bin` shards, `manifest.json` (written last, when every shard
 is complete), and one `<shard>.done.json` per finished shard (what resumption trusts).
 """
 import dataclasses
@@ -22,15 +23,16 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from input_pipeline import flat_records
 from mf_jax.checksum import file_sha256
 
-FORMAT = "mf_jax-latents-tfrecord-v1"
+FORMAT = "mf_jax-latents-flat-v2"
 MANIFEST = "manifest.json"
 LATENT_FIELDS = ("mean", "std", "flip_mean", "flip_std")
 INT_FIELDS = ("label", "index")
 DTYPES = ("float32", "float16")
 
-if sys.byteorder != "little":  # tf.bitcast in the reader follows host byte order
+if sys.byteorder != "little":  # flat_records views shards in host byte order
   raise RuntimeError("input_pipeline.records assumes a little-endian host.")
 
 
@@ -69,7 +71,7 @@ class RecordLayout:
     return [raw[i * r:(i + 1) * r] for i in range(n)]
 
   def decode(self, payloads: Sequence[bytes]) -> Dict[str, np.ndarray]:
-    """Inverse of `encode` in numpy (verification and tests; the reader parses inside tf.data)."""
+    """Inverse of `encode` (verification and tests)."""
     rows = np.frombuffer(b"".join(payloads), self.numpy_dtype)
     return {f: np.array(rows[f]) for f in LATENT_FIELDS + INT_FIELDS}
 
@@ -81,7 +83,7 @@ class RecordLayout:
 
 
 def shard_name(split: str, i: int, n: int) -> str:
-  return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
+  return f"{split}-{i:05d}-of-{n:05d}.bin"
 
 
 def atomic_write_json(path: str, obj) -> None:
@@ -98,13 +100,8 @@ def write_shard(path: str, payloads: Sequence[bytes], first_index: int) -> dict:
 
   Returns the shard's manifest entry, also stored as `<path>.done.json`.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tmp = f"{path}.tmp-{os.getpid()}"
-  with tf.io.TFRecordWriter(tmp) as writer:
-    for p in payloads:
-      writer.write(p)
-  with open(tmp, "rb+") as f:
-    os.fsync(f.fileno())
+  flat_records.write(tmp, payloads, len(payloads[0]) if payloads else 0)
   os.replace(tmp, path)
   info = {"file": os.path.basename(path), "count": len(payloads), "first_index": first_index,
           "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
@@ -172,53 +169,38 @@ def read_manifest(path: str) -> dict:
   return m
 
 
-def first_record_length(path: str) -> int:
-  """Length of the first record from the TFRecord header (8-byte little-endian length)."""
-  with open(path, "rb") as f:
-    head = f.read(8)
-  if len(head) < 8:
-    raise ValueError(f"Latent shard {path!r} is truncated ({len(head)} bytes): rerun "
-                     "prepare_imagenet on that directory to rewrite it.")
-  return int.from_bytes(head, "little")
-
-
 def check_shard_header(m: dict, shard: dict) -> str:
-  """Cheap pre-flight check of one shard against the manifest (size, record length); returns path."""
+  """Cheap pre-flight check of one shard against the manifest (size, record size); returns path."""
   path = os.path.join(m["dir"], shard["file"])
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Latent shard {path!r} listed in the manifest is missing.")
-  size = os.path.getsize(path)
+  size, layout = os.path.getsize(path), m["layout"]
+  stride = flat_records.stride(layout.record_bytes)
   if size != shard["bytes"]:
     raise ValueError(f"Latent shard {path!r} has {size} bytes, the manifest says {shard['bytes']}: "
-                     "truncated or replaced. Rerun input_pipeline.prepare_imagenet with the same flags and "
-                     f"--out={m['dir']}: it rewrites shards whose size does not match.")
-  n = first_record_length(path)
-  if shard["count"] and n != m["layout"].record_bytes:
-    raise ValueError(f"Latent shard {path!r}: records of {n} bytes, but the manifest's latent_shape "
-                     f"{list(m['layout'].shape)} and dtype {m['layout'].dtype} need "
-                     f"{m['layout'].record_bytes}: shard and manifest come from different runs.")
+                     f"truncated or replaced (if truncated, record {min(size // stride, shard['count'])} "
+                     "onwards is missing or incomplete). Rerun input_pipeline.prepare_imagenet with "
+                     f"the same flags and --out={m['dir']}: it rewrites shards whose size does not match.")
+  if size != shard["count"] * stride:
+    raise ValueError(f"Latent shard {path!r}: {size} bytes do not hold {shard['count']} records of "
+                     f"the manifest's latent_shape {list(layout.shape)} and dtype {layout.dtype} "
+                     f"({layout.record_bytes} bytes each): shard and manifest come from different runs.")
   return path
 
 
+def open_records(m: dict) -> flat_records.ShardedRecords:
+  """Every record of a read manifest, addressable by number 0..count-1 (shards in manifest order)."""
+  paths = [check_shard_header(m, s) for s in m["shards"]]
+  return flat_records.ShardedRecords(paths, [s["count"] for s in m["shards"]],
+                                     m["layout"].numpy_dtype)
+
+
 def read_shard(m: dict, shard: dict) -> Dict[str, np.ndarray]:
-  """Every record of one shard decoded in numpy; clear errors for corrupt or short records."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  path = os.path.join(m["dir"], shard["file"])
-  layout = m["layout"]
-  payloads = []
-  try:
-    for rec in tf.data.TFRecordDataset(path).as_numpy_iterator():
-      if len(rec) != layout.record_bytes:
-        raise ValueError(f"Latent shard {path!r}: record {len(payloads)} has {len(rec)} bytes, "
-                         f"expected {layout.record_bytes} (manifest shape/dtype disagree).")
-      payloads.append(rec)
-  except tf.errors.OpError as e:
-    raise ValueError(f"Latent shard {path!r} is corrupt or truncated after {len(payloads)} records "
-                     f"({type(e).__name__}: {e.message.splitlines()[0]}).") from e
-  if len(payloads) != shard["count"]:
-    raise ValueError(f"Latent shard {path!r}: {len(payloads)} records, manifest says "
-                     f"{shard['count']}.")
-  return layout.decode(payloads)
+  """Every record of one shard decoded in numpy; errors name the file and the corrupt record."""
+  path = check_shard_header(m, shard)
+  rows = flat_records.ShardedRecords([path], [shard["count"]], m["layout"].numpy_dtype)
+  got = rows.read(np.arange(shard["count"]))
+  return {f: np.array(got[f]) for f in got.dtype.names}
 
 
 def verify(path: str) -> dict:

@@ -112,7 +112,6 @@ FIELDS = {
     "data.latent_scale": (number(0.0, lo_open=True), "0.18215 for SD-VAE latents"),
     "data.vae_path": (text(), "a local diffusers AutoencoderKL folder, or '' (no decoding)"),
     "data.random_flip": (boolean(), "True or False"),
-    "data.shuffle_buffer": (POSITIVE, "examples in the shuffle buffer, e.g. 50000"),
     "model.name": (choice("dit", "mlp", "unet"), "dit for images, mlp for small vectors, unet for "
                                                  "CIFAR-10 (unconditional)"),
     "model.variant": (text(), "NAME/PATCH, e.g. 'B/2'"),

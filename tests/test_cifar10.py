@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from input_pipeline import cifar10
+from input_pipeline import cifar10, sampler
 
 
 def test_missing_data_says_where_to_put_it_and_downloads_nothing(tmp_path):
   with pytest.raises(FileNotFoundError) as err:
-    next(cifar10.make_dataset(str(tmp_path), batch_size=4, process_index=0, process_count=1))
+    next(cifar10.make_dataset(str(tmp_path), global_batch_size=4, process_index=0, process_count=1))
   msg = str(err.value)
   assert str(tmp_path) in msg and "cifar10" in msg and "download_and_prepare" in msg
   assert list(tmp_path.iterdir()) == []  # no download attempt left anything behind
@@ -19,15 +19,22 @@ def test_batch_structure_on_mock_data(tmp_path, monkeypatch):
   # check is bypassed because mock data is never "prepared" on disk.
   monkeypatch.setattr(cifar10, "_require_prepared", lambda builder, data_dir: None)
   with tfds.testing.mock_data(num_examples=10):
-    parts = [list(cifar10.make_dataset(str(tmp_path), batch_size=4, process_index=i,
-                                       process_count=2, shuffle=False, repeat=False))
-             for i in range(2)]
-  batches = parts[0] + parts[1]
-  # (mock_data ignores sub-splits, so each simulated process sees all 10: 3 batches, last of 2.)
-  assert [len(b["label"]) for b in parts[1]] == [4, 4, 2]
-  b = batches[0]
+    split = cifar10.load_split(str(tmp_path))
+  # Mock data draws new random labels on every load: serve this one load to both processes.
+  monkeypatch.setattr(cifar10, "load_split", lambda data_dir, name: split)
+  parts = [cifar10.make_dataset(str(tmp_path), global_batch_size=8, seed=1, start_step=2,
+                                process_index=i, process_count=2) for i in range(2)]
+  firsts = [next(p) for p in parts]
+  b = {k: np.concatenate([f[k] for f in firsts]) for k in firsts[0]}
+  assert split["image"].shape == (10, 32, 32, 3) and split["image"].dtype == np.uint8
+  # Step 2 of batch 8 over 10 examples: positions 16..23 = epoch 1's 6..9 and epoch 2's 0..3.
+  numbers = [sampler.step_indices(2, num_examples=10, global_batch_size=8, seed=1, process_index=i,
+                                  process_count=2) for i in range(2)]
+  numbers = np.concatenate(numbers)
+  np.testing.assert_array_equal(b["x"], split["image"][numbers] / np.float32(127.5) - 1)
+  np.testing.assert_array_equal(b["label"], split["label"][numbers])
   assert set(b) == {"x", "x_flip", "label", "index"}
-  assert b["x"].shape == (4, 32, 32, 3) and b["x"].dtype == np.float32
+  assert b["x"].shape == (8, 32, 32, 3) and b["x"].dtype == np.float32
   assert b["x"].min() >= -1 and b["x"].max() <= 1
   np.testing.assert_array_equal(b["x_flip"], b["x"][:, :, ::-1])
   assert b["label"].dtype == np.int32 and b["index"].dtype == np.int64

@@ -64,24 +64,26 @@ def test_draw_is_uniform_over_stored_samples():
 
 
 def test_fill_from_class_ordered_latent_shards(tmp_path):
-  """One class per shard, a small shuffle buffer: the fill reads on until every class is full (or
-  stops at drifting.fill_max_examples with an error that names it); queues hold only their class."""
+  """One class per shard: the fill reads the sampler's stream from step 0 until every class is full
+  (or stops at drifting.fill_max_examples with an error that names it); each queue then holds
+  exactly the most recent examples of its class in that stream's order."""
   import pytest
   from configs import drifting_digits
-  from input_pipeline import records
+  from input_pipeline import records, sampler
   from mf_jax import sharding as sharding_lib, train
   from mf_jax import train_state as ts
 
   num_classes, per_class, shape = 6, 10, (4, 4, 2)
   labels = np.repeat(np.arange(num_classes), per_class)  # Class-ordered.
-  value = np.broadcast_to(labels[:, None, None, None], labels.shape + shape).astype(np.float32)
+  number = np.arange(len(labels))  # Each sample's value is its example number.
+  value = np.broadcast_to(number[:, None, None, None], labels.shape + shape).astype(np.float32)
   arrays = {"mean": value, "flip_mean": value, "std": np.zeros_like(value),
             "flip_std": np.zeros_like(value), "label": labels, "index": np.arange(len(labels))}
   records.write_arrays(str(tmp_path), arrays, shard_size=per_class, num_classes=num_classes)
 
   config = drifting_digits.get_config()
   config.data.update(name="imagenet_latents", path=str(tmp_path), image_size=4, channels=2,
-                     num_classes=num_classes, latent_scale=1.0, shuffle_buffer=4)
+                     num_classes=num_classes, latent_scale=1.0)
   config.model.mlp_widths = (8,)
   config.drifting.update(classes_per_step=2, num_pos=8, num_neg=2, num_unc=2, queue_len=8,
                          uncond_queue_len=8, fill_max_examples=len(labels))  # One epoch.
@@ -92,8 +94,16 @@ def test_fill_from_class_ordered_latent_shards(tmp_path):
   filled = train.fill_class_queues(config, state, mesh, shardings)
   queues = jax.device_get(filled.aux["queues"])
   assert np.all(queues.count >= config.drifting.num_pos)
-  for c in range(num_classes):  # Every stored sample of row c is a sample of class c.
-    np.testing.assert_array_equal(queues.samples[c], c)
+  pushed, step = [[] for _ in range(num_classes)], 0  # Independent replay of the fill.
+  while min(map(len, pushed)) < config.drifting.num_pos:
+    for i in sampler.step_indices(step, num_examples=len(labels), global_batch_size=8,
+                                  seed=config.seed):
+      pushed[labels[i]].append(i)
+    step += 1
+  for c in range(num_classes):  # The k-th push of class c sits in slot k mod queue_len.
+    seq, queue_len = pushed[c], config.drifting.queue_len
+    for k in range(max(0, len(seq) - queue_len), len(seq)):
+      np.testing.assert_array_equal(queues.samples[c, k % queue_len], seq[k])
   assert int(filled.aux["uncond_queue"].count[0]) == config.drifting.uncond_queue_len
 
   config.drifting.fill_max_examples = 16

@@ -66,11 +66,7 @@ def test_records_hold_the_vae_moments_of_each_image_and_its_flip(tree, prepared)
   assert m["classes"] == sorted(CLASSES) and len(m["shards"]) == 4
   for s in m["shards"]:
     assert s["sha256"] == records.file_sha256(os.path.join(prepared, s["file"]))
-  batches = list(latents.make_dataset(prepared, batch_size=5, shuffle=False, repeat=False,
-                                      process_index=0, process_count=1))
-  got = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-  order = np.argsort(got["index"])
-  got = {k: v[order] for k, v in got.items()}
+  got = latents.read_examples(prepared, np.arange(m["count"]))
   np.testing.assert_array_equal(got["index"], np.arange(m["count"]))
   # Independent truth: files in sorted order, encoded directly (unsharded) with the same weights.
   files = [os.path.join(tree, c, f) for c in sorted(CLASSES)
@@ -94,14 +90,14 @@ def test_interrupted_then_resumed_equals_uninterrupted(tree, prepared, tmp_path)
   out = tmp_path / "resumed"
   run(tree, out, "--max_shards", "1")
   assert not (out / records.MANIFEST).exists()  # no manifest until every shard exists
-  assert len(list(out.glob("*.tfrecord"))) == 1
+  assert len(list(out.glob("*.bin"))) == 1
   run(tree, out, "--max_shards", "1")
   # A crash after the rename but before the done marker: the shard must be rewritten.
-  second = sorted(out.glob("*.tfrecord"))[1]
+  second = sorted(out.glob("*.bin"))[1]
   os.remove(str(second) + ".done.json")
   with open(second, "r+b") as f:
     f.truncate(100)
-  (out / "train-00003-of-00004.tfrecord.tmp-999").write_bytes(b"partial")  # stale temp file
+  (out / "train-00003-of-00004.bin.tmp-999").write_bytes(b"partial")  # stale temp file
   run(tree, out)
   full = json.load(open(os.path.join(prepared, records.MANIFEST)))
   resumed = json.load(open(out / records.MANIFEST))
@@ -113,8 +109,8 @@ def test_two_tasks_sharing_an_output_equal_one_run(tree, prepared, tmp_path):
   out = tmp_path / "tasks"
   run(tree, out, "--num_tasks", "2", "--task_index", "1")
   assert not (out / records.MANIFEST).exists()
-  assert sorted(p.name for p in out.glob("*.tfrecord")) == [
-      "train-00001-of-00004.tfrecord", "train-00003-of-00004.tfrecord"]
+  assert sorted(p.name for p in out.glob("*.bin")) == [
+      "train-00001-of-00004.bin", "train-00003-of-00004.bin"]
   run(tree, out, "--num_tasks", "2", "--task_index", "0")  # the last task writes the manifest
   full = json.load(open(os.path.join(prepared, records.MANIFEST)))
   assert json.load(open(out / records.MANIFEST))["shards"] == full["shards"]
@@ -131,7 +127,7 @@ def test_resume_with_other_settings_is_refused(tree, prepared, tmp_path):
 def test_verify_names_truncated_and_altered_shards(prepared, tmp_path):
   out = tmp_path / "bad"
   shutil.copytree(prepared, out)
-  names = sorted(p.name for p in out.glob("*.tfrecord"))
+  names = sorted(p.name for p in out.glob("*.bin"))
   with open(out / names[1], "r+b") as f:
     f.truncate(os.path.getsize(out / names[1]) - 10)
   with open(out / names[2], "r+b") as f:  # same size, one byte changed
@@ -149,7 +145,7 @@ def test_verify_names_truncated_and_altered_shards(prepared, tmp_path):
 def test_repair_rewrites_a_shard_altered_at_the_same_size(tree, prepared, tmp_path):
   out = tmp_path / "repair"
   shutil.copytree(prepared, out)
-  name = sorted(p.name for p in out.glob("*.tfrecord"))[2]
+  name = sorted(p.name for p in out.glob("*.bin"))[2]
   with open(out / name, "r+b") as f:
     f.seek(500)
     byte = f.read(1)
