@@ -7,11 +7,13 @@ project's modules, run in float64, and every feature set must match to 1e-5 rela
 float32 roundings of the float64 results differ by < 1e-7).
 """
 import os
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from configs import mae_latent_256, mae_latent_640, mae_pixel_640, tiny
 from mf_jax import train_step
@@ -67,15 +69,18 @@ def test_mae_features_and_reconstruction_match_the_release(mae_golden, case):
     variables = _to64(encoders.convert_mae(_params(mae_golden, f"{case}/params/"), model, size))
     feature_fn = release_features.release_feature_fn(
         lambda z: model.apply(variables, z, method=model.activations))
-    # One compile for everything (eager Flax runs compile op by op, which is slower).
-    feats, out = jax.jit(lambda z, m: (feature_fn(z), model.apply(variables, z, m)))(
+    # One compile (eager Flax compiles op by op, which is slower); the decoder and classifier
+    # (the same code for both cases) only for the latent case.
+    with_decoder = case == "latent"
+    feats, out = jax.jit(lambda z, m: (feature_fn(z), model.apply(variables, z, m)
+                                       if with_decoder else {}))(
         jnp.asarray(x, jnp.float64), jnp.asarray(mask))
   ref = _params(mae_golden, f"{case}/features/")
   assert set(feats) == set(ref) | {"global"}
   np.testing.assert_array_equal(feats["global"], x.reshape(x.shape[0], 1, -1))
   errors = {k: _max_rel(feats[k], v) for k, v in ref.items()}
-  errors["recon"] = _max_rel(out["recon"], mae_golden[f"{case}/recon"])
-  errors["logits"] = _max_rel(out["logits"], mae_golden[f"{case}/logits"])
+  for name in out:
+    errors[name] = _max_rel(out[name], mae_golden[f"{case}/{name}"])
   worst = max(errors, key=errors.get)
   assert errors[worst] < RTOL, (worst, errors[worst])
   # The key set of the release: stem, 4 stages and every 2nd block, each with mean/std/patches.
@@ -118,12 +123,11 @@ def test_drifting_uses_the_release_feature_set():
   config.data.update(name="digits", image_size=8, channels=1, num_classes=10)
   config.mae.update(arch="release", widths=(8, 16, 16, 16), layers=(1, 2, 1, 1))
   encoder = ts.mae_model(config)
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(2, 8, 8, 1)).astype(np.float32)
-  shapes = jax.eval_shape(encoder.init, jax.random.key(1), x, np.zeros((2, 8, 8, 1), bool))
-  params = jax.tree_util.tree_map(lambda a: 0.3 * rng.normal(size=a.shape).astype(np.float32), shapes)
-  feats = jax.jit(lambda p, z: train_step.drifting_feature_fn(config, p)(z))(params, x)
+  x = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
+  params = jax.eval_shape(encoder.init, jax.random.key(1), x, np.zeros((2, 8, 8, 1), bool))
+  feats = jax.eval_shape(lambda p, z: train_step.drifting_feature_fn(config, p)(z), params, x)
   assert {"global", "norm_x", "conv1", "layer2_blk2_std_2", "layer4_mean"} <= set(feats)
+  assert feats["layer2_blk2_std_2"].shape == (2, 4, 16)  # 4x4 map: four 2x2 windows of 16 channels.
   assert all(f.ndim == 3 and f.shape[0] == 2 for f in feats.values())
 
 
@@ -151,3 +155,42 @@ def test_release_mae_loss_averages_hidden_cells():
   want = np.mean([cell_err[i][cell_hidden[i]].mean() for i in range(3)])
   np.testing.assert_allclose(loss, want, rtol=1e-6)
   assert 0.0 < float(metrics["mask_ratio"]) < 1.0
+
+
+def _hf_name(release: str) -> str:
+  """The Hugging Face ConvNextV2 name of a release ConvNeXt leaf (the release's own mapping, read
+  backwards), for a state dict built from the golden tree."""
+  rules = (
+      (r"downsample_layers_0/layers_0/kernel", "convnextv2.embeddings.patch_embeddings.weight"),
+      (r"downsample_layers_0/layers_0/bias", "convnextv2.embeddings.patch_embeddings.bias"),
+      (r"downsample_layers_0/layers_1/(weight|bias)", r"convnextv2.embeddings.layernorm.\1"),
+      (r"downsample_layers_(\d)/layers_0/(weight|bias)", r"convnextv2.encoder.stages.\1.downsampling_layer.0.\2"),
+      (r"downsample_layers_(\d)/layers_1/kernel", r"convnextv2.encoder.stages.\1.downsampling_layer.1.weight"),
+      (r"downsample_layers_(\d)/layers_1/bias", r"convnextv2.encoder.stages.\1.downsampling_layer.1.bias"),
+      (r"stages_(\d)/layers_(\d+)/norm/(weight|bias)", r"convnextv2.encoder.stages.\1.layers.\2.layernorm.\3"),
+      (r"stages_(\d)/layers_(\d+)/grn/gamma", r"convnextv2.encoder.stages.\1.layers.\2.grn.weight"),
+      (r"stages_(\d)/layers_(\d+)/grn/beta", r"convnextv2.encoder.stages.\1.layers.\2.grn.bias"),
+      (r"stages_(\d)/layers_(\d+)/(\w+)/kernel", r"convnextv2.encoder.stages.\1.layers.\2.\3.weight"),
+      (r"stages_(\d)/layers_(\d+)/(\w+)/bias", r"convnextv2.encoder.stages.\1.layers.\2.\3.bias"),
+      (r"norm/scale", "convnextv2.layernorm.weight"), (r"norm/bias", "convnextv2.layernorm.bias"))
+  for pattern, target in rules:
+    if re.fullmatch(pattern, release):
+      return re.sub(pattern, target, release)
+  raise KeyError(release)
+
+
+def test_hugging_face_convnext_state_dict_converts_like_the_release_tree():
+  golden = _load("drifting_convnext.npz")
+  release = _params(golden, "params/")
+  def to_torch(name, a):  # Flax [kh, kw, in, out] / [in, out] -> PyTorch [out, in, kh, kw] / [out, in].
+    if "grn" in name:
+      return a
+    return a.transpose(3, 2, 0, 1) if a.ndim == 4 else (a.T if a.ndim == 2 else a)
+  state_dict = {_hf_name(k): to_torch(k, v) for k, v in release.items()}
+  state_dict["classifier.weight"] = np.zeros((5, 64))  # Ignored: features do not use it.
+  model = convnext.ConvNeXtV2(depths=tuple(golden["config/depths"]), dims=tuple(golden["config/dims"]))
+  want = traverse_util.flatten_dict(encoders.convert_convnext(release, model))
+  got = traverse_util.flatten_dict(encoders.convert_convnext_hf(state_dict, model))
+  assert set(got) == set(want)
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=str(key))

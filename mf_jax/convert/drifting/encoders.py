@@ -161,7 +161,9 @@ def convert_convnext_hf(state_dict: Mapping[str, Any], model) -> Dict[str, Any]:
   from facebook/convnextv2-base-22k-224's safetensors) -> variables of `model`."""
   arrays = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
             for k, v in state_dict.items() if not re.fullmatch(HF_IGNORED, k)}
-  flat_rules = tuple((p, t.replace("/weight", "/W"), how) for p, t, how in HF_CONVNEXT_RULES)
+  # PyTorch's "weight" is a Flax kernel or scale: matched against both as "W" (renamed below).
+  flat_rules = tuple((p, lambda m, t=t: re.sub(r"/weight$", "/W", m.expand(t)), how)
+                     for p, t, how in HF_CONVNEXT_RULES)
   x = jnp.zeros((1, 224, 224, 3), jnp.float32)
   expected = expected_shapes(lambda: model.init(jax.random.key(0), x))
   # Flax leaf names differ by module kind: weight -> kernel (conv, linear) or scale (norms).
