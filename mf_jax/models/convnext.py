@@ -15,7 +15,7 @@ Feature sets (release names, including its spelling 'convenxt'), from images in 
 the map is standardised over channels per location, y = (x - mean_c) / (std_c + 1e-3); then
   convenxt_stage_{i} (i >= 1) every location of y [N, h*w, C]; convenxt_stage_{i}_mean and _std
   of y over locations [N, 1, C]; global_mean: the head LayerNorm of the last stage's (raw) location
-  mean; global_std: std over locations of the last stage's y. Stds are sqrt(var + 1e-6), float32.
+  mean; global_std: std over locations of the last stage's y. Stds are sqrt(var + 1e-6), in at least float32.
 """
 from typing import Any, Mapping, Sequence
 
@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mf_jax.models.release_features import safe_std
+from mf_jax.models.release_features import at_least_f32, safe_std
 
 Array = jax.Array
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,8 +62,8 @@ class Block(nn.Module):
 
 
 def standardize(y: Array) -> Array:
-  """Per location over channels: (y - mean) / (std + 1e-3), in float32."""
-  y = y.astype(jnp.float32)
+  """Per location over channels: (y - mean) / (std + 1e-3), in at least float32."""
+  y = at_least_f32(y)
   return (y - jnp.mean(y, -1, keepdims=True)) / (jnp.std(y, -1, keepdims=True) + 1e-3)
 
 
@@ -103,7 +103,7 @@ class ConvNeXtV2(nn.Module):
         feats[f"convenxt_stage_{i}"] = y
       feats[f"convenxt_stage_{i}_mean"] = jnp.mean(y, axis=1, keepdims=True)
       feats[f"convenxt_stage_{i}_std"] = safe_std(y, 1)[:, None]
-    feats["global_mean"] = pooled.astype(jnp.float32)[:, None]
+    feats["global_mean"] = at_least_f32(pooled)[:, None]
     feats["global_std"] = feats[f"convenxt_stage_{len(outs) - 1}_std"]
     return feats
 
@@ -112,6 +112,6 @@ def convnext_feature_fn(model: ConvNeXtV2, variables) -> Any:
   """x [N, H, W, 3] in [-1, 1] -> ConvNeXt feature sets {name: [N, L, C]} (frozen variables)."""
   mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
   def feature_fn(x: Array) -> Mapping[str, Array]:
-    pixels = ((x.astype(jnp.float32) + 1.0) / 2.0 - mean) / std
+    pixels = ((at_least_f32(x) + 1.0) / 2.0 - mean) / std
     return model.apply(variables, pixels, features=True)
   return feature_fn

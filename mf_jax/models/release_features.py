@@ -12,8 +12,8 @@ Each entry is one feature set for the drifting loss, which normalises every set 
     M_mean, M_std      over all locations, [N, 1, C];
     M_mean_P, M_std_P  over each non-overlapping P x P window, [N, (h/P)(w/P), C], for P in
                        patch_sizes that divide h and w (a window may cover the whole map).
-Standard deviations are sqrt(max(var, 0) + 1e-6) in float32 (finite gradients where a window is
-constant). All statistics are taken in float32, whatever the encoder's compute dtype.
+Standard deviations are sqrt(max(var, 0) + 1e-6) (finite gradients where a window is
+constant). All statistics are taken in at least float32, whatever the encoder's compute dtype.
 """
 from typing import Any, Mapping, Sequence
 
@@ -24,8 +24,12 @@ Array = jax.Array
 STD_EPS = 1e-6
 
 
+def at_least_f32(x: Array) -> Array:
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def safe_std(x: Array, axis, eps: float = STD_EPS) -> Array:
-  x = x.astype(jnp.float32)
+  x = at_least_f32(x)
   var = jnp.mean(jnp.square(x - jnp.mean(x, axis=axis, keepdims=True)), axis=axis)
   return jnp.sqrt(jnp.maximum(var, 0.0) + eps)
 
@@ -33,7 +37,7 @@ def safe_std(x: Array, axis, eps: float = STD_EPS) -> Array:
 def map_statistics(name: str, fmap: Array, patch_sizes: Sequence[int] = (2, 4)) -> Mapping[str, Array]:
   """The feature sets of one map [N, h, w, C] (see the module docstring)."""
   n, h, w, c = fmap.shape
-  fmap = fmap.astype(jnp.float32)
+  fmap = at_least_f32(fmap)
   out = {name: fmap.reshape(n, h * w, c),
          f"{name}_mean": jnp.mean(fmap, axis=(1, 2))[:, None],
          f"{name}_std": safe_std(fmap, (1, 2))[:, None]}
@@ -52,7 +56,7 @@ def mae_feature_sets(activations: Mapping[str, Any], patch_sizes: Sequence[int] 
 
   every_k_block = 0 leaves the block maps out.
   """
-  xp = activations["input"].astype(jnp.float32)
+  xp = at_least_f32(activations["input"])
   out = {"norm_x": jnp.sqrt(jnp.mean(jnp.square(xp), axis=(1, 2)) + 1e-6)[:, None]}
   out.update(map_statistics("conv1", activations["stem"], patch_sizes))
   for s, fmap in enumerate(activations["stages"]):
