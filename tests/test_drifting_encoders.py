@@ -16,7 +16,7 @@ import pytest
 from flax import traverse_util
 
 from configs import mae_latent_256, mae_latent_640, mae_pixel_640, tiny
-from mf_jax import train_step
+from mf_jax import config_checks, train_step
 from mf_jax import train_state as ts
 from mf_jax.convert.drifting import encoders
 from mf_jax.models import convnext, mae_resnet, release_features
@@ -194,3 +194,16 @@ def test_hugging_face_convnext_state_dict_converts_like_the_release_tree():
   assert set(got) == set(want)
   for key in want:
     np.testing.assert_array_equal(got[key], want[key], err_msg=str(key))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"widths": (8, 16)}, r"mae\.widths=\(8, 16\) and mae\.layers=\(3, 4, 6, 3\) need 4 entries"),
+    ({"input_patch_size": 3}, r"mae\.patch_size=2 x mae\.input_patch_size=3 = 6 must divide "
+                              r"data\.image_size=8"),
+])
+def test_release_mae_config_errors_name_the_field(overrides, message):
+  config = tiny.get_config()
+  config.method = "mae"
+  config.mae.update(dict(dict(arch="release", widths=(8, 8, 8, 8)), **overrides))
+  with pytest.raises(config_checks.ConfigError, match=message):
+    config_checks.validate(config)
