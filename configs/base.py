@@ -91,6 +91,13 @@ def get_config() -> ml_collections.ConfigDict:
   ))
   # The feature encoder (method="mae" pretrains it; drifting reads the same fields to rebuild it).
   config.mae = ml_collections.ConfigDict(dict(
+      # "resnet": this codebase's small encoder (mf_jax/models/feature_encoder.py); "release": the
+      # Drifting release's MAE ResNet (mf_jax/models/mae_resnet.py: layers, input_patch_size and
+      # every_k_block apply; blocks_per_stage, groups and decoder_width do not).
+      arch="resnet",
+      layers=(3, 4, 6, 3),  # Blocks per stage, arch="release".
+      input_patch_size=1,  # arch="release": p x p pixels folded into channels first (pixels: 8).
+      every_k_block=2,  # arch="release": features also from every k-th block of a stage; 0 = none.
       widths=(128, 256, 512, 512),
       blocks_per_stage=2,
       groups=32,

@@ -7,11 +7,11 @@ Mirrors the official release's latent ablation config (REFERENCE.md section 2; o
   pushed per step; alpha in [1, 4] with p(alpha) ~ alpha^-3, one per class; tau {0.02, 0.05, 0.2};
   AdamW lr 2e-4 (5k warmup, then constant), betas (0.9, 0.95), weight decay 0.01, grad clip 2.0,
   EMA 0.999, 30k steps; bf16 generator and encoder (fp32 softmax / norms / field), rematerialised.
-Feature encoder: the release's MAE-256 is a ResNet with widths 256-512-1024-2048 and 3-4-6-3 blocks;
-this codebase's encoder takes one block count per stage, so 4 (16 blocks, as there). Pretrain it
-with the same mae section, then train the generator on its EMA parameters:
-  python main.py --config=configs/mae_latents.py --workdir=$MAE --config.data.path=$LATENTS \
-      --config.mae.widths='(256,512,1024,2048)' --config.mae.blocks_per_stage=4
+Feature encoder: the release's MAE-256 (mae.arch='release', mf_jax/models/mae_resnet.py: widths
+256-512-1024-2048, 3-4-6-3 basic blocks; its feature sets as the release's, every 2nd block too).
+Pretrain it with the same mae section, then train the generator on its EMA parameters:
+  python main.py --config=configs/mae_latent_256.py --workdir=$MAE --config.data.path=$LATENTS
+  (released MAE weights: mf_jax/convert/drifting/encoders.py convert_mae)
   python main.py --config=configs/imagenet_drift_ablation.py --workdir=$DIR \
       --config.data.path=$LATENTS --config.drifting.feature_encoder_workdir=$MAE
 Differences from the release: the DiT is the MeanFlow one (no SwiGLU / RoPE / RMSNorm / QK-norm /
@@ -32,7 +32,8 @@ def get_config():
       classes_per_step=64, num_pos=64, num_neg=64, num_unc=16, queue_len=128,
       uncond_queue_len=1000, temperatures=(0.02, 0.05, 0.2), alpha_min=1.0, alpha_max=4.0,
       alpha_power=3.0, affinity_floor=drifting.RELEASED_AFFINITY_FLOOR)
-  config.mae.update(widths=(256, 512, 1024, 2048), blocks_per_stage=4, compute_dtype="bfloat16",
+  config.mae.update(arch="release", widths=(256, 512, 1024, 2048), layers=(3, 4, 6, 3),
+                    patch_size=2, mask_ratio=0.5, every_k_block=2, compute_dtype="bfloat16",
                     remat=True)
   config.optim.update(learning_rate=2e-4, b1=0.9, b2=0.95, weight_decay=0.01, warmup_steps=5000,
                       schedule="constant", grad_clip=2.0)

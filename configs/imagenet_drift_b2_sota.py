@@ -10,7 +10,7 @@ weight decay, clip 2.0, EMA 0.999, 200k steps.
 from configs import imagenet_drift_ablation
 
 SOTA_CFG_SCALES = (1.0, 1.1, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 3.5)
-MAE_640 = dict(widths=(640, 1280, 2560, 5120), blocks_per_stage=4)
+MAE_640 = dict(arch="release", widths=(640, 1280, 2560, 5120), layers=(3, 4, 6, 3))
 
 
 def get_config(variant="B/2", alpha_power=5.0, weight_decay=0.0, push_per_step=4096):

@@ -166,6 +166,10 @@ FIELDS = {
     "drifting.uncond_queue_len": (NON_NEGATIVE, "1000 (released); 0 = guidance negatives from the "
                                                 "step's other classes"),
     "drifting.fill_max_examples": (POSITIVE, "2000000 (more than one ImageNet epoch)"),
+    "mae.arch": (choice("resnet", "release"), "resnet (this codebase's), or release (MAE-256/640)"),
+    "mae.layers": (int_tuple(), "(3, 4, 6, 3) (release)"),
+    "mae.input_patch_size": (POSITIVE, "1 for latents, 8 for 256x256 pixels (release)"),
+    "mae.every_k_block": (NON_NEGATIVE, "2 (release); 0 = stage outputs only"),
     "mae.widths": (int_tuple(), "e.g. (128, 256, 512, 512)"),
     "mae.blocks_per_stage": (POSITIVE, "e.g. 2"),
     "mae.groups": (POSITIVE, "a divisor of every mae.widths entry, e.g. 32"),
@@ -310,7 +314,10 @@ def _model(config):
       raise ConfigError(f"model.hidden_size={width} must be divisible by model.num_heads={heads} "
                         "and by 4: change one of them (None takes the variant's).")
     model.dims()  # Patch size, dtype and attention names.
-  if config.method == "mae":
+  if config.mae.arch == "release":
+    if config.method == "mae" or config.drifting.feature_encoder_workdir:
+      _release_mae(config)
+  elif config.method == "mae":
     if config.data.image_size % config.mae.patch_size:
       raise ConfigError(f"mae.patch_size={config.mae.patch_size} must divide data.image_size="
                         f"{config.data.image_size}.")
@@ -318,6 +325,18 @@ def _model(config):
       if width % config.mae.groups:
         raise ConfigError(f"mae.groups={config.mae.groups} must divide every mae.widths entry "
                           f"{tuple(config.mae.widths)}.")
+
+
+def _release_mae(config):
+  e, size = config.mae, config.data.image_size
+  if len(e.widths) != 4 or len(e.layers) != 4:
+    raise ConfigError(f"mae.widths={tuple(e.widths)} and mae.layers={tuple(e.layers)} need 4 "
+                      "entries each for mae.arch='release', e.g. (256, 512, 1024, 2048) and "
+                      "(3, 4, 6, 3).")
+  cell = e.patch_size * e.input_patch_size
+  if size % cell:
+    raise ConfigError(f"mae.patch_size={e.patch_size} x mae.input_patch_size={e.input_patch_size}"
+                      f" = {cell} must divide data.image_size={size}.")
 
 
 def _objective(config):

@@ -16,6 +16,7 @@ from mf_jax import class_queues
 from mf_jax import sharding as sharding_lib
 from mf_jax.models.dit import DiT
 from mf_jax.models.feature_encoder import MaskedAutoencoder
+from mf_jax.models.mae_resnet import MAEResNet
 from mf_jax.models.mlp import MLP
 from mf_jax.models.unet import SongUNet
 
@@ -72,10 +73,16 @@ def unet_model(config) -> SongUNet:
                   augment_dim=augment.LABEL_DIM if config.augment.enabled else 0)
 
 
-def mae_model(config) -> MaskedAutoencoder:
+def mae_model(config) -> nn.Module:
+  """The feature encoder of config.mae: MaskedAutoencoder, or MAEResNet for arch='release'."""
   e = config.mae
   if e.compute_dtype not in DTYPES:
     raise ValueError(f"mae.compute_dtype={e.compute_dtype!r}: allowed values are {sorted(DTYPES)}.")
+  if e.get("arch", "resnet") == "release":
+    return MAEResNet(channels=config.data.channels, widths=tuple(e.widths), layers=tuple(e.layers),
+                     input_patch_size=e.input_patch_size,
+                     num_classes=max(config.data.num_classes, 1), remat=e.remat,
+                     dtype=DTYPES[e.compute_dtype])
   return MaskedAutoencoder(channels=config.data.channels, widths=tuple(e.widths),
                            blocks_per_stage=e.blocks_per_stage, groups=e.groups,
                            decoder_width=e.decoder_width, remat=e.remat,

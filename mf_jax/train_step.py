@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from mf_jax import augment, class_queues, drifting, meanflow
-from mf_jax.models import feature_encoder
+from mf_jax.models import feature_encoder, mae_resnet, release_features
 from mf_jax import sharding as sharding_lib
 from mf_jax.train_state import TrainState, generator_fn, meanflow_u_fn, update_ema
 
@@ -59,6 +59,10 @@ def drifting_feature_fn(config, encoder_params):
     return drifting.raw_features
   from mf_jax.train_state import mae_model
   encoder = mae_model(config)
+  if config.mae.get("arch", "resnet") == "release":  # The release's feature-key set.
+    return release_features.release_feature_fn(
+        lambda x: encoder.apply(encoder_params, x, method=encoder.activations),
+        every_k_block=config.mae.every_k_block)
   return feature_encoder.encoder_feature_fn(
       lambda x: encoder.apply(encoder_params, x, method=encoder.features))
 
@@ -104,6 +108,8 @@ def mae_objective(model, config):
   """(params, x, labels, key) -> (loss, metrics): masked-autoencoder pretraining of the encoder."""
   def loss_fn(params, x, labels, key):
     del labels
+    if config.mae.get("arch", "resnet") == "release":
+      return mae_resnet.mae_loss(model, params, x, key, config.mae.mask_ratio, config.mae.patch_size)
     return feature_encoder.mae_loss(model.apply, params, x, key, config.mae.mask_ratio,
                                     config.mae.patch_size)
   return loss_fn

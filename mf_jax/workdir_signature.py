@@ -17,7 +17,8 @@ SHAPE_FIELDS = ("method", "data.image_size", "data.channels", "data.num_classes"
                 "model.variant", "model.depth", "model.hidden_size", "model.num_heads",
                 "model.mlp_widths", "ema_decays", "optim.grad_clip", "drifting.queue_len",
                 "drifting.feature_encoder_workdir", "mae.widths", "mae.blocks_per_stage",
-                "mae.groups", "mae.decoder_width")
+                "mae.groups", "mae.decoder_width", "mae.arch", "mae.layers",
+                "mae.input_patch_size")
 
 
 def _get(config, name):
