@@ -12,7 +12,7 @@ The host only parses bytes; sampling the posterior, the flip and the scale happe
 the jitted train step through `draw_latents`.
 """
 import os
-from typing import Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -71,8 +71,11 @@ def make_tf_dataset(path: str, *, batch_size: int, seed: int = 0,
                     process_index: Optional[int] = None, process_count: Optional[int] = None,
                     shuffle: bool = True, repeat: bool = True,
                     drop_remainder: Optional[bool] = None, shuffle_buffer: int = 16384,
-                    cycle_length: int = 8) -> tf.data.Dataset:
+                    cycle_length: int = 8, parse: Optional[Callable] = None) -> tf.data.Dataset:
   """The tf.data pipeline behind `make_dataset` (same arguments).
+
+  parse(dataset of [B] raw records, manifest) -> dataset of batch dicts; default: the latent parse
+  (`input_pipeline.pixels` passes its own).
 
   Returns (dataset, manifest, shard paths of this process).
   """
@@ -99,7 +102,13 @@ def make_tf_dataset(path: str, *, batch_size: int, seed: int = 0,
   if repeat:
     ds = ds.repeat()
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  ds = ds.map(_parse_batch(m["layout"]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if parse is not None:
+    ds = parse(ds, m)
+  elif m["layout"].arrays != records.LATENT_FIELDS:
+    raise ValueError(f"{m['dir']!r} holds {m['format']} records, not latents: read it with "
+                     "data.name='imagenet_pixels'.")
+  else:
+    ds = ds.map(_parse_batch(m["layout"]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.prefetch(tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = True
@@ -125,7 +134,7 @@ def _diagnose(m: dict, files, err: Exception):
 def make_dataset(path: str, *, batch_size: int, seed: int = 0,
                  process_index: Optional[int] = None, process_count: Optional[int] = None,
                  shuffle: bool = True, repeat: bool = True, drop_remainder: Optional[bool] = None,
-                 shuffle_buffer: int = 16384) -> Iterator[Batch]:
+                 shuffle_buffer: int = 16384, parse: Optional[Callable] = None) -> Iterator[Batch]:
   """Iterator of host-local numpy batches (module docstring) from a prepare_imagenet directory.
 
   Args:
@@ -137,12 +146,13 @@ def make_dataset(path: str, *, batch_size: int, seed: int = 0,
     shuffle: shuffle shard order and records (buffer `shuffle_buffer`).
     repeat: loop forever; otherwise one epoch of this process's shards.
     drop_remainder: drop the last partial batch (default: = repeat).
+    parse: see make_tf_dataset.
   Raises ValueError / FileNotFoundError naming the manifest or shard when the data is bad.
   """
   ds, m, files = make_tf_dataset(path, batch_size=batch_size, seed=seed,
                                  process_index=process_index, process_count=process_count,
                                  shuffle=shuffle, repeat=repeat, drop_remainder=drop_remainder,
-                                 shuffle_buffer=shuffle_buffer)
+                                 shuffle_buffer=shuffle_buffer, parse=parse)
 
   def generate():
     it = ds.as_numpy_iterator()

@@ -10,6 +10,10 @@ concatenation, in this order, of
   label, index                     each int64
 so that a batch parses with one `decode_raw` and slices; the protobuf parse of four 16 KiB features
 costs several times more. The layout is written in the manifest ("fields", "record_bytes").
+Pixel records (`prepare_imagenet --pixels`, format PIXEL_FORMAT) hold instead
+  image                            uint8 [h, w, 3]  (the centre crop)
+  label, index                     each int64
+with "image_shape" in the manifest where latent records have "latent_shape".
 
 Directory: `<split>-SSSSS-of-NNNNN.tfrecord` shards, `manifest.json` (written last, when every shard
 is complete), and one `<shard>.done.json` per finished shard (what resumption trusts).
@@ -25,10 +29,16 @@ import numpy as np
 from mf_jax.checksum import file_sha256
 
 FORMAT = "mf_jax-latents-tfrecord-v1"
+PIXEL_FORMAT = "mf_jax-pixels-tfrecord-v1"
 MANIFEST = "manifest.json"
 LATENT_FIELDS = ("mean", "std", "flip_mean", "flip_std")
+PIXEL_FIELDS = ("image",)
 INT_FIELDS = ("label", "index")
 DTYPES = ("float32", "float16")
+PIXEL_DTYPE = "uint8"
+# format -> (array fields, manifest key of their shape, allowed dtypes)
+FORMATS = {FORMAT: (LATENT_FIELDS, "latent_shape", DTYPES),
+           PIXEL_FORMAT: (PIXEL_FIELDS, "image_shape", (PIXEL_DTYPE,))}
 
 if sys.byteorder != "little":  # tf.bitcast in the reader follows host byte order
   raise RuntimeError("input_pipeline.records assumes a little-endian host.")
@@ -36,33 +46,40 @@ if sys.byteorder != "little":  # tf.bitcast in the reader follows host byte orde
 
 @dataclasses.dataclass(frozen=True)
 class RecordLayout:
-  """Binary layout of one record: four latent arrays of `shape` and `dtype`, then label and index."""
+  """Binary layout of one record: the arrays (four latent ones, or the pixel image) of `shape` and
+  `dtype`, then label and index."""
   shape: tuple
   dtype: str = "float32"
+  arrays: tuple = LATENT_FIELDS
 
   def __post_init__(self):
-    if self.dtype not in DTYPES:
-      raise ValueError(f"record dtype {self.dtype!r}: expected one of {DTYPES}.")
+    allowed = FORMATS[self.format][2]
+    if self.dtype not in allowed:
+      raise ValueError(f"record dtype {self.dtype!r}: expected one of {allowed}.")
     if len(self.shape) != 3 or min(self.shape) <= 0:
       raise ValueError(f"record shape {self.shape}: expected [height, width, channels].")
 
   @property
+  def format(self) -> str:
+    return PIXEL_FORMAT if tuple(self.arrays) == PIXEL_FIELDS else FORMAT
+
+  @property
   def numpy_dtype(self) -> np.dtype:
     return np.dtype([(f, "<" + np.dtype(self.dtype).str[1:], tuple(self.shape))
-                     for f in LATENT_FIELDS] + [(f, "<i8") for f in INT_FIELDS])
+                     for f in self.arrays] + [(f, "<i8") for f in INT_FIELDS])
 
   @property
   def record_bytes(self) -> int:
     return self.numpy_dtype.itemsize
 
   def offsets(self) -> Dict[str, int]:
-    return {f: self.numpy_dtype.fields[f][1] for f in LATENT_FIELDS + INT_FIELDS}
+    return {f: self.numpy_dtype.fields[f][1] for f in self.arrays + INT_FIELDS}
 
   def encode(self, **arrays) -> List[bytes]:
-    """Arrays mean/std/flip_mean/flip_std [B, h, w, c], label/index [B] -> B record payloads."""
+    """Arrays mean/std/flip_mean/flip_std (or image) [B, h, w, c], label/index [B] -> B payloads."""
     n = len(arrays["label"])
     rows = np.zeros(n, self.numpy_dtype)
-    for f in LATENT_FIELDS + INT_FIELDS:
+    for f in self.arrays + INT_FIELDS:
       rows[f] = arrays[f]
     raw = rows.tobytes()
     r = self.record_bytes
@@ -71,12 +88,13 @@ class RecordLayout:
   def decode(self, payloads: Sequence[bytes]) -> Dict[str, np.ndarray]:
     """Inverse of `encode` in numpy (verification and tests; the reader parses inside tf.data)."""
     rows = np.frombuffer(b"".join(payloads), self.numpy_dtype)
-    return {f: np.array(rows[f]) for f in LATENT_FIELDS + INT_FIELDS}
+    return {f: np.array(rows[f]) for f in self.arrays + INT_FIELDS}
 
   def to_json(self) -> dict:
-    return {"latent_shape": list(self.shape), "dtype": self.dtype, "record_bytes": self.record_bytes,
+    return {FORMATS[self.format][1]: list(self.shape), "dtype": self.dtype,
+            "record_bytes": self.record_bytes,
             "fields": [{"name": f, "dtype": self.dtype, "shape": list(self.shape)}
-                       for f in LATENT_FIELDS] + [{"name": f, "dtype": "int64", "shape": []}
+                       for f in self.arrays] + [{"name": f, "dtype": "int64", "shape": []}
                                                   for f in INT_FIELDS]}
 
 
@@ -155,15 +173,17 @@ def read_manifest(path: str) -> dict:
       m = json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f"Latent manifest {mpath!r} is not valid JSON: {e}") from e
-  if m.get("format") != FORMAT:
-    raise ValueError(f"Latent manifest {mpath!r}: format {m.get('format')!r}, expected {FORMAT!r}.")
+  if m.get("format") not in FORMATS:
+    raise ValueError(f"Latent manifest {mpath!r}: format {m.get('format')!r}, expected one of "
+                     f"{sorted(FORMATS)}.")
+  arrays, shape_key, _ = FORMATS[m["format"]]
   try:
-    layout = RecordLayout(tuple(m["latent_shape"]), m["dtype"])
+    layout = RecordLayout(tuple(m[shape_key]), m["dtype"], arrays)
   except (KeyError, TypeError) as e:
-    raise ValueError(f"Latent manifest {mpath!r}: missing or bad latent_shape/dtype ({e}).") from e
+    raise ValueError(f"Latent manifest {mpath!r}: missing or bad {shape_key}/dtype ({e}).") from e
   if m.get("record_bytes") != layout.record_bytes:
     raise ValueError(f"Latent manifest {mpath!r}: record_bytes {m.get('record_bytes')} disagrees "
-                     f"with latent_shape {m['latent_shape']} and dtype {m['dtype']} "
+                     f"with {shape_key} {m[shape_key]} and dtype {m['dtype']} "
                      f"({layout.record_bytes} bytes).")
   if sum(s["count"] for s in m["shards"]) != m["count"]:
     raise ValueError(f"Latent manifest {mpath!r}: shard counts do not add up to count={m['count']}.")

@@ -105,13 +105,15 @@ FIELDS = {
     "seed": (integer(), "any integer, e.g. 0"),
     "method": (choice(*METHODS), "meanflow (default), drifting, or mae (drifting's encoder)"),
     "data.name": (choice(*input_pipeline.DATASETS), "a data set this codebase reads"),
-    "data.path": (text(), "the folder of prepared records (latents) or the TFDS data_dir (cifar10)"),
+    "data.path": (text(), "the folder of prepared records (latents, pixels) or the TFDS data_dir "
+                          "(cifar10)"),
     "data.image_size": (POSITIVE, "the stored image/latent side, e.g. 32 for ImageNet latents"),
     "data.channels": (POSITIVE, "4 for SD-VAE latents, 3 for RGB, 1 for digits"),
     "data.num_classes": (NON_NEGATIVE, "0 for unconditional, else the label count"),
     "data.latent_scale": (number(0.0, lo_open=True), "0.18215 for SD-VAE latents"),
     "data.vae_path": (text(), "a local diffusers AutoencoderKL folder, or '' (no decoding)"),
     "data.random_flip": (boolean(), "True or False"),
+    "data.random_crop_min_area": (FRACTION, "0.0 (no crop), or 0.2 (the release's pixel configs)"),
     "data.shuffle_buffer": (POSITIVE, "examples in the shuffle buffer, e.g. 50000"),
     "model.name": (choice("dit", "mlp", "unet"), "dit for images, mlp for small vectors, unet for "
                                                  "CIFAR-10 (unconditional)"),
@@ -347,15 +349,19 @@ def _vae_file(config):
   if d.vae_path and not os.path.exists(d.vae_path):
     raise ConfigError(f"data.vae_path={d.vae_path!r} does not exist: give a local diffusers "
                       "AutoencoderKL folder or weights file, or '' to skip decoding.")
+  if d.vae_path and not generate.decodes_with_vae(config):
+    raise ConfigError(f"data.vae_path={d.vae_path!r} is set, but data.name={d.name!r} is sampled "
+                      "in pixel space and nothing is decoded: set data.vae_path to ''.")
 
 
 def _training_data(config):
   """The training set's files; sampling and evaluation read none (train mode only)."""
   d = config.data
-  if d.name not in ("imagenet_latents", "cifar10"):
+  if d.name not in ("imagenet_latents", "imagenet_pixels", "cifar10"):
     return
-  what = ("the --out folder of `python -m input_pipeline.prepare_imagenet`"
-          if d.name == "imagenet_latents" else "a TFDS data_dir holding cifar10")
+  what = {"imagenet_latents": "the --out folder of `python -m input_pipeline.prepare_imagenet`",
+          "imagenet_pixels": "the --out folder of `python -m input_pipeline.prepare_imagenet "
+                             "--pixels`"}.get(d.name, "a TFDS data_dir holding cifar10")
   if not d.path:
     raise ConfigError(f"data.path is empty, but data.name={d.name!r} reads files: set "
                       f"--config.data.path to {what}.")
