@@ -118,7 +118,7 @@ def make_tf_dataset(path: str, *, batch_size: int, seed: int = 0,
 def dataset_info(path: str) -> dict:
   """count, num_classes and latent shape [h, w, c] of a prepared directory (reads the manifest only)."""
   m = records.read_manifest(path)
-  return {"count": m["count"], "num_classes": m["num_classes"], "shape": tuple(m["latent_shape"]),
+  return {"count": m["count"], "num_classes": m["num_classes"], "shape": tuple(m["layout"].shape),
           "dtype": m["dtype"], "num_shards": len(m["shards"])}
 
 

@@ -381,6 +381,17 @@ def _training_data(config):
   if not os.path.isfile(manifest):
     raise ConfigError(f"data.path={d.path!r}: no manifest {manifest!r} (written last by a finished "
                       f"preparation); set it to {what}, or finish the preparation.")
+  if d.name == "imagenet_pixels":  # The images' shape is the model's: a mismatch fails compiling.
+    from input_pipeline import records  # pylint: disable=g-import-not-at-top
+    m = records.read_manifest(manifest)
+    if m["layout"].arrays != records.PIXEL_FIELDS:
+      raise ConfigError(f"data.path={d.path!r} holds {m['format']} records: data.name="
+                        "'imagenet_pixels' reads those of prepare_imagenet --pixels.")
+    want = [d.image_size, d.image_size, d.channels]
+    if list(m["layout"].shape) != want:
+      raise ConfigError(f"data.image_size={d.image_size}, data.channels={d.channels} (images "
+                        f"{want}), but data.path={d.path!r} holds {list(m['layout'].shape)}: set "
+                        "them to the records' shape, or prepare with that --image_size.")
 
 
 def _evaluation(config, mode):

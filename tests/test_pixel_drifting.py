@@ -80,6 +80,11 @@ def test_tiny_pixel_drifting_trains_samples_and_scores_without_a_vae(pixel_data,
   latent.data.name = "imagenet_latents"
   with pytest.raises(ValueError, match=r"data\.name='imagenet_latents'\) needs data\.vae_path"):
     config_checks.validate(latent)
+  config.data.image_size = SIZE + 1  # Records of another size: named before anything compiles.
+  with pytest.raises(ValueError, match=r"data\.image_size=17, data\.channels=3 .* holds \[16, 16, "
+                                       r"3\]"):
+    config_checks.validate(config)
+  config.data.image_size = SIZE
   config.data.vae_path = workdir  # An existing path, but nothing to decode.
   with pytest.raises(ValueError, match=r"data\.vae_path=.* is sampled in pixel space"):
     config_checks.validate(config)
@@ -87,11 +92,10 @@ def test_tiny_pixel_drifting_trains_samples_and_scores_without_a_vae(pixel_data,
 
 @pytest.mark.parametrize("name,dims", [("imagenet_drift_pixel_b16", (12, 768, 12, 16)),
                                        ("imagenet_drift_pixel_l16", (24, 1024, 16, 16))])
-def test_shipped_pixel_configs_pass_the_checks_without_a_vae(pixel_data, name, dims):
+def test_shipped_pixel_configs_pass_the_checks_without_a_vae(name, dims):
   config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config()
-  config.data.path = pixel_data[0]
   config.eval.every_steps = 0  # Scoring needs Inception weights and ADM statistics, not a VAE.
   assert config.data.name == "imagenet_pixels" and config.data.vae_path == ""
-  config_checks.validate(config)
+  config_checks.validate(config, mode="sample")  # (Training also checks the records' shape.)
   model = train_state.build_model(config)
   assert model.dims() == dims and (config.data.image_size, config.data.channels) == (256, 3)
