@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.method = "meanflow"  # "meanflow" | "drifting"
 
   config.data = ml_collections.ConfigDict(dict(
-      name="imagenet_latents",  # "digits" | "imagenet_latents" | "cifar10"
+      name="imagenet_latents",  # "digits" | "imagenet_latents" | "imagenet_pixels" | "cifar10"
       path="",  # Folder of prepared records, or a TFDS data_dir.
       image_size=32,
       channels=4,
@@ -46,6 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
       latent_scale=0.18215,  # SD-VAE scale; latents only.
       vae_path="",  # Local diffusers AutoencoderKL weights, to decode latent samples.
       random_flip=True,
+      # imagenet_pixels: RandomResizedCrop of the stored crop with area in [this, 1]; 0 = none.
+      random_crop_min_area=0.0,
       num_train_examples=0,  # Training-set size; needed only by optim.warmup_epochs.
   ))
   num_classes = config.data.get_ref("num_classes")

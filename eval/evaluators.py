@@ -84,6 +84,10 @@ def validate_config(config) -> None:
     raise ValueError(f"eval.use_ema=True with eval.ema_index={ev.ema_index}, but ema_decays="
                      f"{tuple(config.ema_decays)} has {len(config.ema_decays)} entries: pick an "
                      "existing index or set eval.use_ema=False.")
+  if generate.decodes_with_vae(config) and not config.data.vae_path:
+    raise ValueError(f"eval on latent data (data.name={config.data.name!r}) needs data.vae_path: "
+                     "local SD-VAE weights (a diffusers AutoencoderKL folder) to decode samples. "
+                     "Pixel data sets (e.g. imagenet_pixels) need none.")
   if ev.ref_stats and not os.path.isfile(ev.ref_stats):
     raise FileNotFoundError(f"eval.ref_stats={ev.ref_stats!r} not found. Make it with `python -m "
                             "eval.fid --images=DIR_OR_NPZ --write_stats=OUT.npz` (same features).")
@@ -109,10 +113,10 @@ def make_decoder(config) -> Callable[[jax.Array], jax.Array]:
   its weights (e.g. the SD-VAE) without making them compile-time constants. Pixel-space data decodes
   to itself.
   """
-  if config.data.name == "imagenet_latents":
+  if generate.decodes_with_vae(config):
     if not config.data.vae_path:
-      raise ValueError("eval on latent data (data.name='imagenet_latents') needs data.vae_path: "
-                       "local SD-VAE weights to decode the samples before Inception.")
+      raise ValueError(f"eval on latent data (data.name={config.data.name!r}) needs "
+                       "data.vae_path: local SD-VAE weights to decode the samples before Inception.")
     return generate.load_decoder(config.data.vae_path, config.data.latent_scale)
   return lambda x: x
 
@@ -205,7 +209,7 @@ def inception_feature_set(config, mesh) -> FeatureSet:
   if tag is not None and tag != expected:
     raise ValueError(f"eval.ref_stats={ev.ref_stats!r} holds {tag!r} features but "
                      f"eval.inception_path={ev.inception_path!r} gives {expected!r}.")
-  if config.data.name != "imagenet_latents" and config.data.channels not in (1, 3):
+  if not generate.decodes_with_vae(config) and config.data.channels not in (1, 3):
     # (Latents decode to RGB through the VAE.)
     raise ValueError(f"eval.features='inception' needs 1- or 3-channel images, data.channels="
                      f"{config.data.channels}.")

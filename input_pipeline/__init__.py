@@ -2,7 +2,7 @@
 {"x": [B, H, W, C], "label": [B] int32, ...}; latent sets add "x_std", "x_flip", "x_flip_std"."""
 import jax
 
-DATASETS = ("digits", "imagenet_latents", "cifar10", "checkerboard")
+DATASETS = ("digits", "imagenet_latents", "imagenet_pixels", "cifar10", "checkerboard")
 STEP_KEYS = ("x", "x_std", "x_flip", "x_flip_std", "label")  # What the train step reads.
 
 
@@ -26,6 +26,10 @@ def train_iterator(config, start_step: int):
   if config.data.name == "imagenet_latents":
     from input_pipeline import latents
     it = latents.make_dataset(config.data.path, **kw)
+  elif config.data.name == "imagenet_pixels":
+    from input_pipeline import pixels
+    it = pixels.make_dataset(config.data.path,
+                             random_crop_min_area=config.data.random_crop_min_area, **kw)
   else:
     from input_pipeline import cifar10
     it = cifar10.make_dataset(config.data.path, **kw)

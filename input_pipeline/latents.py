@@ -35,13 +35,22 @@ def to_batch(rows: np.ndarray) -> Batch:
 def dataset_info(path: str) -> dict:
   """count, num_classes and latent shape [h, w, c] of a prepared directory (reads the manifest only)."""
   m = records.read_manifest(path)
-  return {"count": m["count"], "num_classes": m["num_classes"], "shape": tuple(m["latent_shape"]),
+  return {"count": m["count"], "num_classes": m["num_classes"], "shape": tuple(m["layout"].shape),
           "dtype": m["dtype"], "num_shards": len(m["shards"])}
+
+
+def open_latents(path: str):
+  """Every latent record of a prepared directory, by number; refuses pixel records."""
+  m = records.read_manifest(path)
+  if m["layout"].arrays != records.LATENT_FIELDS:
+    raise ValueError(f"{m['dir']!r} holds {m['format']} records, not latents: read it with "
+                     "data.name='imagenet_pixels'.")
+  return records.open_records(m)
 
 
 def read_examples(path: str, numbers) -> Batch:
   """The examples with these numbers (0..count-1, shards in manifest order) as one batch."""
-  return to_batch(records.open_records(records.read_manifest(path)).read(np.asarray(numbers)))
+  return to_batch(open_latents(path).read(np.asarray(numbers)))
 
 
 def make_dataset(path: str, *, global_batch_size: int, seed: int = 0, start_step: int = 0,
@@ -60,12 +69,11 @@ def make_dataset(path: str, *, global_batch_size: int, seed: int = 0, start_step
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  source = records.open_records(records.read_manifest(path))
+  source = open_latents(path)
   return sampler.batches(lambda numbers: to_batch(source.read(numbers)),
                          num_examples=len(source), global_batch_size=global_batch_size, seed=seed,
                          start_step=start_step, process_index=process_index,
                          process_count=process_count)
-
 
 
 def draw_latents(batch, key: jax.Array, scale: float, flip: bool = True) -> jax.Array:

@@ -5,11 +5,13 @@ r"""Encode ImageNet with the SD-VAE into sharded latent records (format: `input_
   python -m input_pipeline.prepare_imagenet --tfds_data_dir=/data/tfds --tfds_manual_dir=/data/raw \
       --split=train --out=... --vae=...
   python -m input_pipeline.prepare_imagenet --out=/data/latents/train --verify
+  python -m input_pipeline.prepare_imagenet --pixels --src=/data/imagenet/train --out=/data/pixels/train
 
 Sources: an image-folder tree (one folder per class holding JPEG/PNG files; class index = sorted
 folder order; examples in sorted (class, file) order), or TFDS `imagenet2012` prepared from a local
 manual dir (never downloaded). Preprocessing is ADM's center crop (CROP_RULE). Each record holds the
-posterior mean and std of the image and of its horizontal flip, the label and the example index.
+posterior mean and std of the image and of its horizontal flip, the label and the example index;
+with --pixels (pixel-space models, no VAE) it holds the uint8 centre crop itself, label and index.
 
 Encoding is batched and data-parallel over all local devices (jit + NamedSharding over a 1-D mesh;
 the last batch is padded). A shard is written under a temp name and renamed when complete, so a
@@ -167,6 +169,16 @@ class Encoder:
     return self._encode(self.params, jax.device_put(images, self.data_sharding))
 
 
+class PixelCopy:
+  """The --pixels stand-in for Encoder: a batch of uint8 crops is stored as it is."""
+
+  def __init__(self, batch_size: int):
+    self.batch_size = batch_size
+
+  def __call__(self, images: np.ndarray):
+    return (images,)
+
+
 def _fmt_time(s: float) -> str:
   s = int(s)
   return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -201,17 +213,25 @@ def prepare(args) -> Optional[dict]:
     raise ValueError("Pass --src (image-folder split) or --tfds_data_dir (TFDS imagenet2012).")
   if args.limit:
     source.count = min(source.count, args.limit)
-  config, params, vae_info = load_model(args)
-  if args.image_size % config.downsample_factor:
-    raise ValueError(f"--image_size={args.image_size} must be a multiple of the VAE downsampling "
-                     f"factor {config.downsample_factor}.")
-  lat = args.image_size // config.downsample_factor
-  layout = records.RecordLayout((lat, lat, config.latent_channels), args.dtype)
+  if args.pixels:
+    if args.vae or args.vae_random_init_layout:
+      raise ValueError("--pixels stores the images themselves: drop --vae / --vae_random_init_layout.")
+    layout = records.RecordLayout((args.image_size, args.image_size, 3), records.PIXEL_DTYPE,
+                                  records.PIXEL_FIELDS)
+    model_settings = {}
+  else:
+    config, params, vae_info = load_model(args)
+    if args.image_size % config.downsample_factor:
+      raise ValueError(f"--image_size={args.image_size} must be a multiple of the VAE downsampling "
+                       f"factor {config.downsample_factor}.")
+    lat = args.image_size // config.downsample_factor
+    layout = records.RecordLayout((lat, lat, config.latent_channels), args.dtype)
+    model_settings = {"vae": {**vae_info, "layout": dataclasses.asdict(config)}}
   num_shards = -(-source.count // args.shard_size)
   settings = {"source": source.description, "count": source.count,
               "num_classes": source.num_classes, "image_size": args.image_size,
               "crop": CROP_RULE, "shard_size": args.shard_size, "split": args.split,
-              "vae": {**vae_info, "layout": dataclasses.asdict(config)}, **layout.to_json()}
+              **model_settings, **layout.to_json()}
   settings = json.loads(json.dumps(settings))  # tuples -> lists, as they compare after reloading
   os.makedirs(args.out, exist_ok=True)
   settings_path = os.path.join(args.out, "prepare_settings.json")
@@ -225,7 +245,7 @@ def prepare(args) -> Optional[dict]:
   else:
     records.atomic_write_json(settings_path, settings)
 
-  encoder = Encoder(config, params, args.batch_size)
+  encoder = PixelCopy(args.batch_size) if args.pixels else Encoder(config, params, args.batch_size)
   paths = [os.path.join(args.out, records.shard_name(args.split, i, num_shards))
            for i in range(num_shards)]
   mine = range(args.task_index, num_shards, args.num_tasks)
@@ -268,9 +288,8 @@ def prepare(args) -> Optional[dict]:
       if pending is not None:
         p0, labels, outs = pending
         n = len(labels)
-        mean, std, fmean, fstd = (np.asarray(o)[:n] for o in outs)
-        payloads += layout.encode(mean=mean, std=std, flip_mean=fmean, flip_std=fstd,
-                                  label=labels, index=np.arange(p0, p0 + n))
+        arrays = dict(zip(layout.arrays, (np.asarray(o)[:n] for o in outs)))
+        payloads += layout.encode(**arrays, label=labels, index=np.arange(p0, p0 + n))
         done_images += n
       pending = current
       now = time.time()
@@ -289,8 +308,9 @@ def prepare(args) -> Optional[dict]:
     return None
 
   shards = [records.finished_shard(p) for p in paths]
-  manifest = {"format": records.FORMAT, **settings, "scale_factor_not_applied": vae.SCALE_FACTOR,
-              "classes": source.classes, "shards": shards}
+  manifest = {"format": layout.format, **settings, "classes": source.classes, "shards": shards}
+  if not args.pixels:
+    manifest["scale_factor_not_applied"] = vae.SCALE_FACTOR
   records.atomic_write_json(os.path.join(args.out, records.MANIFEST), manifest)
   print(f"[prepare] done: {source.count} images, {num_shards} shards, "
         f"{_fmt_time(time.time() - t_start)}", flush=True)
@@ -304,6 +324,8 @@ def parse_args(argv: Sequence[str]):
   p.add_argument("--tfds_manual_dir", help="folder with the ImageNet tars for TFDS")
   p.add_argument("--split", default="train", help="split name (TFDS split; shard file prefix)")
   p.add_argument("--out", required=True, help="output directory of shards and manifest.json")
+  p.add_argument("--pixels", action="store_true",
+                 help="store the uint8 centre crops (pixel-space models) instead of VAE latents")
   p.add_argument("--vae", help="local diffusers AutoencoderKL folder or weights file")
   p.add_argument("--vae_sha256", help="expected sha256 of the VAE weights file")
   p.add_argument("--vae_random_init_layout", choices=sorted(vae.LAYOUTS),
@@ -312,7 +334,8 @@ def parse_args(argv: Sequence[str]):
   p.add_argument("--image_size", type=int, default=256)
   p.add_argument("--batch_size", type=int, default=64, help="images per encode call (all devices)")
   p.add_argument("--shard_size", type=int, default=1024, help="records per shard")
-  p.add_argument("--dtype", default="float32", choices=records.DTYPES, help="stored moment dtype")
+  p.add_argument("--dtype", default="float32", choices=records.DTYPES,
+                 help="stored moment dtype (latents; pixels are uint8)")
   p.add_argument("--num_workers", type=int, default=8, help="image decoding threads")
   p.add_argument("--limit", type=int, default=0, help="only the first N examples (smoke runs)")
   p.add_argument("--max_shards", type=int, default=None,

@@ -1,4 +1,4 @@
-"""Latent record format: flat binary shards of fixed-size records, plus a manifest JSON.
+"""Latent and pixel record formats: flat binary shards of fixed-size records, plus a manifest JSON.
 
 Storage is `input_pipeline.flat_records` (why: its docstring): record i of a shard sits at a fixed
 offset, so the sampler (`input_pipeline.sampler`) reads any example by its number, and each record
@@ -11,6 +11,10 @@ concatenation, in this order, of
   label, index                     each int64
 so that a batch of records is one numpy structured array whose fields are the batch's arrays.
 The layout is written in the manifest ("fields", "record_bytes").
+Pixel records (`prepare_imagenet --pixels`, format PIXEL_FORMAT) hold instead
+  image                            uint8 [h, w, 3]  (the centre crop)
+  label, index                     each int64
+with "image_shape" in the manifest where latent records have "latent_shape".
 
 Directory: `<split>-SSSSS-of-NNNNN.bin` shards, `manifest.json` (written last, when every shard
 is complete), and one `<shard>.done.json` per finished shard (what resumption trusts).
@@ -27,10 +31,16 @@ from input_pipeline import flat_records
 from mf_jax.checksum import file_sha256
 
 FORMAT = "mf_jax-latents-flat-v2"
+PIXEL_FORMAT = "mf_jax-pixels-flat-v1"
 MANIFEST = "manifest.json"
 LATENT_FIELDS = ("mean", "std", "flip_mean", "flip_std")
+PIXEL_FIELDS = ("image",)
 INT_FIELDS = ("label", "index")
 DTYPES = ("float32", "float16")
+PIXEL_DTYPE = "uint8"
+# format -> (array fields, manifest key of their shape, allowed dtypes)
+FORMATS = {FORMAT: (LATENT_FIELDS, "latent_shape", DTYPES),
+           PIXEL_FORMAT: (PIXEL_FIELDS, "image_shape", (PIXEL_DTYPE,))}
 
 if sys.byteorder != "little":  # flat_records views shards in host byte order
   raise RuntimeError("input_pipeline.records assumes a little-endian host.")
@@ -38,33 +48,40 @@ if sys.byteorder != "little":  # flat_records views shards in host byte order
 
 @dataclasses.dataclass(frozen=True)
 class RecordLayout:
-  """Binary layout of one record: four latent arrays of `shape` and `dtype`, then label and index."""
+  """Binary layout of one record: the arrays (four latent ones, or the pixel image) of `shape` and
+  `dtype`, then label and index."""
   shape: tuple
   dtype: str = "float32"
+  arrays: tuple = LATENT_FIELDS
 
   def __post_init__(self):
-    if self.dtype not in DTYPES:
-      raise ValueError(f"record dtype {self.dtype!r}: expected one of {DTYPES}.")
+    allowed = FORMATS[self.format][2]
+    if self.dtype not in allowed:
+      raise ValueError(f"record dtype {self.dtype!r}: expected one of {allowed}.")
     if len(self.shape) != 3 or min(self.shape) <= 0:
       raise ValueError(f"record shape {self.shape}: expected [height, width, channels].")
 
   @property
+  def format(self) -> str:
+    return PIXEL_FORMAT if tuple(self.arrays) == PIXEL_FIELDS else FORMAT
+
+  @property
   def numpy_dtype(self) -> np.dtype:
     return np.dtype([(f, "<" + np.dtype(self.dtype).str[1:], tuple(self.shape))
-                     for f in LATENT_FIELDS] + [(f, "<i8") for f in INT_FIELDS])
+                     for f in self.arrays] + [(f, "<i8") for f in INT_FIELDS])
 
   @property
   def record_bytes(self) -> int:
     return self.numpy_dtype.itemsize
 
   def offsets(self) -> Dict[str, int]:
-    return {f: self.numpy_dtype.fields[f][1] for f in LATENT_FIELDS + INT_FIELDS}
+    return {f: self.numpy_dtype.fields[f][1] for f in self.arrays + INT_FIELDS}
 
   def encode(self, **arrays) -> List[bytes]:
-    """Arrays mean/std/flip_mean/flip_std [B, h, w, c], label/index [B] -> B record payloads."""
+    """Arrays mean/std/flip_mean/flip_std (or image) [B, h, w, c], label/index [B] -> B payloads."""
     n = len(arrays["label"])
     rows = np.zeros(n, self.numpy_dtype)
-    for f in LATENT_FIELDS + INT_FIELDS:
+    for f in self.arrays + INT_FIELDS:
       rows[f] = arrays[f]
     raw = rows.tobytes()
     r = self.record_bytes
@@ -73,12 +90,13 @@ class RecordLayout:
   def decode(self, payloads: Sequence[bytes]) -> Dict[str, np.ndarray]:
     """Inverse of `encode` (verification and tests)."""
     rows = np.frombuffer(b"".join(payloads), self.numpy_dtype)
-    return {f: np.array(rows[f]) for f in LATENT_FIELDS + INT_FIELDS}
+    return {f: np.array(rows[f]) for f in self.arrays + INT_FIELDS}
 
   def to_json(self) -> dict:
-    return {"latent_shape": list(self.shape), "dtype": self.dtype, "record_bytes": self.record_bytes,
+    return {FORMATS[self.format][1]: list(self.shape), "dtype": self.dtype,
+            "record_bytes": self.record_bytes,
             "fields": [{"name": f, "dtype": self.dtype, "shape": list(self.shape)}
-                       for f in LATENT_FIELDS] + [{"name": f, "dtype": "int64", "shape": []}
+                       for f in self.arrays] + [{"name": f, "dtype": "int64", "shape": []}
                                                   for f in INT_FIELDS]}
 
 
@@ -139,7 +157,7 @@ def manifest_path(path: str) -> str:
   elif not path.endswith(".json"):
     path = os.path.join(os.path.dirname(path) or ".", MANIFEST)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"Latent manifest {path!r} not found: pass the --out directory of "
+    raise FileNotFoundError(f"Record manifest {path!r} not found: pass the --out directory of "
                             "input_pipeline.prepare_imagenet (a run that finished writes it last).")
   return path
 
@@ -151,19 +169,21 @@ def read_manifest(path: str) -> dict:
     with open(mpath) as f:
       m = json.load(f)
   except json.JSONDecodeError as e:
-    raise ValueError(f"Latent manifest {mpath!r} is not valid JSON: {e}") from e
-  if m.get("format") != FORMAT:
-    raise ValueError(f"Latent manifest {mpath!r}: format {m.get('format')!r}, expected {FORMAT!r}.")
+    raise ValueError(f"Record manifest {mpath!r} is not valid JSON: {e}") from e
+  if m.get("format") not in FORMATS:
+    raise ValueError(f"Record manifest {mpath!r}: format {m.get('format')!r}, expected one of "
+                     f"{sorted(FORMATS)}.")
+  arrays, shape_key, _ = FORMATS[m["format"]]
   try:
-    layout = RecordLayout(tuple(m["latent_shape"]), m["dtype"])
+    layout = RecordLayout(tuple(m[shape_key]), m["dtype"], arrays)
   except (KeyError, TypeError) as e:
-    raise ValueError(f"Latent manifest {mpath!r}: missing or bad latent_shape/dtype ({e}).") from e
+    raise ValueError(f"Record manifest {mpath!r}: missing or bad {shape_key}/dtype ({e}).") from e
   if m.get("record_bytes") != layout.record_bytes:
-    raise ValueError(f"Latent manifest {mpath!r}: record_bytes {m.get('record_bytes')} disagrees "
-                     f"with latent_shape {m['latent_shape']} and dtype {m['dtype']} "
+    raise ValueError(f"Record manifest {mpath!r}: record_bytes {m.get('record_bytes')} disagrees "
+                     f"with {shape_key} {m[shape_key]} and dtype {m['dtype']} "
                      f"({layout.record_bytes} bytes).")
   if sum(s["count"] for s in m["shards"]) != m["count"]:
-    raise ValueError(f"Latent manifest {mpath!r}: shard counts do not add up to count={m['count']}.")
+    raise ValueError(f"Record manifest {mpath!r}: shard counts do not add up to count={m['count']}.")
   m["dir"] = os.path.dirname(os.path.abspath(mpath))
   m["layout"] = layout
   return m
@@ -173,17 +193,17 @@ def check_shard_header(m: dict, shard: dict) -> str:
   """Cheap pre-flight check of one shard against the manifest (size, record size); returns path."""
   path = os.path.join(m["dir"], shard["file"])
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"Latent shard {path!r} listed in the manifest is missing.")
+    raise FileNotFoundError(f"Record shard {path!r} listed in the manifest is missing.")
   size, layout = os.path.getsize(path), m["layout"]
   stride = flat_records.stride(layout.record_bytes)
   if size != shard["bytes"]:
-    raise ValueError(f"Latent shard {path!r} has {size} bytes, the manifest says {shard['bytes']}: "
+    raise ValueError(f"Record shard {path!r} has {size} bytes, the manifest says {shard['bytes']}: "
                      f"truncated or replaced (if truncated, record {min(size // stride, shard['count'])} "
                      "onwards is missing or incomplete). Rerun input_pipeline.prepare_imagenet with "
                      f"the same flags and --out={m['dir']}: it rewrites shards whose size does not match.")
   if size != shard["count"] * stride:
-    raise ValueError(f"Latent shard {path!r}: {size} bytes do not hold {shard['count']} records of "
-                     f"the manifest's latent_shape {list(layout.shape)} and dtype {layout.dtype} "
+    raise ValueError(f"Record shard {path!r}: {size} bytes do not hold {shard['count']} records of "
+                     f"the manifest's {FORMATS[layout.format][1]} {list(layout.shape)} and dtype {layout.dtype} "
                      f"({layout.record_bytes} bytes each): shard and manifest come from different runs.")
   return path
 
@@ -215,14 +235,14 @@ def verify(path: str) -> dict:
       p = check_shard_header(m, shard)
       digest = file_sha256(p)
       if digest != shard["sha256"]:
-        raise ValueError(f"Latent shard {p!r}: sha256 {digest} != manifest {shard['sha256']}.")
+        raise ValueError(f"Record shard {p!r}: sha256 {digest} != manifest {shard['sha256']}.")
       rows = read_shard(m, shard)
       want = np.arange(shard["first_index"], shard["first_index"] + shard["count"])
       if not np.array_equal(rows["index"], want):
-        raise ValueError(f"Latent shard {p!r}: indices are not {want[0]}..{want[-1]} in order.")
+        raise ValueError(f"Record shard {p!r}: indices are not {want[0]}..{want[-1]} in order.")
       if rows["label"].size and not (0 <= rows["label"].min() and
                                      rows["label"].max() < m["num_classes"]):
-        raise ValueError(f"Latent shard {p!r}: labels outside [0, {m['num_classes']}).")
+        raise ValueError(f"Record shard {p!r}: labels outside [0, {m['num_classes']}).")
     except (ValueError, FileNotFoundError) as e:
       problems.append(str(e))
   if problems:
@@ -235,21 +255,25 @@ def verify(path: str) -> dict:
 
 def write_arrays(out: str, arrays: Dict[str, np.ndarray], *, shard_size: int, split: str = "train",
                  dtype: str = "float32", num_classes: int = 1000, **extra) -> dict:
-  """Write ready-made arrays (mean/std/flip_mean/flip_std [N, h, w, c], label [N]; index optional)
-  as shards plus manifest. Used for synthetic data (benchmark, tests) and small conversions."""
+  """Write ready-made arrays (mean/std/flip_mean/flip_std [N, h, w, c] of `dtype`, or a uint8
+  image [N, h, w, 3] for pixel records; label [N]; index optional) as shards plus manifest.
+  Used for synthetic data (benchmark, tests) and small conversions."""
   n = len(arrays["label"])
   arrays = dict(arrays)
   arrays.setdefault("index", np.arange(n))
-  layout = RecordLayout(tuple(arrays["mean"].shape[1:]), dtype)
+  if "image" in arrays:
+    layout = RecordLayout(tuple(arrays["image"].shape[1:]), PIXEL_DTYPE, PIXEL_FIELDS)
+  else:
+    layout = RecordLayout(tuple(arrays["mean"].shape[1:]), dtype)
   num_shards = max(1, -(-n // shard_size))
   os.makedirs(out, exist_ok=True)
   shards = []
   for i in range(num_shards):
     sl = slice(i * shard_size, min((i + 1) * shard_size, n))
-    payloads = layout.encode(**{f: arrays[f][sl] for f in LATENT_FIELDS + INT_FIELDS})
+    payloads = layout.encode(**{f: arrays[f][sl] for f in layout.arrays + INT_FIELDS})
     shards.append(write_shard(os.path.join(out, shard_name(split, i, num_shards)), payloads,
                               int(arrays["index"][sl][0]) if payloads else 0))
-  manifest = {"format": FORMAT, "count": n, "num_classes": num_classes, "split": split,
+  manifest = {"format": layout.format, "count": n, "num_classes": num_classes, "split": split,
               **layout.to_json(), **extra, "shards": shards}
   atomic_write_json(os.path.join(out, MANIFEST), manifest)
   return manifest

@@ -16,7 +16,7 @@ by index from memory or a memmap needs no graph, and its copies release the GIL.
 import collections
 import sys
 from concurrent import futures
-from typing import Callable, Dict, Iterator
+from typing import Callable, Dict, Iterator, Optional
 
 import numpy as np
 
@@ -79,16 +79,23 @@ def step_indices(step: int, *, num_examples: int, global_batch_size: int, seed: 
 
 def batches(read: Callable[[np.ndarray], Dict[str, np.ndarray]], *, num_examples: int,
             global_batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
-            process_count: int = 1, prefetch: int = 3,
-            workers: int = 2) -> Iterator[Dict[str, np.ndarray]]:
+            process_count: int = 1, prefetch: int = 3, workers: int = 2,
+            augment: Optional[Callable[[Dict[str, np.ndarray], int], Dict[str, np.ndarray]]] = None
+            ) -> Iterator[Dict[str, np.ndarray]]:
   """This process's batch of every step from start_step on: read(step_indices(step, ...)).
 
   `read` maps example numbers [k] to a dict of numpy arrays [k, ...]; it runs `prefetch` steps
   ahead in `workers` threads (numpy copies release the GIL), and its errors surface in order.
+  `augment(batch, step)`, if given, runs in the same worker on the batch read: random
+  augmentation keyed by (seed, step) keeps a resumed run exact.
   """
   kw = dict(num_examples=num_examples, global_batch_size=global_batch_size, seed=seed,
             process_index=process_index, process_count=process_count)
   step_indices(start_step, **kw)  # argument errors now, not in a worker
+
+  def read_step(step):
+    batch = read(step_indices(step, **kw))
+    return batch if augment is None else augment(batch, step)
 
   def generate():
     pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="sampler")
@@ -96,7 +103,7 @@ def batches(read: Callable[[np.ndarray], Dict[str, np.ndarray]], *, num_examples
     try:
       while True:
         while len(pending) < prefetch:
-          pending.append(pool.submit(lambda s: read(step_indices(s, **kw)), step))
+          pending.append(pool.submit(read_step, step))
           step += 1
         yield pending.popleft().result()
     finally:

@@ -105,13 +105,15 @@ FIELDS = {
     "seed": (integer(), "any integer, e.g. 0"),
     "method": (choice(*METHODS), "meanflow (default), drifting, or mae (drifting's encoder)"),
     "data.name": (choice(*input_pipeline.DATASETS), "a data set this codebase reads"),
-    "data.path": (text(), "the folder of prepared records (latents) or the TFDS data_dir (cifar10)"),
+    "data.path": (text(), "the folder of prepared records (latents, pixels) or the TFDS data_dir "
+                          "(cifar10)"),
     "data.image_size": (POSITIVE, "the stored image/latent side, e.g. 32 for ImageNet latents"),
     "data.channels": (POSITIVE, "4 for SD-VAE latents, 3 for RGB, 1 for digits"),
     "data.num_classes": (NON_NEGATIVE, "0 for unconditional, else the label count"),
     "data.latent_scale": (number(0.0, lo_open=True), "0.18215 for SD-VAE latents"),
     "data.vae_path": (text(), "a local diffusers AutoencoderKL folder, or '' (no decoding)"),
     "data.random_flip": (boolean(), "True or False"),
+    "data.random_crop_min_area": (FRACTION, "0.0 (no crop), or 0.2 (the release's pixel configs)"),
     "model.name": (choice("dit", "mlp", "unet"), "dit for images, mlp for small vectors, unet for "
                                                  "CIFAR-10 (unconditional)"),
     "model.variant": (text(), "NAME/PATCH, e.g. 'B/2'"),
@@ -365,15 +367,19 @@ def _vae_file(config):
   if d.vae_path and not os.path.exists(d.vae_path):
     raise ConfigError(f"data.vae_path={d.vae_path!r} does not exist: give a local diffusers "
                       "AutoencoderKL folder or weights file, or '' to skip decoding.")
+  if d.vae_path and not generate.decodes_with_vae(config):
+    raise ConfigError(f"data.vae_path={d.vae_path!r} is set, but data.name={d.name!r} is sampled "
+                      "in pixel space and nothing is decoded: set data.vae_path to ''.")
 
 
 def _training_data(config):
   """The training set's files; sampling and evaluation read none (train mode only)."""
   d = config.data
-  if d.name not in ("imagenet_latents", "cifar10"):
+  if d.name not in ("imagenet_latents", "imagenet_pixels", "cifar10"):
     return
-  what = ("the --out folder of `python -m input_pipeline.prepare_imagenet`"
-          if d.name == "imagenet_latents" else "a TFDS data_dir holding cifar10")
+  what = {"imagenet_latents": "the --out folder of `python -m input_pipeline.prepare_imagenet`",
+          "imagenet_pixels": "the --out folder of `python -m input_pipeline.prepare_imagenet "
+                             "--pixels`"}.get(d.name, "a TFDS data_dir holding cifar10")
   if not d.path:
     raise ConfigError(f"data.path is empty, but data.name={d.name!r} reads files: set "
                       f"--config.data.path to {what}.")
@@ -393,6 +399,17 @@ def _training_data(config):
   if not os.path.isfile(manifest):
     raise ConfigError(f"data.path={d.path!r}: no manifest {manifest!r} (written last by a finished "
                       f"preparation); set it to {what}, or finish the preparation.")
+  if d.name == "imagenet_pixels":  # The images' shape is the model's: a mismatch fails compiling.
+    from input_pipeline import records  # pylint: disable=g-import-not-at-top
+    m = records.read_manifest(manifest)
+    if m["layout"].arrays != records.PIXEL_FIELDS:
+      raise ConfigError(f"data.path={d.path!r} holds {m['format']} records: data.name="
+                        "'imagenet_pixels' reads those of prepare_imagenet --pixels.")
+    want = [d.image_size, d.image_size, d.channels]
+    if list(m["layout"].shape) != want:
+      raise ConfigError(f"data.image_size={d.image_size}, data.channels={d.channels} (images "
+                        f"{want}), but data.path={d.path!r} holds {list(m['layout'].shape)}: set "
+                        "them to the records' shape, or prepare with that --image_size.")
 
 
 def _evaluation(config, mode):

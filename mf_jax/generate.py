@@ -95,6 +95,17 @@ def draw(config, sample_fn, params, mesh, num_samples: int, num_steps: int, seed
   return np.concatenate(outs)[:num_samples], np.concatenate(labels_all)[:num_samples]
 
 
+# Data sets whose samples are SD-VAE latents. Every other data set (digits, cifar10,
+# imagenet_pixels, ...) is sampled in pixel space: no decoding and no VAE needed.
+LATENT_DATA_SETS = ("imagenet_latents",)
+
+
+def decodes_with_vae(config) -> bool:
+  """The one switch for decoding: sample grids, --mode=sample, evaluation and the config checks
+  all ask here whether samples go through the SD-VAE at data.vae_path before becoming images."""
+  return config.data.name in LATENT_DATA_SETS
+
+
 @functools.lru_cache(maxsize=2)
 def load_decoder(vae_path: str, scale: float):
   """Jitted latents -> images in [-1, 1] through the SD-VAE at `vae_path` (loaded once)."""
@@ -105,7 +116,7 @@ def load_decoder(vae_path: str, scale: float):
 
 def decode(x, config, batch_size: int = 32) -> np.ndarray:
   """Data-space samples -> images in [-1, 1]: latent models go through the SD-VAE decoder."""
-  if config.data.name != "imagenet_latents":
+  if not decodes_with_vae(config):
     return np.asarray(x)
   if not config.data.vae_path:
     raise ValueError("data.vae_path is empty: decoding latent samples needs local SD-VAE weights "

@@ -75,7 +75,7 @@ def write_sample_grids(config, sample_fn, state, mesh, writer, workdir, step):
     return
   for steps in ((1,) if config.method == "drifting" else (1, 2)):
     x, _ = generate.draw(config, sample_fn, params, mesh, n, steps, seed=config.sample.seed)
-    if config.data.name == "imagenet_latents" and not config.data.vae_path:
+    if generate.decodes_with_vae(config) and not config.data.vae_path:
       logging.warning("No sample grid: set data.vae_path to decode latent samples.")
       return
     img = generate.grid(generate.to_uint8(x, config), cols=8)

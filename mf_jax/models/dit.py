@@ -24,7 +24,7 @@ VARIANTS = {
     "L": (24, 1024, 16),
     "XL": (28, 1152, 16),
 }
-PATCH_SIZES = (1, 2, 4, 8)
+PATCH_SIZES = (1, 2, 4, 8, 16)  # 16: pixel-space generators on 256 x 256 x 3.
 
 
 def parse_variant(variant: str) -> Tuple[int, int, int, int]:

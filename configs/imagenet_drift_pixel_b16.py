@@ -1,0 +1,39 @@
+"""Drifting Models in pixel space, DiT-B/16 on ImageNet 256 x 256 x 3: the release's pixel SOTA B.
+
+Official FID-50K 1.76 (paper). No VAE anywhere: the generator outputs pixels in [-1, 1], sample
+grids, --mode=sample and FID take them as they are. Data: uint8 centre crops written by
+  python -m input_pipeline.prepare_imagenet --pixels --src=/data/imagenet/train --out=$PIXELS
+  python main.py --config=configs/imagenet_drift_pixel_b16.py --workdir=$DIR \
+      --config.data.path=$PIXELS --config.drifting.feature_encoder_workdir=$MAE \
+      --config.eval.ref_stats=VIRTUAL_imagenet256_labeled.npz
+Mirrors the release's pixel_sota_B: patch 16 on 256 x 256 x 3 (256 tokens), bf16 with remat;
+RandomResizedCrop (area [0.2, 1]) and horizontal flips; per step 128 classes x (128 real, 64
+generated, 32 guidance negatives from a bank of 1000), per-class banks of 128, alpha in [1, 4]
+with p(alpha) ~ alpha^-5; tau {0.02, 0.05, 0.2}; AdamW lr 2e-4 after a 10k-step warmup, weight
+decay 0.01, betas (0.9, 0.95), clip 2.0, EMA 0.999, 100k steps; CFG sweep as the latent SOTA.
+Differences from the release: the generator is today's DiT (see the TODO), the feature encoder is
+today's MAE on pixels (the release: MAE-640 on 8x8 space-to-depth input plus ConvNeXt features),
+and crops come from the stored 256 centre crop (the release crops the full image).
+"""
+from configs import imagenet_drift_ablation, imagenet_drift_b2_sota
+
+def get_config(variant="B/16", learning_rate=2e-4):
+  config = imagenet_drift_ablation.get_config()
+  config.data.update(name="imagenet_pixels", image_size=256, channels=3, vae_path="",
+                     random_flip=True, random_crop_min_area=0.2)
+  # TODO(h11gen merge): dit_modern (SwiGLU, RoPE, RMSNorm, QK-norm, 16 in-context class tokens,
+  # noise_classes 64, noise_coords 32, fp32 attention), as the release's generator.
+  config.model.update(name="dit", variant=variant, compute_dtype="bfloat16", remat=True)
+  config.drifting.update(classes_per_step=128, num_pos=128, num_neg=64, num_unc=32,
+                         queue_len=128, uncond_queue_len=1000, alpha_power=5.0,
+                         no_guidance_frac=0.0)
+  # Feature encoder fields as the latent SOTA configs set them (MAE-640); 16-pixel mask patches
+  # are the release's 2 x 2 patches of its 8 x 8 space-to-depth input.
+  # TODO(h11enc merge): the release's pixel MAE-640 (input_patch_size 8) and ConvNeXt features.
+  config.mae.update(imagenet_drift_b2_sota.MAE_640, patch_size=16, mask_ratio=0.5)
+  config.optim.update(learning_rate=learning_rate, warmup_steps=10_000, weight_decay=0.01)
+  # One loader batch per step: the release pushes its 2048-image batch (push_per_step 128 < 2048).
+  config.train.update(global_batch_size=2048, num_steps=100_000)
+  config.eval.update(cfg_scale=1.0, cfg_scales=imagenet_drift_b2_sota.SOTA_CFG_SCALES)
+  config.sample.cfg_scale = 1.0
+  return config
