@@ -1,0 +1,1 @@
+"""Converters from the Drifting Models release's checkpoint format (github.com/lambertae/drifting)."""
