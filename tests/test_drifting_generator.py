@@ -69,14 +69,15 @@ def test_converted_release_params_reproduce_the_official_generator():
     model = tiny_model(cfg)
     flat = convert_generator.convert_params(release_tree(golden), target_shapes(model, golden))
     params = {"params": traverse_util.unflatten_dict(flat, sep="/")}
-    out = jax.jit(model.apply)(params, golden["inputs/x"], (golden["inputs/alpha"],),
-                               golden["inputs/labels"], golden["inputs/noise_labels"])
+    apply = jax.jit(model.apply)
+    out = apply(params, golden["inputs/x"], (golden["inputs/alpha"],), golden["inputs/labels"],
+                golden["inputs/noise_labels"])
     err = rel_err(out, golden["output"])
     print(f"max relative error vs the official generator: {err:.2e}")
     assert err < RTOL, err
     # The noise labels matter: other labels give another output (so the test sees them).
-    other = jax.jit(model.apply)(params, golden["inputs/x"], (golden["inputs/alpha"],),
-                                 golden["inputs/labels"], (golden["inputs/noise_labels"] + 1) % 5)
+    other = apply(params, golden["inputs/x"], (golden["inputs/alpha"],), golden["inputs/labels"],
+                  (golden["inputs/noise_labels"] + 1) % 5)
     assert rel_err(other, golden["output"]) > 1e-3
 
 
@@ -130,8 +131,8 @@ def get_config():
 
 def test_cli_converts_a_release_artifact_into_a_workdir_that_restores(tmp_path):
   """python -m mf_jax.convert.drifting on an artifact in the release's layout (the golden tree,
-  wrapped as {"params": ...}, plus metadata.json); the workdir restores as --mode=sample does and
-  its EMA generator reproduces the official output."""
+  wrapped as {"params": ...}, plus metadata.json); the workdir restores as main.py restores, with
+  the converted generator (whose outputs the golden test checks) as parameters and every EMA copy."""
   import subprocess
   import sys
   from flax import serialization
@@ -154,20 +155,29 @@ def test_cli_converts_a_release_artifact_into_a_workdir_that_restores(tmp_path):
   assert run.returncode == 0, run.stderr[-3000:]
 
   import importlib.util
-  from mf_jax import train
+  from mf_jax import checkpointing
+  from mf_jax import sharding as sharding_lib
+  from mf_jax import train_state as ts
   spec = importlib.util.spec_from_file_location("tiny_dit_modern", config_file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  state, _, _, model, _, ckpt = train.setup_state(config, str(workdir), "sample")
+  # Restored as main.py restores (Checkpointer.restore_latest into the 8-device layout of the
+  # config's state), from shapes only.
+  model, optimizer = ts.build_model(config), ts.make_optimizer(config)
+  abstract = jax.eval_shape(lambda k: ts.init_state(config, model, optimizer, k), jax.random.key(0))
+  shardings = ts.state_shardings(sharding_lib.make_mesh(config.sharding.fsdp), abstract)
+  ckpt = checkpointing.Checkpointer(str(workdir), config.train.keep_checkpoints)
+  state = ckpt.restore_latest(abstract, shardings)
   ckpt.close()
   assert int(state.step) == 1234 and len(state.ema_params) == 2
-  out = model.apply(jax.device_get(state.ema_params[1]), golden["inputs/x"].astype(np.float32),
-                    (golden["inputs/alpha"].astype(np.float32),), golden["inputs/labels"],
-                    golden["inputs/noise_labels"])
-  # float32 through two blocks of width 32: rounding stays within ~1e-6 relative (the official
-  # float32 run differs from float64 by 6.5e-7); 1e-4 leaves margin on any CPU.
-  assert rel_err(out, golden["output"]) < 1e-4
+  want = convert_generator.convert_params(release_tree(golden), traverse_util.flatten_dict(
+      abstract.params["params"], sep="/"))
+  for tree in (state.params, *state.ema_params):
+    got = traverse_util.flatten_dict(jax.device_get(tree)["params"], sep="/")
+    assert sorted(got) == sorted(want)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
 
   # A config of other shapes: every differing field is named, nothing is written.
   from mf_jax.convert.drifting.__main__ import convert_to_workdir
