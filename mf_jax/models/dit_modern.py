@@ -215,11 +215,11 @@ class ModernDiT(nn.Module):
                                            name=name, **kw)
 
     gh, gw = h // p, w // p
+    if gh != gw or h % p:
+      raise ValueError(f"ModernDiT needs square inputs divisible by the patch {p}, got {h}x{w}.")
     patches = x.astype(self.dtype).reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5)
     tokens = dense(width, "patch_embed", kernel_init=nn.initializers.xavier_uniform())(
         patches.reshape(b, gh * gw, p * p * ch))
-    if gh != gw:
-      raise ValueError(f"ModernDiT needs square inputs, got {h}x{w}.")
     pos = self.param("pos_embed", lambda *_: jnp.asarray(sincos_pos_embed(gh, width)),
                      (gh * gw, width), self.param_dtype)
     tokens = (tokens + pos[None]).astype(self.dtype)
