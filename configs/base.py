@@ -62,6 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
       attention_impl="einsum",  # "einsum" (jvp-friendly everywhere) | "fused" (jax.nn.dot_product_attention)
       remat=False,  # Rematerialise DiT blocks in the backward pass: less memory, ~1/3 more compute.
       mlp_widths=(512, 512, 512, 512),  # name="mlp" only.
+      # name="dit_modern" only (the Drifting release's generator, mf_jax/models/dit_modern.py).
+      cls_tokens=16,  # In-context class tokens before the image tokens.
+      noise_classes=64,  # Noise labels: noise_coords labels, each in [0, noise_classes); 0 = none.
+      noise_coords=32,
       unet=ml_collections.ConfigDict(dict(  # name="unet" only (DDPM++ U-Net, mf_jax/models/unet.py).
           channels=128,
           channel_mult=(2, 2, 2),

@@ -14,9 +14,10 @@ Pretrain it with the same mae section, then train the generator on its EMA param
   (released MAE weights: mf_jax/convert/drifting/encoders.py convert_mae)
   python main.py --config=configs/imagenet_drift_ablation.py --workdir=$DIR \
       --config.data.path=$LATENTS --config.drifting.feature_encoder_workdir=$MAE
-Differences from the release: the DiT is the MeanFlow one (no SwiGLU / RoPE / RMSNorm / QK-norm /
-in-context tokens), the encoder's features are its stage outputs (the release also taps every
-second block), and the learning-rate warmup starts at 0 (the release: 1e-6).
+Generator: the release's DiT (model.name="dit_modern": SwiGLU, RoPE, RMSNorm, QK-norm, 16
+in-context class tokens, 32 noise labels of 64 values, alpha embedding), 132.7M parameters as there.
+Differences from the release: attention always runs in float32, and the learning-rate warmup
+starts at 0 (the release: 1e-6).
 """
 from configs import imagenet_base
 from mf_jax import drifting
@@ -27,7 +28,8 @@ CFG_SCALES = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5)  # Evaluated each time; the best is 
 def get_config():
   config = imagenet_base.get_config("B/2")
   config.method = "drifting"
-  config.model.update(compute_dtype="bfloat16", remat=True)
+  config.model.update(name="dit_modern", cls_tokens=16, noise_classes=64, noise_coords=32,
+                      compute_dtype="bfloat16", remat=True)
   config.drifting.update(
       classes_per_step=64, num_pos=64, num_neg=64, num_unc=16, queue_len=128,
       uncond_queue_len=1000, temperatures=(0.02, 0.05, 0.2), alpha_min=1.0, alpha_max=4.0,

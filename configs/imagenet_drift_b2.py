@@ -12,6 +12,7 @@ from configs import imagenet_base
 def get_config():
   config = imagenet_base.get_config("B/2")
   config.method = "drifting"
+  config.model.name = "dit_modern"  # The generator of the paper and release (mf_jax/models/dit_modern.py).
   config.drifting.update(classes_per_step=64, num_pos=64, num_neg=64, num_unc=16, queue_len=128)
   config.optim.update(learning_rate=2e-4, b1=0.9, b2=0.95, grad_clip=2.0)
   config.ema_decays = (0.999,)

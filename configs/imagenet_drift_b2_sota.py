@@ -5,7 +5,9 @@ with widths 640-1280-2560-5120; see imagenet_drift_ablation.py for how the encod
 and wired in, and for what differs from the release). Per step 128 classes x (64 real, 64
 generated, 32 guidance negatives), alpha in [1, 4] with p(alpha) ~ alpha^-5, 4096 real samples
 pushed per step (the release: 2 loader batches of 2048), AdamW lr 4e-4 after a 10k-step warmup, no
-weight decay, clip 2.0, EMA 0.999, 200k steps.
+weight decay, clip 2.0, EMA 0.999, 200k steps. Generator: the release's DiT (model.name=
+"dit_modern", from imagenet_drift_ablation.py), 132.7M parameters (L/2: 462.9M), as there.
+Released weights: python -m mf_jax.convert.drifting --src=ARTIFACT --workdir=W --config=<this file>.
 """
 from configs import imagenet_drift_ablation
 

@@ -11,9 +11,11 @@ RandomResizedCrop (area [0.2, 1]) and horizontal flips; per step 128 classes x (
 generated, 32 guidance negatives from a bank of 1000), per-class banks of 128, alpha in [1, 4]
 with p(alpha) ~ alpha^-5; tau {0.02, 0.05, 0.2}; AdamW lr 2e-4 after a 10k-step warmup, weight
 decay 0.01, betas (0.9, 0.95), clip 2.0, EMA 0.999, 100k steps; CFG sweep as the latent SOTA.
-Differences from the release: the generator is today's DiT (see the TODO), the feature encoder is
-today's MAE on pixels (the release: MAE-640 on 8x8 space-to-depth input plus ConvNeXt features),
-and crops come from the stored 256 centre crop (the release crops the full image).
+Generator: the release's DiT (model.name="dit_modern", as in imagenet_drift_ablation.py) with patch
+16; feature encoder: the release's pixel MAE-640 (8x8 space-to-depth input, 2x2 mask patches).
+Differences from the release: its ConvNeXt-V2 features are not wired into the trainer yet
+(mf_jax/models/convnext.py has them), and crops come from the stored 256 centre crop (the
+release crops the full image).
 """
 from configs import imagenet_drift_ablation, imagenet_drift_b2_sota
 
@@ -21,16 +23,13 @@ def get_config(variant="B/16", learning_rate=2e-4):
   config = imagenet_drift_ablation.get_config()
   config.data.update(name="imagenet_pixels", image_size=256, channels=3, vae_path="",
                      random_flip=True, random_crop_min_area=0.2)
-  # TODO(h11gen merge): dit_modern (SwiGLU, RoPE, RMSNorm, QK-norm, 16 in-context class tokens,
-  # noise_classes 64, noise_coords 32, fp32 attention), as the release's generator.
-  config.model.update(name="dit", variant=variant, compute_dtype="bfloat16", remat=True)
+  config.model.update(variant=variant)  # dit_modern, bf16, remat: from the ablation config.
   config.drifting.update(classes_per_step=128, num_pos=128, num_neg=64, num_unc=32,
                          queue_len=128, uncond_queue_len=1000, alpha_power=5.0,
                          no_guidance_frac=0.0)
-  # Feature encoder fields as the latent SOTA configs set them (MAE-640); 16-pixel mask patches
-  # are the release's 2 x 2 patches of its 8 x 8 space-to-depth input.
-  # TODO(h11enc merge): the release's pixel MAE-640 (input_patch_size 8) and ConvNeXt features.
-  config.mae.update(imagenet_drift_b2_sota.MAE_640, patch_size=16, mask_ratio=0.5)
+  # The release's pixel MAE-640: 8 x 8 space-to-depth input, 2 x 2 mask patches of that grid.
+  config.mae.update(imagenet_drift_b2_sota.MAE_640, input_patch_size=8, patch_size=2,
+                    mask_ratio=0.5)
   config.optim.update(learning_rate=learning_rate, warmup_steps=10_000, weight_decay=0.01)
   # One loader batch per step: the release pushes its 2048-image batch (push_per_step 128 < 2048).
   config.train.update(global_batch_size=2048, num_steps=100_000)

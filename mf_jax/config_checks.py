@@ -114,8 +114,9 @@ FIELDS = {
     "data.vae_path": (text(), "a local diffusers AutoencoderKL folder, or '' (no decoding)"),
     "data.random_flip": (boolean(), "True or False"),
     "data.random_crop_min_area": (FRACTION, "0.0 (no crop), or 0.2 (the release's pixel configs)"),
-    "model.name": (choice("dit", "mlp", "unet"), "dit for images, mlp for small vectors, unet for "
-                                                 "CIFAR-10 (unconditional)"),
+    "model.name": (choice("dit", "dit_modern", "mlp", "unet"),
+                   "dit for images, dit_modern for the Drifting release's generator, mlp for small "
+                   "vectors, unet for CIFAR-10 (unconditional)"),
     "model.variant": (text(), "NAME/PATCH, e.g. 'B/2'"),
     "model.depth": (optional(POSITIVE), "None (the variant's) or a block count"),
     "model.hidden_size": (optional(POSITIVE), "None (the variant's) or a width divisible by "
@@ -125,6 +126,9 @@ FIELDS = {
     "model.attention_impl": (choice(*ATTENTION_IMPLS), "einsum works everywhere"),
     "model.remat": (boolean(), "True trades compute for memory"),
     "model.mlp_widths": (int_tuple(), "hidden widths, e.g. (512, 512, 512, 512)"),
+    "model.cls_tokens": (NON_NEGATIVE, "16 (the Drifting release)"),
+    "model.noise_classes": (NON_NEGATIVE, "64 (the Drifting release), or 0 for no noise labels"),
+    "model.noise_coords": (POSITIVE, "32 (the Drifting release)"),
     "model.unet.channels": (POSITIVE, "128 (official CIFAR-10 U-Net)"),
     "model.unet.channel_mult": (int_tuple(), "(2, 2, 2)"),
     "model.unet.num_blocks": (POSITIVE, "4"),
@@ -316,6 +320,11 @@ def _model(config):
       raise ConfigError(f"model.hidden_size={width} must be divisible by model.num_heads={heads} "
                         "and by 4: change one of them (None takes the variant's).")
     model.dims()  # Patch size, dtype and attention names.
+  if config.model.name == "dit_modern" and config.method != "mae":
+    try:
+      model.dims()  # Variant, patch size, head width.
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   if config.mae.arch == "release":
     if config.method == "mae" or config.drifting.feature_encoder_workdir:
       _release_mae(config)

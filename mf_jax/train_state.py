@@ -15,6 +15,7 @@ import optax
 from mf_jax import class_queues
 from mf_jax import sharding as sharding_lib
 from mf_jax.models.dit import DiT
+from mf_jax.models.dit_modern import ModernDiT
 from mf_jax.models.feature_encoder import MaskedAutoencoder
 from mf_jax.models.mae_resnet import MAEResNet
 from mf_jax.models.mlp import MLP
@@ -54,8 +55,16 @@ def build_model(config) -> nn.Module:
                dtype=DTYPES[m.compute_dtype])
   if m.name == "unet":
     return unet_model(config)
+  if m.name == "dit_modern":  # The Drifting release's generator (SwiGLU, RoPE, RMSNorm, QK-norm).
+    return ModernDiT(variant=m.variant, image_size=config.data.image_size,
+                     channels=config.data.channels, num_classes=config.data.num_classes,
+                     condition_names=conditions, depth=m.depth, hidden_size=m.hidden_size,
+                     num_heads=m.num_heads, cls_tokens=m.cls_tokens, noise_classes=m.noise_classes,
+                     noise_coords=m.noise_coords, remat=m.remat, dtype=DTYPES[m.compute_dtype],
+                     param_dtype=jnp.float64 if m.compute_dtype == "float64" else jnp.float32)
   if m.name != "dit":
-    raise ValueError(f"model.name={m.name!r}: allowed values are ['dit', 'mlp', 'unet'].")
+    raise ValueError(f"model.name={m.name!r}: allowed values are ['dit', 'dit_modern', 'mlp', "
+                     "'unet'].")
   return DiT(variant=m.variant, image_size=config.data.image_size, channels=config.data.channels,
              num_classes=config.data.num_classes, condition_names=conditions, depth=m.depth,
              hidden_size=m.hidden_size, num_heads=m.num_heads,

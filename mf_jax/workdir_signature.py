@@ -15,7 +15,8 @@ FILE = "state_signature.json"
 # Config fields that can change the state's shapes (named in the error when shapes differ).
 SHAPE_FIELDS = ("method", "data.image_size", "data.channels", "data.num_classes", "model.name",
                 "model.variant", "model.depth", "model.hidden_size", "model.num_heads",
-                "model.mlp_widths", "ema_decays", "optim.grad_clip", "drifting.queue_len",
+                "model.mlp_widths", "model.cls_tokens", "model.noise_classes",
+                "model.noise_coords", "ema_decays", "optim.grad_clip", "drifting.queue_len",
                 "drifting.feature_encoder_workdir", "mae.widths", "mae.blocks_per_stage",
                 "mae.groups", "mae.decoder_width", "mae.arch", "mae.layers",
                 "mae.input_patch_size")
