@@ -161,7 +161,8 @@ def load_feature_encoder(config, shardings):
   replicated = shardings.step  # The scalar step's sharding: replicated on the run's mesh.
   mae_shardings = jax.tree_util.tree_map(lambda _: replicated, abstract)
   ckpt = checkpointing.Checkpointer(workdir, keep=1)
-  restored = ckpt.restore_latest(abstract, mae_shardings) if ckpt.latest_step() else None
+  restored = (ckpt.restore_latest(abstract, mae_shardings) if ckpt.latest_step() is not None
+              else None)
   ckpt.close()
   if restored is None:
     raise FileNotFoundError(f"drifting.feature_encoder_workdir={workdir} holds no MAE checkpoint: "

@@ -207,3 +207,41 @@ def test_release_mae_config_errors_name_the_field(overrides, message):
   config.mae.update(dict(dict(arch="release", widths=(8, 8, 8, 8)), **overrides))
   with pytest.raises(config_checks.ConfigError, match=message):
     config_checks.validate(config)
+
+
+def test_cli_converts_a_release_mae_into_the_workdir_drifting_reads(tmp_path, mae_golden):
+  """python -m mf_jax.convert.drifting --encoder_src --encoder_workdir: the release MAE artifact
+  (the golden tree in the release's msgpack layout) becomes an MAE workdir, and the drifting
+  trainer's load_feature_encoder reads back exactly the converted parameters."""
+  from flax import serialization  # pylint: disable=import-outside-toplevel
+  from mf_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
+  from mf_jax import train  # pylint: disable=import-outside-toplevel
+  from mf_jax.convert.drifting import __main__ as cli  # pylint: disable=import-outside-toplevel
+  channels, patch, size, width, *layers = (int(v) for v in mae_golden["latent/config"])
+  release = _params(mae_golden, "latent/params/")
+  src = tmp_path / "mae_release"
+  src.mkdir()
+  (src / "ema_params.msgpack").write_bytes(serialization.msgpack_serialize(
+      {"params": traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in release.items()})}))
+  config = tiny.get_config()
+  config.method = "drifting"
+  config.data.update(image_size=size, channels=channels, num_classes=10)
+  config.mae.update(arch="release", widths=tuple(width * 2 ** s for s in range(4)),
+                    layers=tuple(layers), input_patch_size=patch, compute_dtype="float32")
+  workdir = tmp_path / "mae_workdir"
+  state, _ = cli.convert_encoder_to_workdir(str(src), config, str(workdir))
+  model = ts.mae_model(config)
+  want = traverse_util.flatten_dict(encoders.convert_mae(release, model, size), sep="/")
+
+  config.drifting.feature_encoder_workdir = str(workdir)
+  abstract = jax.eval_shape(lambda k: ts.init_state(config, ts.build_model(config),
+                                                    ts.make_optimizer(config), k),
+                            jax.random.key(0))
+  shardings = ts.state_shardings(sharding_lib.make_mesh(1), abstract)
+  got = traverse_util.flatten_dict(jax.device_get(train.load_feature_encoder(config, shardings)),
+                                   sep="/")
+  assert sorted(got) == sorted(want) and int(state.step) == 0
+  for k, v in want.items():
+    np.testing.assert_array_equal(got[k], np.asarray(v, np.float32))
+  with pytest.raises(FileExistsError, match="already holds checkpoints"):
+    cli.convert_encoder_to_workdir(str(src), config, str(workdir))

@@ -11,6 +11,14 @@ training workdir holding params_ema/. Nothing is downloaded. The EMA parameters 
 parameters and every EMA copy of a fresh TrainState (optimizer moments zero, sample queues empty),
 saved at the release's step; the config must describe the same generator (model.name='dit_modern',
 same variant, class tokens and noise labels); every mismatch is listed before anything is written.
+
+The release's MAE feature encoder (artifact folder of the same format, e.g. its mae_latent_256)
+converts into an MAE workdir of this project, which a drifting run then reads as its frozen encoder:
+
+  python -m mf_jax.convert.drifting --encoder_src=/ckpts/mae_latent_256 \
+      --encoder_workdir=/runs/mae256_release --config=configs/imagenet_drift_ablation.py
+  python main.py --config=configs/imagenet_drift_ablation.py --workdir=$DIR \
+      --config.drifting.feature_encoder_workdir=/runs/mae256_release --config.data.path=$LATENTS
 """
 from typing import Tuple
 
@@ -20,6 +28,7 @@ from flax import traverse_util
 
 from mf_jax import train_state as ts
 from mf_jax.convert import meanflow_official
+from mf_jax.convert.drifting import encoders
 from mf_jax.convert.drifting import generator as generator_lib
 
 
@@ -41,15 +50,43 @@ def build_state(config, release_params, metadata) -> ts.TrainState:
                                               model.dims())
   flat = generator_lib.convert_params(release_params, target, model.condition_names[0], problems)
   params = {"params": traverse_util.unflatten_dict(flat, sep="/")}
-  aux = _zeros(abstract.aux)  # Empty sample queues: training refills them, sampling ignores them.
-  # --- Feature encoders (coordinator): convert the release's MAE / ConvNeXt here with
-  # mf_jax/convert/drifting/encoders.py and place them in aux["encoder"] (or write the MAE's own
-  # workdir for drifting.feature_encoder_workdir). Until then training re-reads the encoder from
-  # drifting.feature_encoder_workdir, and sampling / evaluation do not need it. ---
+  # Empty sample queues: training refills them, sampling ignores them. The feature encoder is its
+  # own workdir (build_encoder_state), read when training starts, not needed to sample.
+  aux = _zeros(abstract.aux)
   return ts.TrainState(step=np.asarray(int(metadata.get("step", 0)), np.int32), params=params,
                        opt_state=_zeros(abstract.opt_state),
                        ema_params=tuple(params for _ in config.ema_decays),
                        nonfinite_step=np.asarray(-1, np.int32), aux=aux)
+
+
+def build_encoder_state(config, release_params, metadata) -> ts.TrainState:
+  """An MAE TrainState (method='mae' of config's mae section) holding the release encoder's EMA
+  parameters as its parameters and every EMA copy, as train.load_feature_encoder reads it."""
+  mae = config.copy_and_resolve_references()
+  mae.method = "mae"
+  if mae.mae.arch != "release":
+    raise ValueError(f"mae.arch={mae.mae.arch!r}: the release's encoder needs mae.arch='release' "
+                     "(e.g. configs/imagenet_drift_ablation.py or configs/mae_latent_256.py).")
+  model, optimizer = ts.build_model(mae), ts.make_optimizer(mae)
+  abstract = jax.eval_shape(lambda k: ts.init_state(mae, model, optimizer, k), jax.random.key(0))
+  params = encoders.convert_mae(release_params, model, mae.data.image_size)
+  want = jax.tree_util.tree_map(lambda a: (a.shape, np.dtype(a.dtype)), abstract.params)
+  params = jax.tree_util.tree_map(lambda p, w: np.asarray(p, w[1]), params, want,
+                                  is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2
+                                  and isinstance(x[1], np.dtype))
+  return ts.TrainState(step=np.asarray(int(metadata.get("step", 0)), np.int32), params=params,
+                       opt_state=_zeros(abstract.opt_state),
+                       ema_params=tuple(params for _ in mae.ema_decays),
+                       nonfinite_step=np.asarray(-1, np.int32), aux=_zeros(abstract.aux))
+
+
+def convert_encoder_to_workdir(src: str, config, workdir: str) -> Tuple[ts.TrainState, str]:
+  """The release MAE artifact at `src` -> an MAE workdir for drifting.feature_encoder_workdir."""
+  release_params, metadata = generator_lib.read_release(src)
+  state = build_encoder_state(config, release_params, metadata)
+  mae = config.copy_and_resolve_references()
+  mae.method = "mae"
+  return state, meanflow_official.write_workdir(state, mae, workdir)
 
 
 def convert_to_workdir(src: str, config, workdir: str) -> Tuple[ts.TrainState, str]:
@@ -61,12 +98,21 @@ def convert_to_workdir(src: str, config, workdir: str) -> Tuple[ts.TrainState, s
 
 def main(argv):
   del argv
-  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  state, directory = convert_to_workdir(f.src, f.config, f.workdir)
-  logging.info("Converted the release generator %s (step %d, %d parameters) into %s.", f.src,
-               int(state.step),
-               sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(state.params)), directory)
+  if not (f.src and f.workdir) and not (f.encoder_src and f.encoder_workdir):
+    raise app.UsageError("give --src and --workdir (generator), --encoder_src and "
+                         "--encoder_workdir (MAE feature encoder), or both pairs.")
+  jobs = [("generator", f.src, f.workdir, convert_to_workdir),
+          ("MAE encoder", f.encoder_src, f.encoder_workdir, convert_encoder_to_workdir)]
+  for what, src, workdir, convert in jobs:
+    if src or workdir:
+      if not (src and workdir):
+        raise app.UsageError(f"the {what} needs both its source and its workdir flag.")
+      state, directory = convert(src, f.config, workdir)
+      logging.info("Converted the release %s %s (step %d, %d parameters) into %s.", what, src,
+                   int(state.step),
+                   sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(state.params)), directory)
 
 
 if __name__ == "__main__":
@@ -77,5 +123,9 @@ if __name__ == "__main__":
   flags.DEFINE_string("src", None, "The release's generator artifact folder (ema_params.msgpack, "
                       "metadata.json), or a release workdir holding params_ema/.")
   flags.DEFINE_string("workdir", None, "Empty workdir to write; then run main.py --mode=eval on it.")
-  flags.mark_flags_as_required(["config", "src", "workdir"])
+  flags.DEFINE_string("encoder_src", None, "The release's MAE encoder artifact folder (e.g. "
+                      "mae_latent_256: ema_params.msgpack, metadata.json).")
+  flags.DEFINE_string("encoder_workdir", None, "Empty workdir for the converted MAE; give it to "
+                      "training as --config.drifting.feature_encoder_workdir.")
+  flags.mark_flags_as_required(["config"])
   app.run(main)
