@@ -2,6 +2,9 @@
 
 REFERENCE.md section 4: on a 4x4 checkerboard the one-step flow-matching map blurs the cells, while
 the 1-NFE MeanFlow map keeps them. (Well-separated Gaussians would not separate the two methods.)
+After 600 steps of batch 512, over seeds 0-5 (init key s, step keys s + 1) the energy distances were
+MeanFlow 0.017-0.047 and flow matching 0.30-0.48 (ratio 0.05-0.16), against the bounds 0.15 and
+0.5x below; 1500 steps (seed 0) gave 0.024 and 0.33, so the extra steps only added run time.
 """
 
 import flax.linen as nn
@@ -28,7 +31,7 @@ class VelocityMLP(nn.Module):
     return nn.Dense(2)(h)
 
 
-def train(ratio, steps=1500, batch=512):
+def train(ratio, steps=600, batch=512):
   cfg = meanflow_config(num_classes=0)
   cfg.r_neq_t_ratio, cfg.class_dropout = ratio, 0.0
   model = VelocityMLP()

@@ -1,4 +1,5 @@
 """The training system: one step, sharding equivalence, exact resume, bad configs, non-finite stops."""
+import functools
 import json
 import os
 
@@ -55,6 +56,24 @@ def test_one_step_changes_params_with_finite_loss():
   assert any(not np.allclose(a, b) for a, b in zip(before, leaves(state.params)))
 
 
+def float64_sharding_config():
+  config = tiny_config(global_batch_size=16)
+  config.model.hidden_size = 64  # Big enough that FSDP really splits some arrays.
+  config.model.depth = 1  # One block has every kind of sharded parameter; a second adds compile time only.
+  config.model.compute_dtype = "float64"
+  return config
+
+
+@functools.lru_cache(maxsize=None)
+def one_device_float64_reference():
+  """Two float64 steps on one device, ((params, ema_params) on the host, [losses]): one run shared
+  by every mesh compared against it (the reference does not depend on the mesh)."""
+  assert jax.config.jax_enable_x64, "call under the x64 fixture"
+  state, losses = run_steps(float64_sharding_config(),
+                            sharding_lib.make_mesh(1, jax.devices()[:1]), 2)
+  return jax.device_get((state.params, state.ema_params)), losses
+
+
 @pytest.mark.parametrize("fsdp", [1, 2])
 def test_sharded_step_matches_single_device(fsdp, x64):
   """8 devices (data x FSDP) compute the numbers of 1 device: checked in float64.
@@ -64,19 +83,17 @@ def test_sharded_step_matches_single_device(fsdp, x64):
   sharded batch changes losses and parameters at the 1e-3 level or more. In float32 the same
   comparison would depend on the processor's rounding.
   """
-  config = tiny_config(global_batch_size=16)
-  config.model.hidden_size = 64  # Big enough that FSDP really splits some arrays.
-  config.model.compute_dtype = "float64"
-  ref_state, ref_losses = run_steps(config, sharding_lib.make_mesh(1, jax.devices()[:1]), 2)
+  config = float64_sharding_config()
+  ref_weights, ref_losses = one_device_float64_reference()
   mesh = sharding_lib.make_mesh(fsdp)
   state, losses = run_steps(config, mesh, 2)
   if fsdp > 1:
     specs = [x.sharding.spec for x in jax.tree_util.tree_leaves(state.params)]
     assert any("fsdp" in tuple(s) for s in specs)
   assert all(a.dtype == np.float64 for a in leaves(state.params))
+  assert all(a.dtype == np.float64 for a in jax.tree_util.tree_leaves(ref_weights))
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-10)
-  assert numerics.rel_err((state.params, state.ema_params),
-                          (ref_state.params, ref_state.ema_params)) < 1e-10
+  assert numerics.rel_err(jax.device_get((state.params, state.ema_params)), ref_weights) < 1e-10
 
 
 def test_exact_resume(tmp_path):
