@@ -36,6 +36,7 @@ import sys
 import tempfile
 
 import numpy as np
+from flax import traverse_util
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(os.path.dirname(HERE), "tests", "golden")
@@ -96,14 +97,8 @@ def flat_paths(tree, prefix=""):
 
 
 def unflatten(flat):
-  tree = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
+  """{"a/b": x} -> {"a": {"b": x}}."""
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def deterministic_weights(shapes):

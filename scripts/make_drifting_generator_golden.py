@@ -32,6 +32,7 @@ import sys
 import tempfile
 
 import numpy as np
+from flax import traverse_util
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(os.path.dirname(HERE), "tests", "golden", "drifting_generator_tiny.npz")
@@ -84,14 +85,8 @@ def flatten(tree, prefix=""):
 
 
 def unflatten(flat):
-  tree = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
+  """{"a/b": x} -> {"a": {"b": x}}."""
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def run(DitGen, jax, jnp, params, inputs, dtype):
