@@ -59,21 +59,25 @@ def build_state(config, release_params, metadata) -> ts.TrainState:
                        nonfinite_step=np.asarray(-1, np.int32), aux=aux)
 
 
+def _mae_config(config):
+  """The MAE run of config's mae section (method='mae'), as train.load_feature_encoder builds it."""
+  mae = config.copy_and_resolve_references()
+  mae.method = "mae"
+  return mae
+
+
 def build_encoder_state(config, release_params, metadata) -> ts.TrainState:
   """An MAE TrainState (method='mae' of config's mae section) holding the release encoder's EMA
   parameters as its parameters and every EMA copy, as train.load_feature_encoder reads it."""
-  mae = config.copy_and_resolve_references()
-  mae.method = "mae"
+  mae = _mae_config(config)
   if mae.mae.arch != "release":
     raise ValueError(f"mae.arch={mae.mae.arch!r}: the release's encoder needs mae.arch='release' "
                      "(e.g. configs/imagenet_drift_ablation.py or configs/mae_latent_256.py).")
   model, optimizer = ts.build_model(mae), ts.make_optimizer(mae)
   abstract = jax.eval_shape(lambda k: ts.init_state(mae, model, optimizer, k), jax.random.key(0))
-  params = encoders.convert_mae(release_params, model, mae.data.image_size)
-  want = jax.tree_util.tree_map(lambda a: (a.shape, np.dtype(a.dtype)), abstract.params)
-  params = jax.tree_util.tree_map(lambda p, w: np.asarray(p, w[1]), params, want,
-                                  is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2
-                                  and isinstance(x[1], np.dtype))
+  params = jax.tree_util.tree_map(lambda p, a: np.asarray(p, a.dtype),
+                                  encoders.convert_mae(release_params, model, mae.data.image_size),
+                                  abstract.params)
   return ts.TrainState(step=np.asarray(int(metadata.get("step", 0)), np.int32), params=params,
                        opt_state=_zeros(abstract.opt_state),
                        ema_params=tuple(params for _ in mae.ema_decays),
@@ -84,9 +88,7 @@ def convert_encoder_to_workdir(src: str, config, workdir: str) -> Tuple[ts.Train
   """The release MAE artifact at `src` -> an MAE workdir for drifting.feature_encoder_workdir."""
   release_params, metadata = generator_lib.read_release(src)
   state = build_encoder_state(config, release_params, metadata)
-  mae = config.copy_and_resolve_references()
-  mae.method = "mae"
-  return state, meanflow_official.write_workdir(state, mae, workdir)
+  return state, meanflow_official.write_workdir(state, _mae_config(config), workdir)
 
 
 def convert_to_workdir(src: str, config, workdir: str) -> Tuple[ts.TrainState, str]:
