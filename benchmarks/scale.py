@@ -238,12 +238,9 @@ def fit_batch(config, mesh, measured: dict, device_memory_gb: float) -> dict:
   b1, b2 = measured["images_per_step"] / n, second["images_per_step"] / n
   m1 = measured["memory_per_device"]["total_bytes"]
   m2 = second["memory_per_device"]["total_bytes"]
-  per_image = (m2 - m1) / (b2 - b1)
-  fixed = m1 - per_image * b1
-  limit = device_memory_gb * 1e9
-  largest = int((limit - fixed) // per_image) if per_image > 0 else None
+  per_image, fixed, largest = scale_table.affine_memory_fit(b1, m1, b2, m2, device_memory_gb)
   return {"device_memory_gb": device_memory_gb, "bytes_per_image": per_image, "fixed_bytes": fixed,
-          "fits": m1 <= limit, "largest_batch_per_device": largest,
+          "fits": m1 <= device_memory_gb * 1e9, "largest_batch_per_device": largest,
           "compile_s": second["compile_s"]}
 
 

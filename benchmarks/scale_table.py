@@ -5,6 +5,15 @@ RESULTS_BEGIN = "<!-- scale.py --all: begin -->"
 RESULTS_END = "<!-- scale.py --all: end -->"
 
 
+def affine_memory_fit(b1: float, m1: float, b2: float, m2: float, device_memory_gb: float):
+  """(bytes per image, fixed bytes, largest per-device batch within device memory or None) of the
+  line through (batch per device, bytes per device) points (b1, m1) and (b2, m2)."""
+  per_image = (m2 - m1) / (b2 - b1)
+  fixed = m1 - per_image * b1
+  largest = int((device_memory_gb * 1e9 - fixed) // per_image) if per_image > 0 else None
+  return per_image, fixed, largest
+
+
 def fitting_batch(small: dict, large: dict, device_memory_gb: float = 80.0):
   """Largest per-device batch within device memory, from two rows of one config.
 
@@ -20,9 +29,7 @@ def fitting_batch(small: dict, large: dict, device_memory_gb: float = 80.0):
   m2 = large["train"]["memory_per_device"]["total_bytes"]
   if b1 == b2 or m1 <= m2:
     return None
-  per_image = (m1 - m2) / (b1 - b2)
-  fixed = m1 - per_image * b1
-  return int((device_memory_gb * 1e9 - fixed) // per_image)
+  return affine_memory_fit(b1, m1, b2, m2, device_memory_gb)[2]
 
 
 def results_table(rows) -> str:
