@@ -202,7 +202,7 @@ def feature_set_field(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight
     def weighted_distance_sum(x, y, w):
       return jnp.einsum("clnt,ct->c", pairwise_distance(x, y), col_weights(w))
     dist_sum = jnp.sum(map_over_classes(weighted_distance_sum, (x, y, unc_weight), class_chunk))
-    mean_dist = dist_sum / (n * num_loc * jnp.sum(col_weights(unc_weight)))
+    mean_dist = dist_sum / (float(n * num_loc) * jnp.sum(col_weights(unc_weight)))
     dist_unit = jnp.maximum(mean_dist, SCALE_FLOOR)
     scale = jnp.maximum(mean_dist / math.sqrt(ch), SCALE_FLOOR)
   else:
@@ -221,7 +221,9 @@ def feature_set_field(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight
     return jnp.swapaxes(f, 0, 1), jnp.swapaxes(sq, 0, 1)
 
   f, sq = map_over_classes(forces, (x, y, unc_weight), class_chunk)  # [N_c, R, L, N, C], [N_c, R]
-  rms = jnp.sqrt(jnp.sum(sq, axis=0) / (n_c * num_loc * n * ch))
+  # A Python float: the entry count passes 2^31 at the released pixel batches (an int would not
+  # fit JAX's int32).
+  rms = jnp.sqrt(jnp.sum(sq, axis=0) / float(n_c * num_loc * n * ch))
   if normalize_drift:
     f = f / jnp.maximum(rms, RMS_FLOOR)[:, None, None, None]
   return jnp.swapaxes(jnp.sum(f, axis=1), 1, 2), scale, rms

@@ -388,3 +388,16 @@ def test_drifting_loss_groups_classes_and_sets_like_a_loop():
   np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
   np.testing.assert_allclose(float(grad), float(want_grad), rtol=1e-4)
   assert abs(float(grad)) > 0
+
+
+def test_field_traces_when_a_step_has_more_than_2_31_feature_entries():
+  # The released pixel batches (128 classes x 64 generated x 4096 locations x 5120 channels) have
+  # more entries than int32 holds; the normalisers must not pass the count to JAX as an integer.
+  # Traced with abstract shapes only: nothing of that size is allocated.
+  n_c, n, num_loc, ch = 128, 64, 512, 1024  # 2^32 entries.
+  s = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+  v, scale, rms = jax.eval_shape(
+      lambda a, b, c, w: drifting.feature_set_field(a, b, c, w, (0.05, 0.2)),
+      s(n_c, n, num_loc, ch), s(n_c, 8, num_loc, ch), s(n_c, 4, num_loc, ch),
+      jax.ShapeDtypeStruct((n_c,), jnp.float32))
+  assert v.shape == (n_c, n, num_loc, ch) and scale.shape == () and rms.shape == (2,)
