@@ -153,9 +153,9 @@ def main(argv):
       if not (src and workdir):
         raise app.UsageError(f"the {what} needs both its source and its output flag.")
       state, directory = convert(src, f.config, workdir)
-      params = state if isinstance(state, dict) else state.params
-      logging.info("Converted the release %s %s (step %d, %d parameters) into %s.", what, src,
-                   int(getattr(state, "step", 0)),
+      params = state if isinstance(state, dict) else state.params  # ConvNeXt: its variables.
+      logging.info("Converted the %s %s (%s%d parameters) into %s.", what, src,
+                   f"step {int(state.step)}, " if hasattr(state, "step") else "",
                    sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(params)), directory)
 
 
