@@ -69,6 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
       cls_tokens=16,  # In-context class tokens before the image tokens.
       noise_classes=64,  # Noise labels: noise_coords labels, each in [0, noise_classes); 0 = none.
       noise_coords=32,
+      # Attention (rotary angles, logits, softmax, value product) in float32; False: in
+      # compute_dtype, as the release's latent SOTA configs (attn_fp32: false).
+      attn_fp32=True,
       unet=ml_collections.ConfigDict(dict(  # name="unet" only (DDPM++ U-Net, mf_jax/models/unet.py).
           channels=128,
           channel_mult=(2, 2, 2),
@@ -97,6 +100,15 @@ def get_config() -> ml_collections.ConfigDict:
       fill_max_examples=2_000_000,
       # Workdir of a method="mae" run whose encoder gives the feature space; "" = raw samples.
       feature_encoder_workdir="",
+      # ConvNeXt-V2 features added to the encoder's (the release's pixel configs, use_convnext):
+      # pixel data only. convnext_path: the .npz written by `python -m mf_jax.convert.drifting
+      # --convnext_src=... --convnext_out=...`; depths/dims: its size (default ConvNeXt-V2-Base,
+      # facebook/convnextv2-base-22k-224, as the release).
+      use_convnext=False,
+      convnext_path="",
+      convnext_depths=(3, 3, 27, 3),
+      convnext_dims=(128, 256, 512, 1024),
+      convnext_compute_dtype="float32",  # The release's default (its convnext_bf16: false).
   ))
   # The feature encoder (method="mae" pretrains it; drifting reads the same fields to rebuild it).
   config.mae = ml_collections.ConfigDict(dict(

@@ -6,7 +6,8 @@ Mirrors the official release's latent ablation config (REFERENCE.md section 2; o
   from a bank of the 1000 most recent real samples); per-class banks of 128; 1024 real samples
   pushed per step; alpha in [1, 4] with p(alpha) ~ alpha^-3, one per class; tau {0.02, 0.05, 0.2};
   AdamW lr 2e-4 (5k warmup, then constant), betas (0.9, 0.95), weight decay 0.01, grad clip 2.0,
-  EMA 0.999, 30k steps; bf16 generator and encoder (fp32 softmax / norms / field), rematerialised.
+  EMA 0.999, 30k steps; bf16 generator and encoder (fp32 attention / norms / field: the release's
+  attn_fp32: true), rematerialised.
 Feature encoder: the release's MAE-256 (mae.arch='release', mf_jax/models/mae_resnet.py: widths
 256-512-1024-2048, 3-4-6-3 basic blocks; its feature sets as the release's, every 2nd block too).
 Pretrain it with the same mae section, then train the generator on its EMA parameters:

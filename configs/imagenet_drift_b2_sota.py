@@ -6,7 +6,9 @@ and wired in, and for what differs from the release). Per step 128 classes x (64
 generated, 32 guidance negatives), alpha in [1, 4] with p(alpha) ~ alpha^-5, 4096 real samples
 pushed per step (the release: 2 loader batches of 2048), AdamW lr 4e-4 after a 10k-step warmup, no
 weight decay, clip 2.0, EMA 0.999, 200k steps. Generator: the release's DiT (model.name=
-"dit_modern", from imagenet_drift_ablation.py), 132.7M parameters (L/2: 462.9M), as there.
+"dit_modern", from imagenet_drift_ablation.py), 132.7M parameters (L/2: 462.9M), as there, with
+attention in bf16 as the release's latent SOTA configs (attn_fp32: false; the ablation and pixel
+configs keep it in float32).
 Released weights: python -m mf_jax.convert.drifting --src=ARTIFACT --workdir=W --config=<this file>.
 """
 from configs import imagenet_drift_ablation
@@ -17,7 +19,7 @@ MAE_640 = dict(arch="release", widths=(640, 1280, 2560, 5120), layers=(3, 4, 6, 
 
 def get_config(variant="B/2", alpha_power=5.0, weight_decay=0.0, push_per_step=4096):
   config = imagenet_drift_ablation.get_config()
-  config.model.variant = variant
+  config.model.update(variant=variant, attn_fp32=False)  # The release's latent SOTA: bf16 attention.
   config.drifting.update(classes_per_step=128, num_pos=64, num_neg=64, num_unc=32,
                          alpha_power=alpha_power)
   config.mae.update(MAE_640)

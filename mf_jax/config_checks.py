@@ -10,6 +10,7 @@ import glob
 import numbers
 import os
 import tempfile
+import zipfile
 from typing import Callable, Optional
 
 import jax
@@ -129,6 +130,8 @@ FIELDS = {
     "model.cls_tokens": (NON_NEGATIVE, "16 (the Drifting release)"),
     "model.noise_classes": (NON_NEGATIVE, "64 (the Drifting release), or 0 for no noise labels"),
     "model.noise_coords": (POSITIVE, "32 (the Drifting release)"),
+    "model.attn_fp32": (boolean(), "True (float32 attention), False for attention in "
+                                   "model.compute_dtype (the release's latent SOTA configs)"),
     "model.unet.channels": (POSITIVE, "128 (official CIFAR-10 U-Net)"),
     "model.unet.channel_mult": (int_tuple(), "(2, 2, 2)"),
     "model.unet.num_blocks": (POSITIVE, "4"),
@@ -173,6 +176,13 @@ FIELDS = {
     "drifting.num_pos": (POSITIVE, "at most drifting.queue_len, e.g. 64"),
     "drifting.queue_len": (POSITIVE, "e.g. 128"),
     "drifting.feature_encoder_workdir": (text(), "the workdir of a method='mae' run, or ''"),
+    "drifting.use_convnext": (boolean(), "False, or True for ConvNeXt-V2 features (pixel data)"),
+    "drifting.convnext_path": (text(), "the .npz of `python -m mf_jax.convert.drifting "
+                                       "--convnext_out=...`, or ''"),
+    "drifting.convnext_depths": (int_tuple(), "(3, 3, 27, 3) (ConvNeXt-V2-Base)"),
+    "drifting.convnext_dims": (int_tuple(), "(128, 256, 512, 1024) (ConvNeXt-V2-Base)"),
+    "drifting.convnext_compute_dtype": (choice("float32", "bfloat16"),
+                                        "float32 (release), or bfloat16"),
     "drifting.uncond_queue_len": (NON_NEGATIVE, "1000 (released); 0 = guidance negatives from the "
                                                 "step's other classes"),
     "drifting.fill_max_examples": (POSITIVE, "2000000 (more than one ImageNet epoch)"),
@@ -388,6 +398,50 @@ def _objective(config):
     if enc and not os.path.isdir(os.path.join(enc, "checkpoints")):
       raise ConfigError(f"drifting.feature_encoder_workdir={enc!r} holds no checkpoints/ folder: "
                         "pretrain the encoder with method='mae' into it, or set it to ''.")
+    if d.use_convnext:
+      _convnext_static(config)
+
+
+def _convnext_static(config):
+  """ConvNeXt features see RGB pixels in [-1, 1]; four stages."""
+  d = config.drifting
+  if config.data.channels != 3 or config.data.name == "imagenet_latents":
+    raise ConfigError(f"drifting.use_convnext=True needs RGB pixel samples, but data.name="
+                      f"{config.data.name!r} with data.channels={config.data.channels}: set "
+                      "drifting.use_convnext=False (latent models use the MAE alone).")
+  if len(d.convnext_depths) != 4 or len(d.convnext_dims) != 4:
+    raise ConfigError(f"drifting.convnext_depths={tuple(d.convnext_depths)} and "
+                      f"drifting.convnext_dims={tuple(d.convnext_dims)} need 4 entries each, e.g. "
+                      "(3, 3, 27, 3) and (128, 256, 512, 1024) (ConvNeXt-V2-Base).")
+
+
+CONVNEXT_HOWTO = ("convert facebook/convnextv2-base-22k-224 (a local Hugging Face folder) with "
+                  "`python -m mf_jax.convert.drifting --config=CONFIG --convnext_src=HF_DIR "
+                  "--convnext_out=FILE.npz`")
+
+
+def _convnext_file(config):
+  """Training with ConvNeXt features reads its weights (sampling and evaluation do not)."""
+  d = config.drifting
+  if config.method != "drifting" or not d.use_convnext:
+    return
+  if not d.convnext_path:
+    raise ConfigError("drifting.use_convnext=True but drifting.convnext_path is empty: "
+                      f"{CONVNEXT_HOWTO} and set --config.drifting.convnext_path=FILE.npz, or set "
+                      "drifting.use_convnext=False.")
+  if not os.path.isfile(d.convnext_path):
+    raise ConfigError(f"drifting.convnext_path={d.convnext_path!r} is not a file: {CONVNEXT_HOWTO}"
+                      ", or set drifting.use_convnext=False.")
+  from mf_jax.models import convnext  # pylint: disable=g-import-not-at-top
+  from mf_jax.train_state import convnext_model  # pylint: disable=g-import-not-at-top
+  try:
+    problems = convnext.fit_problems(convnext.file_shapes(d.convnext_path), convnext_model(config))
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    problems = f"not a weights file ({e})"
+  if problems:
+    raise ConfigError(f"drifting.convnext_path={d.convnext_path!r}: {problems}. Set "
+                      "drifting.convnext_depths/convnext_dims to the file's size, or "
+                      f"{CONVNEXT_HOWTO}.")
 
 
 def _vae_file(config):
@@ -526,6 +580,7 @@ def validate(config, workdir: str = None, mode: str = "train") -> None:
   validate_static(config)
   if mode == "train":
     _training_data(config)
+    _convnext_file(config)
   _evaluation(config, mode)
   if workdir is not None:
     if mode != "train":

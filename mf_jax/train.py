@@ -172,6 +172,17 @@ def load_feature_encoder(config, shardings):
   return jax.device_put(params, shardings.aux["encoder"])
 
 
+def load_convnext(config, shardings):
+  """The frozen ConvNeXt-V2 of drifting.use_convnext from drifting.convnext_path (see
+  mf_jax/models/convnext.py for the file; config_checks has checked its shapes)."""
+  from mf_jax.models import convnext  # pylint: disable=g-import-not-at-top
+  d = config.drifting
+  variables = convnext.load_variables(d.convnext_path, ts.convnext_model(config))
+  logging.info("ConvNeXt features: %s (depths %s, dims %s).", d.convnext_path,
+               tuple(d.convnext_depths), tuple(d.convnext_dims))
+  return jax.device_put(variables, shardings.aux["convnext"])
+
+
 def check_finite(state, metrics):
   if int(state.nonfinite_step) >= 0:
     raise step_lib.nonfinite_error(state, jax.device_get(metrics))
@@ -190,6 +201,8 @@ def train_and_evaluate(config, workdir: str, objective=None):
   if config.method == "drifting" and start_step == 0:
     if config.drifting.feature_encoder_workdir:
       state = state.replace(aux=dict(state.aux, encoder=load_feature_encoder(config, shardings)))
+    if config.drifting.use_convnext:
+      state = state.replace(aux=dict(state.aux, convnext=load_convnext(config, shardings)))
     state = fill_class_queues(config, state, mesh, shardings)
   run_info.write(workdir, config, start_step)
   writer = writers.create_writer(workdir)

@@ -15,6 +15,7 @@ import optax
 from mf_jax import class_queues, meanflow
 from mf_jax import sharding as sharding_lib
 from mf_jax.models.dit import DiT
+from mf_jax.models import convnext as convnext_lib
 from mf_jax.models.dit_modern import ModernDiT
 from mf_jax.models.feature_encoder import MaskedAutoencoder
 from mf_jax.models.mae_resnet import MAEResNet
@@ -37,7 +38,8 @@ class TrainState:
   nonfinite_step: jax.Array
   # Method-specific state carried between steps. Drifting: {"queues": per-class real samples,
   # "uncond_queue": recent real samples of any class (guidance negatives) or None,
-  # "encoder": frozen feature-encoder parameters or None}.
+  # "encoder": frozen feature-encoder parameters or None, and with
+  # drifting.use_convnext "convnext": frozen ConvNeXt-V2 variables}.
   aux: Any = None
 
 
@@ -60,7 +62,8 @@ def build_model(config) -> nn.Module:
                      channels=config.data.channels, num_classes=config.data.num_classes,
                      condition_names=conditions, depth=m.depth, hidden_size=m.hidden_size,
                      num_heads=m.num_heads, cls_tokens=m.cls_tokens, noise_classes=m.noise_classes,
-                     noise_coords=m.noise_coords, remat=m.remat, dtype=DTYPES[m.compute_dtype],
+                     noise_coords=m.noise_coords, remat=m.remat,
+                     attn_fp32=m.get("attn_fp32", True), dtype=DTYPES[m.compute_dtype],
                      param_dtype=jnp.float64 if m.compute_dtype == "float64" else jnp.float32)
   if m.name != "dit":
     raise ValueError(f"model.name={m.name!r}: allowed values are ['dit', 'dit_modern', 'mlp', "
@@ -108,6 +111,16 @@ def mae_model(config) -> nn.Module:
                            blocks_per_stage=e.blocks_per_stage, groups=e.groups,
                            decoder_width=e.decoder_width, remat=e.remat,
                            dtype=DTYPES[e.compute_dtype])
+
+
+def convnext_model(config) -> convnext_lib.ConvNeXtV2:
+  """The frozen ConvNeXt-V2 of drifting.use_convnext (pixel drifting's second feature network)."""
+  d = config.drifting
+  if d.convnext_compute_dtype not in DTYPES:
+    raise ValueError(f"drifting.convnext_compute_dtype={d.convnext_compute_dtype!r}: allowed values "
+                     f"are {sorted(DTYPES)}.")
+  return convnext_lib.ConvNeXtV2(depths=tuple(d.convnext_depths), dims=tuple(d.convnext_dims),
+                    dtype=DTYPES[d.convnext_compute_dtype])
 
 
 def meanflow_u_fn(model: nn.Module, params, augment_labels=None, dropout_key=None):
@@ -194,6 +207,8 @@ def init_state(config, model, optimizer, key) -> TrainState:
            "uncond_queue": (class_queues.init(1, config.drifting.uncond_queue_len, shape)
                             if uses_uncond_queue(config) else None),
            "encoder": encoder}
+    if config.drifting.get("use_convnext", False):  # A placeholder too; see train.py.
+      aux["convnext"] = convnext_model(config).init(key, convnext_lib.example_input())
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                     ema_params=tuple(params for _ in config.ema_decays),
                     nonfinite_step=jnp.full((), -1, jnp.int32), aux=aux)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from mf_jax import augment, class_queues, drifting, meanflow
-from mf_jax.models import feature_encoder, mae_resnet, release_features
+from mf_jax.models import convnext, feature_encoder, mae_resnet, release_features
 from mf_jax import sharding as sharding_lib
 from mf_jax.train_state import TrainState, generator_fn, meanflow_u_fn, update_ema
 
@@ -53,18 +53,28 @@ def meanflow_objective(model, config, augment_labels=None):
   return loss_fn
 
 
-def drifting_feature_fn(config, encoder_params):
-  """Raw samples, or the frozen encoder's multi-scale statistics plus the raw samples."""
+def drifting_feature_fn(config, encoder_params, convnext_variables=None):
+  """Raw samples, or the frozen encoder's multi-scale statistics plus the raw samples; with
+  ConvNeXt variables (drifting.use_convnext, pixels) also its feature sets, as the release's
+  pixel configs: the MAE's sets and ConvNeXt's side by side, each normalised on its own."""
+  from mf_jax.train_state import convnext_model, mae_model
+  extra = ()
+  if convnext_variables is not None:
+    extra = (convnext.convnext_feature_fn(convnext_model(config), convnext_variables),)
   if encoder_params is None:
-    return drifting.raw_features
-  from mf_jax.train_state import mae_model
+    if not extra:
+      return drifting.raw_features
+    return release_features.release_feature_fn(None, extra_fns=extra)
   encoder = mae_model(config)
   if config.mae.get("arch", "resnet") == "release":  # The release's feature-key set.
     return release_features.release_feature_fn(
         lambda x: encoder.apply(encoder_params, x, method=encoder.activations),
-        every_k_block=config.mae.every_k_block)
-  return feature_encoder.encoder_feature_fn(
+        every_k_block=config.mae.every_k_block, extra_fns=extra)
+  feature_fn = feature_encoder.encoder_feature_fn(
       lambda x: encoder.apply(encoder_params, x, method=encoder.features))
+  if not extra:
+    return feature_fn
+  return lambda x: dict(feature_fn(x), **extra[0](x))
 
 
 def split_leading_axis(mesh):
@@ -80,7 +90,7 @@ def split_leading_axis(mesh):
   return split
 
 
-def drifting_objective(model, config, encoder_params=None, mesh=None):
+def drifting_objective(model, config, encoder_params=None, mesh=None, convnext_variables=None):
   """(params, real {"positives": [N_c, N_pos, ...], "uncond": [N_c, N_unc, ...] or None},
   classes [N_c], key) -> (loss, metrics).
 
@@ -89,7 +99,7 @@ def drifting_objective(model, config, encoder_params=None, mesh=None):
   (or class-major sample) axis, so each device generates, featurises and computes the field for
   its own labels; only global statistics and the gradients are reduced across devices.
   """
-  feature_fn = drifting_feature_fn(config, encoder_params)
+  feature_fn = drifting_feature_fn(config, encoder_params, convnext_variables)
   split = split_leading_axis(mesh) if mesh is not None else (lambda tree: tree)
 
   def sharded_features(x):
@@ -142,7 +152,7 @@ def method_objective(model, config, aux, mesh=None, augment_labels=None):
   """config.method's loss as (params, x, labels, key) -> (loss, metrics), built at trace time."""
   if config.method == "drifting":
     # The frozen encoder's parameters travel in the state: arguments, not compile-time constants.
-    return drifting_objective(model, config, aux["encoder"], mesh)
+    return drifting_objective(model, config, aux["encoder"], mesh, aux.get("convnext"))
   if config.method == "mae":
     return mae_objective(model, config)
   return meanflow_objective(model, config, augment_labels)

@@ -179,15 +179,21 @@ def _hf_name(release: str) -> str:
   raise KeyError(release)
 
 
-def test_hugging_face_convnext_state_dict_converts_like_the_release_tree():
-  golden = _load("drifting_convnext.npz")
-  release = _params(golden, "params/")
+def _hf_state_dict(release):
+  """The golden release tree as a Hugging Face ConvNextV2ForImageClassification state dict."""
   def to_torch(name, a):  # Flax [kh, kw, in, out] / [in, out] -> PyTorch [out, in, kh, kw] / [out, in].
     if "grn" in name:
       return a
     return a.transpose(3, 2, 0, 1) if a.ndim == 4 else (a.T if a.ndim == 2 else a)
-  state_dict = {_hf_name(k): to_torch(k, v) for k, v in release.items()}
-  state_dict["classifier.weight"] = np.zeros((5, 64))  # Ignored: features do not use it.
+  state_dict = {_hf_name(k): np.ascontiguousarray(to_torch(k, v)) for k, v in release.items()}
+  state_dict["classifier.weight"] = np.zeros((5, 64), np.float32)  # Ignored by the features.
+  return state_dict
+
+
+def test_hugging_face_convnext_state_dict_converts_like_the_release_tree():
+  golden = _load("drifting_convnext.npz")
+  release = _params(golden, "params/")
+  state_dict = _hf_state_dict(release)
   model = convnext.ConvNeXtV2(depths=tuple(golden["config/depths"]), dims=tuple(golden["config/dims"]))
   want = traverse_util.flatten_dict(encoders.convert_convnext(release, model))
   got = traverse_util.flatten_dict(encoders.convert_convnext_hf(state_dict, model))
@@ -245,3 +251,37 @@ def test_cli_converts_a_release_mae_into_the_workdir_drifting_reads(tmp_path, ma
     np.testing.assert_array_equal(got[k], np.asarray(v, np.float32))
   with pytest.raises(FileExistsError, match="already holds checkpoints"):
     cli.convert_encoder_to_workdir(str(src), config, str(workdir))
+
+
+def test_cli_converts_hugging_face_convnext_into_the_file_drifting_reads(tmp_path):
+  """python -m mf_jax.convert.drifting --convnext_src --convnext_out: a local Hugging Face folder
+  (model.safetensors) becomes the weights file of drifting.convnext_path, and the trainer's
+  load_convnext reads back exactly the converted parameters."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  from mf_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
+  from mf_jax import train  # pylint: disable=import-outside-toplevel
+  from mf_jax.convert.drifting import __main__ as cli  # pylint: disable=import-outside-toplevel
+  golden = _load("drifting_convnext.npz")
+  release = _params(golden, "params/")
+  src = tmp_path / "convnextv2-tiny-hf"
+  src.mkdir()
+  save_file(_hf_state_dict(release), str(src / "model.safetensors"))
+  config = tiny.get_config()
+  config.method = "drifting"
+  config.drifting.update(use_convnext=True, convnext_depths=tuple(golden["config/depths"]),
+                         convnext_dims=tuple(golden["config/dims"]))
+  out = str(tmp_path / "convnext.npz")
+  cli.convert_convnext_to_file(str(src), config, out)
+  want = traverse_util.flatten_dict(encoders.convert_convnext(release, ts.convnext_model(config)),
+                                    sep="/")
+  config.drifting.convnext_path = out
+  abstract = jax.eval_shape(lambda k: ts.init_state(config, ts.build_model(config),
+                                                    ts.make_optimizer(config), k),
+                            jax.random.key(0))
+  shardings = ts.state_shardings(sharding_lib.make_mesh(1), abstract)
+  got = traverse_util.flatten_dict(jax.device_get(train.load_convnext(config, shardings)), sep="/")
+  assert sorted(got) == sorted(want)
+  for k, v in want.items():
+    np.testing.assert_array_equal(got[k], np.asarray(v, np.float32))
+  with pytest.raises(FileNotFoundError, match="holds neither model.safetensors nor pytorch_model"):
+    cli.convert_convnext_to_file(str(tmp_path), config, out)

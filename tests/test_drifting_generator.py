@@ -81,6 +81,41 @@ def test_converted_release_params_reproduce_the_official_generator():
     assert rel_err(other, golden["output"]) > 1e-3
 
 
+def _attention_dot_dtypes(jaxpr):
+  """Operand dtypes of every 4-d x 4-d dot_general (attention logits and value product)."""
+  found = set()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general" and all(v.aval.ndim == 4 for v in eqn.invars):
+      found.add(tuple(str(v.aval.dtype) for v in eqn.invars))
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      found |= _attention_dot_dtypes(sub)
+  return found
+
+
+def test_attn_fp32_sets_the_attention_dtype():
+  """model.attn_fp32: float32 attention in a bf16 model (default), or bf16 attention as the
+  release's latent SOTA configs; with float64 compute, False still reproduces the official output
+  (the same equations, angles taken in the compute dtype)."""
+  golden = _golden()
+  cfg = json.loads(str(golden["config"]))
+  inputs = (golden["inputs/x"].astype(np.float32), (golden["inputs/alpha"].astype(np.float32),),
+            golden["inputs/labels"], golden["inputs/noise_labels"])
+  for attn_fp32 in (True, False):
+    model = tiny_model(cfg, jnp.bfloat16).clone(param_dtype=jnp.float32, attn_fp32=attn_fp32)
+    flat = convert_generator.convert_params(release_tree(golden), target_shapes(model, golden))
+    params = {"params": traverse_util.unflatten_dict(flat, sep="/")}
+    closed = jax.make_jaxpr(model.apply)(params, *inputs)
+    want = ("float32", "float32") if attn_fp32 else ("bfloat16", "bfloat16")
+    assert _attention_dot_dtypes(closed.jaxpr) == {want}
+  with jax.enable_x64(True):
+    model = tiny_model(cfg).clone(attn_fp32=False)
+    flat = convert_generator.convert_params(release_tree(golden), target_shapes(model, golden))
+    out = jax.jit(model.apply)({"params": traverse_util.unflatten_dict(flat, sep="/")},
+                               golden["inputs/x"], (golden["inputs/alpha"],),
+                               golden["inputs/labels"], golden["inputs/noise_labels"])
+    assert rel_err(out, golden["output"]) < RTOL
+
+
 def test_missing_and_misshaped_release_keys_are_named():
   golden = _golden()
   cfg = json.loads(str(golden["config"]))

@@ -1,5 +1,6 @@
 """A tiny pixel-space drifting run: prepare_imagenet --pixels -> the real trainer (random crops,
-flips, class queues, a small generator on 16 x 16 x 3 pixels) -> sample grid and Frechet distance,
+flips, class queues, a small generator on 16 x 16 x 3 pixels, ConvNeXt-V2 features from a tiny
+random ConvNeXt file as the pixel configs' use_convnext) -> sample grid and Frechet distance,
 without a VAE; the same config on latent data asks for one.
 
 The generator is an MLP: the drifting step compiles in half the time of a DiT's, and the pixel
@@ -12,10 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import jax
 from configs import imagenet_drift_pixel_b16
 from eval import fid, stats
 from input_pipeline import prepare_imagenet
 from mf_jax import config_checks, train, train_state
+from mf_jax.models import convnext
 
 SIZE, CLASSES, PER_CLASS = 16, 2, 8
 
@@ -40,13 +43,27 @@ def pixel_data(tmp_path_factory):
                      for f in sorted(os.listdir(root / "train" / c))])
   ref = str(root / "ref_pixels.npz")
   stats.save_stats(ref, *stats.stats_from_features(fid.pixel_features(images)))
-  return out, ref
+  # A tiny ConvNeXt-V2 weights file with random values everywhere (GRN included, whose
+  # initialisation is the identity; LayerNorm scales too).
+  model = convnext.ConvNeXtV2(depths=CONVNEXT_DEPTHS, dims=CONVNEXT_DIMS)
+  variables = jax.tree_util.tree_map(
+      lambda a: (0.3 * rng.normal(size=a.shape)).astype(np.float32),
+      jax.eval_shape(model.init, jax.random.key(3), convnext.example_input()))
+  weights = str(root / "convnext_tiny.npz")
+  convnext.save_variables(weights, variables)
+  return out, ref, weights
 
 
-def tiny_pixel_config(path, ref_stats):
-  """The shipped B/16 pixel config, shrunk: same data set, augmentation and loss, no encoder."""
+CONVNEXT_DEPTHS, CONVNEXT_DIMS = (1, 1, 1, 1), (8, 8, 8, 8)
+
+
+def tiny_pixel_config(path, ref_stats, convnext_path):
+  """The shipped B/16 pixel config, shrunk: same data set, augmentation and loss, no MAE, a tiny
+  ConvNeXt."""
   config = imagenet_drift_pixel_b16.get_config()
   config.data.update(path=path, image_size=SIZE, num_classes=CLASSES)
+  config.drifting.update(convnext_path=convnext_path, convnext_depths=CONVNEXT_DEPTHS,
+                         convnext_dims=CONVNEXT_DIMS)
   config.model.update(name="mlp", mlp_widths=(64, 64), compute_dtype="float32", remat=False)
   config.drifting.update(classes_per_step=CLASSES, num_pos=4, num_neg=4, num_unc=2, queue_len=8,
                          uncond_queue_len=8, temperatures=(0.05, 0.2))
@@ -69,6 +86,14 @@ def test_tiny_pixel_drifting_trains_samples_and_scores_without_a_vae(pixel_data,
   losses = [r["loss"] for r in rows if "loss" in r]
   scores = [r["fd_pixels_1nfe"] for r in rows if "fd_pixels_1nfe" in r]
   assert len(losses) == 2 and all(np.isfinite(losses))
+  # ConvNeXt's feature sets (release names) join the raw 'global' set in the loss, which is their
+  # sum; with the ConvNeXt features left out the loss would be the 'global' term alone.
+  sets = {k[len("loss/"):]: v for k, v in rows[0].items() if k.startswith("loss/")}
+  assert set(sets) == {"global", "global_mean", "global_std"} | {
+      f"convenxt_stage_{i}{s}" for i in range(4) for s in ("_mean", "_std")} | {
+          f"convenxt_stage_{i}" for i in (1, 2, 3)}
+  np.testing.assert_allclose(sum(sets.values()), rows[0]["loss"], rtol=1e-5)
+  assert min(v for k, v in sets.items() if k != "global") > 0
   assert len(scores) == 1 and np.isfinite(scores[0]) and scores[0] > 0
   # The sample grid (8 samples in a row): generator pixels as they are, no decoding.
   grid = np.asarray(Image.open(os.path.join(workdir, "samples", "step_00000002_1nfe.png")))
@@ -78,6 +103,7 @@ def test_tiny_pixel_drifting_trains_samples_and_scores_without_a_vae(pixel_data,
 
   latent = tiny_pixel_config(*pixel_data)
   latent.data.name = "imagenet_latents"
+  latent.drifting.use_convnext = False  # Checked below.
   with pytest.raises(ValueError, match=r"data\.name='imagenet_latents'\) needs data\.vae_path"):
     config_checks.validate(latent)
   config.data.image_size = SIZE + 1  # Records of another size: named before anything compiles.
@@ -88,6 +114,25 @@ def test_tiny_pixel_drifting_trains_samples_and_scores_without_a_vae(pixel_data,
   config.data.vae_path = workdir  # An existing path, but nothing to decode.
   with pytest.raises(ValueError, match=r"data\.vae_path=.* is sampled in pixel space"):
     config_checks.validate(config)
+  config.data.vae_path = ""
+  # ConvNeXt weights: named before anything compiles when absent or of another size.
+  weights = config.drifting.convnext_path
+  config.drifting.convnext_path = ""
+  with pytest.raises(ValueError, match=r"drifting\.use_convnext=True but drifting\.convnext_path "
+                                       r"is empty: convert .*--convnext_out"):
+    config_checks.validate(config)
+  config.drifting.convnext_path = weights + ".missing"
+  with pytest.raises(ValueError, match=r"drifting\.convnext_path=.*\.missing' is not a file"):
+    config_checks.validate(config)
+  config.drifting.update(convnext_path=weights, convnext_dims=(8, 16, 8, 8))
+  with pytest.raises(ValueError, match=r"drifting\.convnext_path=.*: the weights do not fit "
+                                       r"depths=\(1, 1, 1, 1\), dims=\(8, 16, 8, 8\): .*misshaped "
+                                       r"\d+: \['down1_conv/bias \(8,\) \(needs \(16,\)\)'"):
+    config_checks.validate(config)
+  latent.drifting.use_convnext = True
+  latent.data.vae_path = workdir
+  with pytest.raises(ValueError, match=r"drifting\.use_convnext=True needs RGB pixel samples"):
+    config_checks.validate(latent)
 
 
 @pytest.mark.parametrize("name,dims", [("imagenet_drift_pixel_b16", (12, 768, 12, 16)),
@@ -96,6 +141,11 @@ def test_shipped_pixel_configs_pass_the_checks_without_a_vae(name, dims):
   config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config()
   config.eval.every_steps = 0  # Scoring needs Inception weights and ADM statistics, not a VAE.
   assert config.data.name == "imagenet_pixels" and config.data.vae_path == ""
+  # The release's pixel features: MAE-640 and ConvNeXt-V2-Base in float32; float32 attention.
+  assert config.drifting.use_convnext and config.model.attn_fp32
+  assert (tuple(config.drifting.convnext_depths), tuple(config.drifting.convnext_dims),
+          config.drifting.convnext_compute_dtype) == ((3, 3, 27, 3), (128, 256, 512, 1024),
+                                                      "float32")
   config_checks.validate(config, mode="sample")  # (Training also checks the records' shape.)
   model = train_state.build_model(config)
   assert model.dims() == dims and (config.data.image_size, config.data.channels) == (256, 3)

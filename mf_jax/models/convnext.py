@@ -17,11 +17,14 @@ the map is standardised over channels per location, y = (x - mean_c) / (std_c + 
   of y over locations [N, 1, C]; global_mean: the head LayerNorm of the last stage's (raw) location
   mean; global_std: std over locations of the last stage's y. Stds are sqrt(var + 1e-6), in at least float32.
 """
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Tuple
+import zipfile
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
 
 from mf_jax.models.release_features import at_least_f32, safe_std
 
@@ -115,3 +118,57 @@ def convnext_feature_fn(model: ConvNeXtV2, variables) -> Any:
     pixels = ((at_least_f32(x) + 1.0) / 2.0 - mean) / std
     return model.apply(variables, pixels, features=True)
   return feature_fn
+
+
+def example_input():
+  return jnp.zeros((1, 224, 224, 3), jnp.float32)
+
+
+def save_variables(path: str, variables) -> None:
+  """Writes variables {"params": tree} as the weights file of the module docstring."""
+  flat = traverse_util.flatten_dict(variables["params"], sep="/")
+  with open(path, "wb") as f:
+    np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
+
+
+def file_shapes(path: str) -> Mapping[str, Tuple[int, ...]]:
+  """{name: shape} of a weights file, from the .npy headers only (no array is read)."""
+  shapes = {}
+  with zipfile.ZipFile(path) as z:
+    for name in z.namelist():
+      with z.open(name) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, _ = read_header(f)
+      shapes[name[:-len(".npy")] if name.endswith(".npy") else name] = tuple(shape)
+  return shapes
+
+
+def fit_problems(shapes: Mapping[str, Tuple[int, ...]], model: ConvNeXtV2) -> str:
+  """'' when `shapes` are exactly model's parameters, else the missing, unexpected and misshaped
+  names (nothing is allocated: jax.eval_shape)."""
+  expected = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(jax.eval_shape(
+      lambda: model.init(jax.random.key(0), example_input()))["params"], sep="/").items()}
+  missing = sorted(set(expected) - set(shapes))
+  unexpected = sorted(set(shapes) - set(expected))
+  misshaped = [f"{k} {shapes[k]} (needs {expected[k]})" for k in sorted(set(shapes) & set(expected))
+               if tuple(shapes[k]) != expected[k]]
+  problems = [f"{what} {len(keys)}: {keys[:8]}{'...' if len(keys) > 8 else ''}"
+              for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                 ("misshaped", misshaped)) if keys]
+  if not problems:
+    return ""
+  return (f"the weights do not fit depths={tuple(model.depths)}, dims={tuple(model.dims)}: " +
+          "; ".join(problems))
+
+
+def load_variables(path: str, model: ConvNeXtV2):
+  """The weights file at `path` as variables {"params": tree} of `model` (host float32 arrays);
+  ValueError naming every missing, unexpected and misshaped parameter."""
+  problems = fit_problems(file_shapes(path), model)
+  if problems:
+    raise ValueError(problems)
+  with np.load(path) as f:
+    flat = {k: f[k].astype(np.float32) for k in f.files}
+  return {"params": traverse_util.unflatten_dict(flat, sep="/")}

@@ -12,7 +12,8 @@ same noise always gives the same sample.
 
 Blocks: x += gate * Attn(modulate(RMSNorm(x))); x += gate * SwiGLU(modulate(RMSNorm(x))).
 Attention: q and k are RMS-normalised per head, then rotated by a 1-D rotary embedding over the
-token index (class tokens first); q k^T / sqrt(d), softmax and the value product run in float32.
+token index (class tokens first); q k^T / sqrt(d), softmax and the value product run in float32
+(attn_fp32=False: in `dtype`, rotary angles too, as the release's latent SOTA configs).
 The adaLN modulations are computed in float32; other matmuls in `dtype` (bfloat16 for training).
 Image tokens get a learned position embedding initialised to 2-D sin-cos.
 
@@ -65,14 +66,24 @@ class RMSNorm(nn.Module):
     return (x32 * inv * scale).astype(x.dtype)
 
 
-def rotary(x: jax.Array) -> jax.Array:
-  """Rotary embedding over axis 1 (token index), [B, N, heads, d]: channel j pairs with j + d/2."""
+def rotary(x: jax.Array, exact_angles: bool = True) -> jax.Array:
+  """Rotary embedding over axis 1 (token index), [B, N, heads, d]: channel j pairs with j + d/2.
+
+  exact_angles=False takes the angles t * f and their cos/sin in x's dtype, as the release does
+  for attention in bf16 (there positions above 256 and large angles round).
+  """
   n, d = x.shape[1], x.shape[-1]
   half = d // 2
-  freqs = 1.0 / 10000.0 ** (np.arange(half, dtype=np.float64) / half)
-  angles = np.outer(np.arange(n, dtype=np.float64), freqs)
-  cos = jnp.asarray(np.tile(np.cos(angles), 2), x.dtype)[None, :, None]
-  sin = jnp.asarray(np.tile(np.sin(angles), 2), x.dtype)[None, :, None]
+  if exact_angles:
+    freqs = 1.0 / 10000.0 ** (np.arange(half, dtype=np.float64) / half)
+    angles = np.outer(np.arange(n, dtype=np.float64), freqs)
+    cos = jnp.asarray(np.tile(np.cos(angles), 2), x.dtype)[None, :, None]
+    sin = jnp.asarray(np.tile(np.sin(angles), 2), x.dtype)[None, :, None]
+  else:
+    freqs = jnp.asarray(1.0 / 10000.0 ** (np.arange(half, dtype=np.float32) / half), x.dtype)
+    angles = jnp.outer(jnp.arange(n, dtype=x.dtype), freqs)
+    cos = jnp.tile(jnp.cos(angles), 2)[None, :, None]
+    sin = jnp.tile(jnp.sin(angles), 2)[None, :, None]
   rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
   return x * cos + rotated * sin
 
@@ -86,6 +97,7 @@ class Attention(nn.Module):
   num_heads: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attn_fp32: bool = True  # False: rotation, logits, softmax and value product in `dtype`.
 
   @nn.compact
   def __call__(self, x):
@@ -97,8 +109,9 @@ class Attention(nn.Module):
     q = RMSNorm(name="q_norm", param_dtype=self.param_dtype)(qkv[:, :, 0])
     k = RMSNorm(name="k_norm", param_dtype=self.param_dtype)(qkv[:, :, 1])
     # fp32 (or wider under x64) attention: rotation, logits, softmax and the value product.
-    acc = jnp.promote_types(x.dtype, jnp.float32)
-    q, k, v = rotary(q.astype(acc)), rotary(k.astype(acc)), qkv[:, :, 2].astype(acc)
+    acc = jnp.promote_types(x.dtype, jnp.float32) if self.attn_fp32 else self.dtype
+    q, k = (rotary(a.astype(acc), exact_angles=self.attn_fp32) for a in (q, k))
+    v = qkv[:, :, 2].astype(acc)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q * d ** -0.5, k)
     out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
     return nn.Dense(self.hidden_size, name="proj", **kw)(out.reshape(b, n, self.hidden_size))
@@ -110,6 +123,7 @@ class Block(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attn_fp32: bool = True
 
   @nn.compact
   def __call__(self, x, c):
@@ -121,7 +135,8 @@ class Block(nn.Module):
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
     h = modulate(RMSNorm(name="norm1", param_dtype=self.param_dtype)(x), shift_a, scale_a)
     x = x + gate_a[:, None] * Attention(w, self.num_heads, dtype=self.dtype,
-                                        param_dtype=self.param_dtype, name="attn")(
+                                        param_dtype=self.param_dtype, attn_fp32=self.attn_fp32,
+                                        name="attn")(
                                             h.astype(self.dtype))
     h = modulate(RMSNorm(name="norm2", param_dtype=self.param_dtype)(x), shift_m, scale_m)
     h = h.astype(self.dtype)
@@ -158,6 +173,7 @@ class ModernDiT(nn.Module):
       condition). 0 means unconditional: one row, labels ignored.
     cls_tokens: in-context class tokens before the image tokens.
     noise_classes, noise_coords: the noise labels; noise_classes = 0 turns them off.
+    attn_fp32: attention in float32 (True) or in `dtype` (the release's attn_fp32).
   """
   variant: str = "B/2"
   image_size: int = 32
@@ -172,6 +188,7 @@ class ModernDiT(nn.Module):
   noise_classes: int = 64
   noise_coords: int = 32
   remat: bool = False
+  attn_fp32: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -232,7 +249,7 @@ class ModernDiT(nn.Module):
     block = nn.remat(Block) if self.remat else Block
     for i in range(depth):
       tokens = block(width, heads, self.mlp_ratio, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name=f"block_{i}")(tokens, c)
+                     attn_fp32=self.attn_fp32, name=f"block_{i}")(tokens, c)
 
     acc = jnp.promote_types(c.dtype, jnp.float32)
     shift, scale = jnp.split(nn.Dense(2 * width, kernel_init=nn.initializers.zeros, dtype=acc,

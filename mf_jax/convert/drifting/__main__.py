@@ -19,7 +19,18 @@ converts into an MAE workdir of this project, which a drifting run then reads as
       --encoder_workdir=/runs/mae256_release --config=configs/imagenet_drift_ablation.py
   python main.py --config=configs/imagenet_drift_ablation.py --workdir=$DIR \
       --config.drifting.feature_encoder_workdir=/runs/mae256_release --config.data.path=$LATENTS
+
+The pixel configs' ConvNeXt-V2 (drifting.use_convnext) is not part of the release's artifacts: the
+release builds it from the Hugging Face PyTorch checkpoint facebook/convnextv2-base-22k-224 when
+training starts. A local copy of that checkpoint (its folder with model.safetensors or
+pytorch_model.bin, or the file itself) converts into this project's weights file:
+
+  python -m mf_jax.convert.drifting --convnext_src=/ckpts/convnextv2-base-22k-224 \
+      --convnext_out=/ckpts/convnext_base.npz --config=configs/imagenet_drift_pixel_b16.py
+  python main.py --config=configs/imagenet_drift_pixel_b16.py --workdir=$DIR \
+      --config.drifting.convnext_path=/ckpts/convnext_base.npz ...
 """
+import os
 from typing import Tuple
 
 import jax
@@ -30,6 +41,7 @@ from mf_jax import train_state as ts
 from mf_jax.convert import meanflow_official
 from mf_jax.convert.drifting import encoders
 from mf_jax.convert.drifting import generator as generator_lib
+from mf_jax.models import convnext
 
 
 def _zeros(abstract):
@@ -98,23 +110,53 @@ def convert_to_workdir(src: str, config, workdir: str) -> Tuple[ts.TrainState, s
   return state, meanflow_official.write_workdir(state, config, workdir)
 
 
+def read_hf_state_dict(src: str):
+  """The state dict of a local Hugging Face checkpoint: a folder holding model.safetensors or
+  pytorch_model.bin, or one of those files."""
+  if os.path.isdir(src):
+    names = [n for n in ("model.safetensors", "pytorch_model.bin")
+             if os.path.isfile(os.path.join(src, n))]
+    if not names:
+      raise FileNotFoundError(f"--convnext_src={src} holds neither model.safetensors nor "
+                              "pytorch_model.bin (a Hugging Face ConvNextV2ForImageClassification "
+                              "checkpoint such as facebook/convnextv2-base-22k-224).")
+    src = os.path.join(src, names[0])
+  if src.endswith(".safetensors"):
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    return load_file(src)
+  import torch  # pylint: disable=g-import-not-at-top
+  return torch.load(src, map_location="cpu", weights_only=True)
+
+
+def convert_convnext_to_file(src: str, config, out: str) -> Tuple[dict, str]:
+  """Hugging Face ConvNeXt-V2 checkpoint at `src` -> this project's weights file `out` for
+  drifting.convnext_path (size from config.drifting.convnext_depths/convnext_dims)."""
+  variables = encoders.convert_convnext_hf(read_hf_state_dict(src), ts.convnext_model(config))
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  convnext.save_variables(out, variables)
+  return variables, out
+
+
 def main(argv):
   del argv
   from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  if not (f.src and f.workdir) and not (f.encoder_src and f.encoder_workdir):
-    raise app.UsageError("give --src and --workdir (generator), --encoder_src and "
-                         "--encoder_workdir (MAE feature encoder), or both pairs.")
   jobs = [("generator", f.src, f.workdir, convert_to_workdir),
-          ("MAE encoder", f.encoder_src, f.encoder_workdir, convert_encoder_to_workdir)]
+          ("MAE encoder", f.encoder_src, f.encoder_workdir, convert_encoder_to_workdir),
+          ("ConvNeXt", f.convnext_src, f.convnext_out, convert_convnext_to_file)]
+  if not any(src and out for _, src, out, _ in jobs):
+    raise app.UsageError("give --src and --workdir (generator), --encoder_src and "
+                         "--encoder_workdir (MAE feature encoder), --convnext_src and "
+                         "--convnext_out (ConvNeXt-V2 of the pixel configs), or several pairs.")
   for what, src, workdir, convert in jobs:
     if src or workdir:
       if not (src and workdir):
-        raise app.UsageError(f"the {what} needs both its source and its workdir flag.")
+        raise app.UsageError(f"the {what} needs both its source and its output flag.")
       state, directory = convert(src, f.config, workdir)
-      logging.info("Converted the release %s %s (step %d, %d parameters) into %s.", what, src,
-                   int(state.step),
-                   sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(state.params)), directory)
+      params = state if isinstance(state, dict) else state.params  # ConvNeXt: its variables.
+      logging.info("Converted the %s %s (%s%d parameters) into %s.", what, src,
+                   f"step {int(state.step)}, " if hasattr(state, "step") else "",
+                   sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(params)), directory)
 
 
 if __name__ == "__main__":
@@ -129,5 +171,10 @@ if __name__ == "__main__":
                       "mae_latent_256: ema_params.msgpack, metadata.json).")
   flags.DEFINE_string("encoder_workdir", None, "Empty workdir for the converted MAE; give it to "
                       "training as --config.drifting.feature_encoder_workdir.")
+  flags.DEFINE_string("convnext_src", None, "A local Hugging Face ConvNeXt-V2 checkpoint (folder "
+                      "or model.safetensors / pytorch_model.bin), e.g. "
+                      "facebook/convnextv2-base-22k-224.")
+  flags.DEFINE_string("convnext_out", None, "The .npz to write; give it to training as "
+                      "--config.drifting.convnext_path.")
   flags.mark_flags_as_required(["config"])
   app.run(main)
