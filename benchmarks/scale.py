@@ -253,9 +253,15 @@ def measure(config, devices=None, fsdp: int = 1, mfu: float = 0.4, sample: bool 
   config = prepare_config(config, feature_encoder)
   devices = jax.devices() if devices is None else list(devices)
   mesh = sharding_lib.make_mesh(fsdp, devices)
-  train = measure_train(config, mesh)
-  state = train.pop("_state")
   m = config.model
+  try:
+    train = measure_train(config, mesh)
+  except jax.errors.JaxRuntimeError as e:  # The TPU compiler refuses a step that overflows HBM.
+    overflow = xla_accounting.hbm_overflow(str(e))
+    if overflow is None:
+      raise
+    train = {"does_not_fit": overflow, "images_per_step": images_per_step(config)}
+  state = train.pop("_state", None)
   out = {
       "config": {"method": config.method, "model": m.name,
                  "variant": m.variant if m.name == "dit" else None,
@@ -270,6 +276,8 @@ def measure(config, devices=None, fsdp: int = 1, mfu: float = 0.4, sample: bool 
       "platform": devices[0].platform, "device_kind": devices[0].device_kind,
       "train": train,
   }
+  if "does_not_fit" in train:
+    return out
   out["train"]["projection"] = xla_accounting.projections(train["flops_per_device"], train["images_per_step"],
                                            m.compute_dtype, mfu)
   if fit:

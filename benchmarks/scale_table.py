@@ -23,10 +23,19 @@ def fitting_batch(small: dict, large: dict, device_memory_gb: float = 80.0):
   """
   if "train" not in small or "train" not in large or small.get("fsdp", 1) != large.get("fsdp", 1):
     return None
+  if "does_not_fit" in large["train"]:
+    return None
   images = small["train"]["images_per_step"]
   b1, b2 = images / small["devices"], images / large["devices"]
-  m1 = small["train"]["memory_per_device"]["total_bytes"]
   m2 = large["train"]["memory_per_device"]["total_bytes"]
+  if "does_not_fit" in small["train"]:
+    # The TPU compiler gave only the temporaries of the overflowing step; its arguments and
+    # outputs are taken as the larger row's (the state per device; the banks are a little larger
+    # at fewer devices, so the line is slightly optimistic).
+    large_memory = large["train"]["memory_per_device"]
+    m1 = small["train"]["does_not_fit"]["temporaries_bytes"] + m2 - large_memory["temp_bytes"]
+  else:
+    m1 = small["train"]["memory_per_device"]["total_bytes"]
   if b1 == b2 or m1 <= m2:
     return None
   return affine_memory_fit(b1, m1, b2, m2, device_memory_gb)[2]
@@ -47,9 +56,12 @@ def results_table(rows) -> str:
     if "train" not in r8:
       lines.append(f"| {name} | | {r8.get('error', 'not run')} | | | | | | | | | |")
       continue
+    overflow = r8["train"].get("does_not_fit")
+    if overflow:
+      lines.append(_overflow_line(name, r8, r64, overflow))
+      continue
     t, c = r8["train"], r8["config"]
-    method = (c["method"] + (" guided" if c["guided"] else "")
-              + (" +encoder" if c["feature_encoder"] else ""))
+    method = _method(c)
     sample = r8.get("sample_1nfe")
     largest = t.get("fit", {}).get("largest_batch_per_device") or fitting_batch(r8, r64)
     if "train" in r64:
@@ -72,6 +84,26 @@ def results_table(rows) -> str:
              f"{t['compile_s']:.0f}, {c64}"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def _method(c) -> str:
+  return c["method"] + (" guided" if c["guided"] else "") + (" +encoder" if c["feature_encoder"] else "")
+
+
+def _overflow_line(name, r8, r64, overflow) -> str:
+  """A config whose 8-device step overflows a chip: its temporaries, the rest from 64 devices."""
+  gb = lambda b: f"{b / 1e9:.1f}"
+  mem8 = f"does not fit: temporaries {gb(overflow['temporaries_bytes'])} > HBM {gb(overflow['hbm_bytes'])}"
+  t64 = r64.get("train", {})
+  if "flops_per_image" not in t64:
+    return f"| {name} | {_method(r8['config'])} | - | - | {mem8} | {r64.get('error', 'not run')} | | | | | | |"
+  largest = fitting_batch(r8, r64)
+  per_chip = lambda k: f"{t64['projection'][k]['images_per_s'] / r64['devices']:.0f}"
+  cells = [name, _method(r8["config"]), f"{t64['flops_per_image'] / 1e9:.1f}", "-", mem8,
+           gb(t64["memory_per_device"]["total_bytes"]), "-" if largest is None else str(largest),
+           per_chip("h100"), per_chip("v5p_bf16"), f"- -> {t64['flops_per_device'] / 1e12:.3f}",
+           f"{t64['all_reduce_bytes_per_param_byte']:.2f}", f"-, {t64['compile_s']:.0f}"]
+  return "| " + " | ".join(cells) + " |"
 
 
 def write_results(path: str, table: str) -> None:

@@ -35,6 +35,24 @@ def memory_per_device(compiled) -> dict:
   return out
 
 
+_HBM_OVERFLOW = re.compile(r"memory required for HLO temporaries \(([\d.]+)([KMGT])\) exceeds "
+                           r"available HBM \(([\d.]+)([KMGT])\)")
+
+
+def hbm_overflow(error_text: str):
+  """{"temporaries_bytes", "hbm_bytes"} from the TPU compiler's RESOURCE_EXHAUSTED message, or None.
+
+  A step that does not fit one chip fails to compile; the message still says how much memory
+  its temporaries need, which is the figure the scale table wants.
+  """
+  m = _HBM_OVERFLOW.search(error_text)
+  if m is None:
+    return None
+  unit = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+  return {"temporaries_bytes": float(m.group(1)) * unit[m.group(2)],
+          "hbm_bytes": float(m.group(3)) * unit[m.group(4)]}
+
+
 def _type_bytes(type_text: str) -> int:
   total = 0
   for dtype, dims in SHAPE_RE.findall(type_text):

@@ -141,6 +141,27 @@ def test_fitting_batch_inverts_an_affine_memory_line():
   assert scale_table.fitting_batch(row(8), {"error": "timed out"}) is None
 
 
+def test_a_step_that_overflows_a_chip_still_gives_its_memory_line():
+  """The TPU compiler refuses an overflowing step but names its temporaries; with the 64-device
+  row's arguments and outputs that point gives the same affine line as a compiled one."""
+  message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+             "temporaries (117.39G) exceeds available HBM (95.74G).")
+  overflow = xla_accounting.hbm_overflow(message)
+  assert overflow == {"temporaries_bytes": 117.39 * 2**30, "hbm_bytes": 95.74 * 2**30}
+  assert xla_accounting.hbm_overflow("INTERNAL: something else") is None
+  fixed, per_image, images = 3e9, 0.5e9, 4096
+  temps = lambda devices: 1e9 + per_image * images / devices
+  small = {"devices": 8, "fsdp": 1, "train": {"images_per_step": images, "does_not_fit": {
+      "temporaries_bytes": temps(8), "hbm_bytes": 95e9}}}
+  large = {"devices": 64, "fsdp": 1, "train": {"images_per_step": images, "memory_per_device": {
+      "total_bytes": fixed + per_image * images / 64, "temp_bytes": temps(64)}}}
+  assert scale_table.fitting_batch(small, large, 80.0) == int((80e9 - fixed) // per_image)
+  assert "does not fit" in scale_table.results_table([
+      dict(small, config_path="configs/x.py", config={"method": "drifting", "guided": False,
+                                                      "feature_encoder": True}),
+      dict(large, config_path="configs/x.py")])
+
+
 def test_tpu_platform_without_libtpu_says_how_to_get_it(monkeypatch):
   monkeypatch.setitem(sys.modules, "libtpu", None)  # `import libtpu` raises, installed or not.
   with pytest.raises(ValueError, match="libtpu==0.0.42"):
