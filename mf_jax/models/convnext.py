@@ -17,8 +17,8 @@ the map is standardised over channels per location, y = (x - mean_c) / (std_c + 
   of y over locations [N, 1, C]; global_mean: the head LayerNorm of the last stage's (raw) location
   mean; global_std: std over locations of the last stage's y. Stds are sqrt(var + 1e-6), in at least float32.
 """
-from typing import Any, Mapping, Sequence, Tuple
 import zipfile
+from typing import Any, Mapping, Sequence, Tuple
 
 import flax.linen as nn
 import jax
