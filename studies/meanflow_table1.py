@@ -5,7 +5,7 @@
 Scale: the paper trains DiT-B/4 for 80 epochs on ImageNet 256 latents and reports FID-50K at 1-NFE.
 Here every arm is the class-conditional MeanFlow loss of configs/default.py on 8x8 digits, with the
 network of REFERENCE.md section 4 (a 4x512 SiLU MLP that sees the two times through sinusoidal
-features), 1500 steps of batch 128, and the Frechet distance in pixel space of 1000 samples against
+features), 1000 steps of batch 128, and the Frechet distance in pixel space of 1000 samples against
 the 297 held-out digits at 1 and 2 NFE. About a minute per run on 2 shared CPU cores. The
 baseline - ratio 25%, tangent (v, 0, 1), conditioning (t, t - r), logit-normal(-0.4, 1.0), p = 1,
 omega = 1 - is one arm shown in every table. Paper numbers are those REFERENCE.md section 1 lists
@@ -74,12 +74,12 @@ def get_study() -> Study:
           "model.name": "mlp",
           "model.mlp_widths": (512, 512, 512, 512),
           "train.global_batch_size": 128,
-          "train.num_steps": 1500,
-          "train.checkpoint_every": 750,
+          "train.num_steps": 1000,
+          "train.checkpoint_every": 500,
           "train.log_every": 250,
           "train.sample_every": 0,
           "optim.warmup_steps": 100,
-          "eval.every_steps": 1500,
+          "eval.every_steps": 1000,
       },
       tables=tables,
       seeds=(0, 1, 2),

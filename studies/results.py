@@ -198,7 +198,7 @@ def write_all(study: spec.Study, workdir: str, arm_list, runs) -> List[dict]:
   table_rows = rows(study, runs)
   os.makedirs(workdir, exist_ok=True)
   plot_name = f"{study.headline}.png"
-  # Written beside and renamed, so a reader (or a second --shard runner) never sees half a file.
+  # Written beside and renamed, so a reader (or a second runner) never sees half a file.
   for name, write in (("results.csv", lambda p: write_csv(p, study, table_rows)),
                       ("results.md", lambda p: write_markdown(p, study, arm_list, table_rows,
                                                               plot_name)),

@@ -3,7 +3,7 @@
   python -m studies.run --study=studies/meanflow_table1.py --workdir=/tmp/study_table1
   python -m studies.run --study=... --workdir=DIR --print_commands   # one shell line per unfinished run
   python -m studies.run --study=... --workdir=DIR --collect_only     # tables and plot from what finished
-  python -m studies.run --study=... --workdir=DIR --shard=0/2 & python -m studies.run ... --shard=1/2
+  python -m studies.run --study=... --workdir=DIR & python -m studies.run --study=... --workdir=DIR
 
 Each run trains in DIR/<arm>/seed<N> through the trainer's own entry (mf_jax.train.
 train_and_evaluate, after the checks main.py makes), logging to train.log there; it resumes from its
@@ -13,7 +13,8 @@ they are paid once. A run is finished when its final metrics are in its metrics.
 are skipped, so an interrupted study resumes by running the same command again. Runs share a
 persistent XLA compilation cache (DIR/.xla_cache unless JAX_COMPILATION_CACHE_DIR is set), so the
 seeds of an arm compile once. After every run DIR/results.csv, DIR/results.md and
-DIR/<headline>.png are rewritten. `--print_commands` gives the equivalent `main.py` command per run
+DIR/<headline>.png are rewritten. Several runners started on one study share its runs (a run's
+workdir holds study.lock with its runner's pid while it trains), e.g. two on a 2-core machine. `--print_commands` gives the equivalent `main.py` command per run
 (a cluster's job array); `--collect_only` later gathers whatever they finished.
 """
 import argparse
@@ -24,6 +25,8 @@ import threading
 import time
 
 from studies import results, spec
+
+LOCK = "study.lock"  # In a run's workdir while a runner trains it: that runner's pid.
 
 
 def _duration(seconds: float) -> str:
@@ -95,8 +98,43 @@ def train_one(study: spec.Study, run: spec.Run) -> None:
     handler.close()
 
 
+def claim(run: spec.Run) -> bool:
+  """Takes the run's lock (WORKDIR/study.lock holding our pid) unless a live process holds it, so
+  several runners started on one study share its runs instead of training one twice."""
+  os.makedirs(run.workdir, exist_ok=True)
+  path = os.path.join(run.workdir, LOCK)
+  for _ in range(2):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+      try:
+        with open(path) as f:
+          os.kill(int(f.read().strip() or 0), 0)
+        return False  # Held by a live runner.
+      except (ProcessLookupError, ValueError, FileNotFoundError):
+        try:  # A runner that died without releasing it: take over.
+          os.remove(path)
+        except FileNotFoundError:
+          pass
+        continue
+      except PermissionError:
+        return False
+    with os.fdopen(fd, "w") as f:
+      f.write(str(os.getpid()))
+    return True
+  return False
+
+
+def release(run: spec.Run) -> None:
+  try:
+    os.remove(os.path.join(run.workdir, LOCK))
+  except FileNotFoundError:
+    pass
+
+
 def execute(study, workdir, arm_list, runs, todo, report_every: float) -> int:
-  """Trains `todo` one after the other; returns the number of failed runs.
+  """Trains the runs of `todo` that no other runner holds, one after the other; returns the number
+  of failed runs.
 
   A run that returns without its final metrics was stopped by a preemption notice (SIGTERM): it
   saved a checkpoint, and the study stops there too.
@@ -106,50 +144,59 @@ def execute(study, workdir, arm_list, runs, todo, report_every: float) -> int:
   _use_compilation_cache(workdir)
   progress, failed = Progress(len(todo)), 0
   for index, run in enumerate(todo, 1):
-    resume = results.last_step(run)
-    _log(f"[{index}/{len(todo)}] start {run.key}" + (f" (resuming after step {resume})"
-                                                     if resume else "")
-         + f"; log {os.path.join(run.workdir, results.LOG)}")
-    start, stop_reporting = time.time(), threading.Event()
-
-    def report(run=run, start=start, index=index):
-      while not stop_reporting.wait(report_every):
-        step = results.last_step(run)
-        _log(f"[{index}/{len(todo)}] {run.key} step {step}/{run.arm.num_steps} "
-             f"({_duration(time.time() - start)}); "
-             + progress.line(step / max(1, run.arm.num_steps)))
-
-    reporter = threading.Thread(target=report, daemon=True)
-    reporter.start()
-    error = None
+    if results.final_metrics(run, study.metrics) is not None or not claim(run):
+      progress.total -= 1  # Finished or being trained by another runner meanwhile.
+      continue
     try:
-      train_one(study, run)
-    except Exception as e:  # pylint: disable=broad-except
-      error = e
-    finally:
-      stop_reporting.set()
-      reporter.join()
-    wall = time.time() - start
-    values = results.final_metrics(run, study.metrics)
-    results.record_attempt(run, wall_s=round(wall, 1), returncode=0 if error is None else 1,
-                           error=None if error is None else repr(error)[:500],
-                           finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    progress.durations.append(wall)
-    if error is not None:
-      failed += 1
-      _log(f"[{index}/{len(todo)}] FAILED {run.key} after {_duration(wall)}: {error!r:.300}; "
-           + progress.line())
-    elif values is None:
-      _log(f"[{index}/{len(todo)}] {run.key} stopped at step {results.last_step(run)} "
-           "(preemption notice); stopping the study. Run the same command to resume.")
+      failed += _execute_one(study, run, f"[{index}/{len(todo)}]", progress, report_every)
+    except SystemExit:
       results.write_all(study, workdir, arm_list, runs)
-      raise SystemExit(3)
-    else:
-      shown = ", ".join(f"{m}={values[m]:.4f}" for m in study.metrics)
-      _log(f"[{index}/{len(todo)}] done {run.key} in {_duration(wall)}: {shown}; "
-           + progress.line())
+      raise
+    finally:
+      release(run)
     results.write_all(study, workdir, arm_list, runs)
   return failed
+
+
+def _execute_one(study, run, tag: str, progress: Progress, report_every: float) -> int:
+  """One run with progress lines; 1 if it failed, 0 if it finished; SystemExit if preempted."""
+  resume = results.last_step(run)
+  _log(f"{tag} start {run.key}" + (f" (resuming after step {resume})" if resume else "")
+       + f"; log {os.path.join(run.workdir, results.LOG)}")
+  start, stop_reporting = time.time(), threading.Event()
+
+  def report():
+    while not stop_reporting.wait(report_every):
+      step = results.last_step(run)
+      _log(f"{tag} {run.key} step {step}/{run.arm.num_steps} ({_duration(time.time() - start)}); "
+           + progress.line(step / max(1, run.arm.num_steps)))
+
+  reporter = threading.Thread(target=report, daemon=True)
+  reporter.start()
+  error = None
+  try:
+    train_one(study, run)
+  except Exception as e:  # pylint: disable=broad-except
+    error = e
+  finally:
+    stop_reporting.set()
+    reporter.join()
+  wall = time.time() - start
+  values = results.final_metrics(run, study.metrics)
+  results.record_attempt(run, wall_s=round(wall, 1), returncode=0 if error is None else 1,
+                         error=None if error is None else repr(error)[:500],
+                         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+  progress.durations.append(wall)
+  if error is not None:
+    _log(f"{tag} FAILED {run.key} after {_duration(wall)}: {error!r:.300}; " + progress.line())
+    return 1
+  if values is None:
+    _log(f"{tag} {run.key} stopped near step {results.last_step(run)} (preemption notice); "
+         "stopping the study. Run the same command to resume.")
+    raise SystemExit(3)
+  shown = ", ".join(f"{m}={values[m]:.4f}" for m in study.metrics)
+  _log(f"{tag} done {run.key} in {_duration(wall)}: {shown}; " + progress.line())
+  return 0
 
 
 def main(argv=None) -> int:
@@ -160,16 +207,11 @@ def main(argv=None) -> int:
                       help="Print one shell command per unfinished run instead of running them.")
   parser.add_argument("--collect_only", action="store_true",
                       help="Only write results.csv / results.md / the plot from finished runs.")
-  parser.add_argument("--shard", default="0/1",
-                      help="i/n: run only the unfinished runs with index = i mod n (parallel runners).")
   parser.add_argument("--tables", default="",
                       help="Comma-separated table keys: only their arms (default: every table).")
   parser.add_argument("--report_every", type=float, default=60.0,
                       help="Seconds between progress lines while a run trains.")
   args = parser.parse_args(argv)
-  shard, num_shards = (int(x) for x in args.shard.split("/"))
-  if not 0 <= shard < num_shards:
-    parser.error(f"--shard={args.shard}: want i/n with 0 <= i < n.")
 
   study = spec.select_tables(spec.load_study(args.study),
                              [k for k in args.tables.split(",") if k])
@@ -185,12 +227,10 @@ def main(argv=None) -> int:
     from mf_jax import config_checks  # pylint: disable=g-import-not-at-top
     for run in todo:  # Every field and cross-field rule, before the first run trains.
       config_checks.validate_static(spec.run_config(study, run))
-    mine = todo[shard::num_shards]
     _log(f"{study.name}: {len(arm_list)} arms x {len(study.seeds)} seeds = {len(runs)} runs, "
-         f"{len(runs) - len(todo)} already finished, {len(mine)} to run here"
-         + (f" (shard {args.shard} of {len(todo)})" if num_shards > 1 else "") + ".")
-    if mine:
-      failed = execute(study, args.workdir, arm_list, runs, mine, args.report_every)
+         f"{len(runs) - len(todo)} already finished, {len(todo)} to run.")
+    if todo:
+      failed = execute(study, args.workdir, arm_list, runs, todo, args.report_every)
   table_rows = results.write_all(study, args.workdir, arm_list, runs)
   done = sum(r["status"] == "done" for r in table_rows)
   _log(f"{done}/{len(runs)} runs finished; wrote {os.path.join(args.workdir, 'results.md')}, "
