@@ -29,6 +29,9 @@ def meanflow_config(num_classes=1000) -> ml_collections.ConfigDict:
       # Which rows get the null label: "independent" (each with probability class_dropout) or
       # "r_eq_t_first" (the official code's layout: Binomial count, r = t rows first).
       class_dropout_rows="independent",
+      # Table 1 ablations (the defaults are the paper's method; see mf_jax/meanflow.py):
+      jvp_tangent="v,0,1",  # Table 1b: tangents of (z, r, t) for du/dt; "v,0,0" | "v,1,0" | "v,1,1".
+      time_conditioning="t,t-r",  # Table 1c: scalars the network sees; "r,t" | "t,r" | "t-r" (one).
   ))
 
 

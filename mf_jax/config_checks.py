@@ -152,6 +152,10 @@ FIELDS = {
     "meanflow.class_dropout": (number(0.0, 1.0, hi_open=True), "0.1 (paper)"),
     "meanflow.class_dropout_rows": (choice(*meanflow.DROPOUT_ROWS),
                                     "independent, or r_eq_t_first (official batch layout)"),
+    "meanflow.jvp_tangent": (choice(*meanflow.JVP_TANGENTS),
+                             "v,0,1 (paper); the others are Table 1b ablations"),
+    "meanflow.time_conditioning": (choice(*meanflow.TIME_CONDITIONINGS),
+                                   "t,t-r (paper); the others are Table 1c ablations"),
     "drifting.temperatures": (number_tuple(0.0, lo_open=True), "e.g. (0.02, 0.05, 0.2)"),
     "drifting.normalize_distances": (boolean(), "True (paper)"),
     "drifting.normalize_drift": (boolean(), "True (paper)"),
@@ -311,7 +315,22 @@ def _ema_indices(config):
                       "sample.use_ema=False or add a decay.")
 
 
+def _time_conditioning(config):
+  """meanflow.time_conditioning needs a MeanFlow network that embeds each named time."""
+  choice = config.meanflow.get("time_conditioning", "t,t-r")
+  if choice == "t,t-r":
+    return
+  if config.method != "meanflow":
+    raise ConfigError(f"meanflow.time_conditioning={choice!r} applies to method='meanflow' only "
+                      f"(method={config.method!r} has its own conditions): set it to 't,t-r'.")
+  if config.model.name == "unet":
+    raise ConfigError(f"meanflow.time_conditioning={choice!r}: model.name='unet' (the official "
+                      "CIFAR-10 U-Net) takes exactly (t, t - r); set it to 't,t-r', or use an "
+                      "mlp, dit or dit_modern model for this ablation.")
+
+
 def _model(config):
+  _time_conditioning(config)
   model = build_model(config)
   if config.model.name == "dit" and config.method != "mae":
     _, width, heads, _ = parse_variant(config.model.variant)

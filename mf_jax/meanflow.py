@@ -21,6 +21,13 @@ UFn = Callable[[Array, Array, Array, Array], Array]
 # meanflow.class_dropout_rows: "independent" drops each row with probability class_dropout;
 # "r_eq_t_first" is the official code's batch layout (see class_dropout_mask).
 DROPOUT_ROWS = ("independent", "r_eq_t_first")
+# Ablations of the paper's Table 1 (off the default path; the first entry is the paper's method).
+# meanflow.jvp_tangent (Table 1b): the tangents of (z, r, t) in the jvp giving du/dt.
+JVP_TANGENTS = ("v,0,1", "v,0,0", "v,1,0", "v,1,1")
+# meanflow.time_conditioning (Table 1c): the scalars the network sees, as condition names; each
+# name gets its own embedder (parameters named after it, e.g. DiT's "t_minus_r_embedder").
+TIME_CONDITIONINGS = {"t,t-r": ("t", "t_minus_r"), "r,t": ("r", "t"), "t,r": ("t", "r"),
+                      "t-r": ("t_minus_r",)}
 
 
 def _bcast(s: Array, like: Array) -> Array:
@@ -53,6 +60,14 @@ def validate_config(config) -> None:
                      "(the effective guidance scale is omega / (1 - kappa)).")
   if not 0.0 <= config.class_dropout < 1.0:
     raise ValueError(f"meanflow.class_dropout={config.class_dropout}: must lie in [0, 1).")
+  if config.get("jvp_tangent", "v,0,1") not in JVP_TANGENTS:
+    raise ValueError(f"meanflow.jvp_tangent={config.jvp_tangent!r}: allowed values are "
+                     f"{list(JVP_TANGENTS)} (tangents of (z, r, t); 'v,0,1' is the paper's method, "
+                     "the others are Table 1b ablations).")
+  if config.get("time_conditioning", "t,t-r") not in TIME_CONDITIONINGS:
+    raise ValueError(f"meanflow.time_conditioning={config.time_conditioning!r}: allowed values are "
+                     f"{list(TIME_CONDITIONINGS)} ('t,t-r' is the paper's method, the others are "
+                     "Table 1c ablations).")
   if config.get("class_dropout_rows", "independent") not in DROPOUT_ROWS:
     raise ValueError(f"meanflow.class_dropout_rows={config.class_dropout_rows!r}: allowed values are "
                      f"{list(DROPOUT_ROWS)}.")
@@ -139,15 +154,32 @@ def class_dropout_mask(key: Array, batch_size: int, config) -> Array:
   return jnp.asarray(rank) < jnp.sum(drop)
 
 
+def time_conditions(names, r: Array, t: Array) -> Tuple[Array, ...]:
+  """The scalars [B] each that condition names ("t", "r", "t_minus_r") stand for, in their order."""
+  values = {"t": lambda: t, "r": lambda: r, "t_minus_r": lambda: t - r}
+  unknown = [n for n in names if n not in values]
+  if unknown:
+    raise ValueError(f"condition names {tuple(names)}: {unknown} are not MeanFlow times; allowed "
+                     f"are {sorted(values)} (see meanflow.time_conditioning).")
+  return tuple(values[n]() for n in names)
+
+
 def average_velocity_target(u_fn: UFn, z: Array, r: Array, t: Array, v: Array,
-                            labels: Array) -> Tuple[Array, Array]:
+                            labels: Array, tangent: str = "v,0,1") -> Tuple[Array, Array]:
   """Returns (u, u_tgt): the network's u(z, r, t) and the stop-gradiented MeanFlow target.
 
   One forward-mode pass gives both u and du/dt = v . grad_z u + d_t u; the tangents (v, 0, 1) follow
   the argument order (z, r, t). Gradients flow only through the primal u.
+  `tangent` (meanflow.jvp_tangent, a Table 1b ablation) picks other tangents of (r, t): "v,0,0"
+  drops d_t u, "v,1,0" takes d_r u in its place, "v,1,1" adds both.
   """
+  if tangent not in JVP_TANGENTS:
+    raise ValueError(f"meanflow.jvp_tangent={tangent!r}: allowed values are {list(JVP_TANGENTS)}.")
+  _, along_r, along_t = tangent.split(",")
+  tangent_r = jnp.ones_like(r) if along_r == "1" else jnp.zeros_like(r)
+  tangent_t = jnp.ones_like(t) if along_t == "1" else jnp.zeros_like(t)
   u, dudt = jax.jvp(lambda z_, r_, t_: u_fn(z_, r_, t_, labels),
-                    (z, r, t), (v, jnp.zeros_like(r), jnp.ones_like(t)))
+                    (z, r, t), (v, tangent_r, tangent_t))
   u_tgt = v - _bcast(t - r, dudt) * dudt
   return u, jax.lax.stop_gradient(u_tgt)
 
@@ -274,7 +306,8 @@ def meanflow_loss_from_draws(u_fn: UFn, x: Array, labels: Array, r: Array, t: Ar
     if is_guided(config):
       v_avg = combine_guidance(v_avg, u_cond_avg, u_null_avg,
                                *guidance_weights(avg["t"], avg["dropped"], config))
-    u, u_tgt = average_velocity_target(u_fn, avg["z"], avg["r"], avg["t"], v_avg, avg["y"])
+    u, u_tgt = average_velocity_target(u_fn, avg["z"], avg["r"], avg["t"], v_avg, avg["y"],
+                                       config.get("jvp_tangent", "v,0,1"))
     us.append(u)
     targets.append(u_tgt)
   if has_inst:

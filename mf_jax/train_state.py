@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mf_jax import class_queues
+from mf_jax import class_queues, meanflow
 from mf_jax import sharding as sharding_lib
 from mf_jax.models.dit import DiT
 from mf_jax.models.dit_modern import ModernDiT
@@ -47,7 +47,7 @@ def build_model(config) -> nn.Module:
     raise ValueError(f"model.compute_dtype={m.compute_dtype!r}: allowed values are {sorted(DTYPES)}.")
   if config.method == "mae":  # Feature encoder for drifting, pretrained as a masked autoencoder.
     return mae_model(config)
-  conditions = ("alpha",) if config.method == "drifting" else ("t", "t_minus_r")
+  conditions = condition_names(config)
   if m.name == "mlp":  # Small vector data (2-D toys, 8x8 digits); output flattened, see net_fn.
     d = config.data
     return MLP(out_dim=d.image_size * d.image_size * d.channels, hidden_widths=tuple(m.mlp_widths),
@@ -70,6 +70,18 @@ def build_model(config) -> nn.Module:
              hidden_size=m.hidden_size, num_heads=m.num_heads,
              attention_impl=m.attention_impl, remat=m.remat, dtype=DTYPES[m.compute_dtype],
              param_dtype=jnp.float64 if m.compute_dtype == "float64" else jnp.float32)
+
+
+def condition_names(config) -> Tuple[str, ...]:
+  """The scalar conditions the network takes: ("alpha",) for drifting, else the MeanFlow times
+  meanflow.time_conditioning names (default ("t", "t_minus_r"); others are Table 1c ablations)."""
+  if config.method == "drifting":
+    return ("alpha",)
+  choice = config.meanflow.get("time_conditioning", "t,t-r")
+  if choice not in meanflow.TIME_CONDITIONINGS:
+    raise ValueError(f"meanflow.time_conditioning={choice!r}: allowed values are "
+                     f"{list(meanflow.TIME_CONDITIONINGS)}.")
+  return meanflow.TIME_CONDITIONINGS[choice]
 
 
 def unet_model(config) -> SongUNet:
@@ -101,19 +113,25 @@ def mae_model(config) -> nn.Module:
 def meanflow_u_fn(model: nn.Module, params, augment_labels=None, dropout_key=None):
   """The network as the objective sees it: u(z, r, t, labels), conditioned on (t, t - r).
 
+  The model's `condition_names` (set by meanflow.time_conditioning) say which scalars it takes and
+  in which order: ("t", "t_minus_r") -> (t, t - r). A model without them (the U-Net) takes (t, t - r).
+
   Training a U-Net may add augmentation labels [B, 6] and a dropout key. With augment_labels the
   (unconditional) network's `labels` argument carries each sample's row index into augment_labels,
   so the labels follow the samples however the objective splits or reorders the batch.
   """
+  names = tuple(getattr(model, "condition_names", ("t", "t_minus_r")))
   if augment_labels is None and dropout_key is None:
-    return lambda z, r, t, labels: model.apply(params, z, (t, t - r), labels).reshape(z.shape)
+    return lambda z, r, t, labels: model.apply(
+        params, z, meanflow.time_conditions(names, r, t), labels).reshape(z.shape)
   def u_fn(z, r, t, labels):
     kw = dict(train=dropout_key is not None)
     if augment_labels is not None:
       kw["augment_labels"] = augment_labels[labels]
     if dropout_key is not None:
       kw["rngs"] = {"dropout": dropout_key}
-    return model.apply(params, z, (t, t - r), labels, **kw).reshape(z.shape)
+    return model.apply(params, z, meanflow.time_conditions(names, r, t), labels,
+                       **kw).reshape(z.shape)
   return u_fn
 
 
@@ -157,8 +175,7 @@ def example_inputs(config, batch_size: int = 1):
   x = jnp.zeros((batch_size, d.image_size, d.image_size, d.channels), jnp.float32)
   if config.method == "mae":
     return x, jnp.zeros(x.shape[:-1] + (1,), bool)
-  num_conditions = 1 if config.method == "drifting" else 2
-  conditions = tuple(jnp.zeros((batch_size,), jnp.float32) for _ in range(num_conditions))
+  conditions = tuple(jnp.zeros((batch_size,), jnp.float32) for _ in condition_names(config))
   return x, conditions, jnp.zeros((batch_size,), jnp.int32)
 
 

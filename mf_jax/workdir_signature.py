@@ -19,7 +19,7 @@ SHAPE_FIELDS = ("method", "data.image_size", "data.channels", "data.num_classes"
                 "model.noise_coords", "ema_decays", "optim.grad_clip", "drifting.queue_len",
                 "drifting.feature_encoder_workdir", "mae.widths", "mae.blocks_per_stage",
                 "mae.groups", "mae.decoder_width", "mae.arch", "mae.layers",
-                "mae.input_patch_size")
+                "mae.input_patch_size", "meanflow.time_conditioning")
 
 
 def _get(config, name):
