@@ -140,7 +140,7 @@ def _slug(overrides: Dict[str, Any]) -> str:
   for field, value in overrides.items():
     text = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
     parts.append(f"{field.split('.')[-1]}={text}")
-  return re.sub(r"[^A-Za-z0-9._=+-]", "-", "__".join(parts))
+  return re.sub(r"[^A-Za-z0-9._=+-]", "-", "__".join(parts).replace(",", "_"))
 
 
 def arms(study: Study) -> List[Arm]:
