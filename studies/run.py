@@ -40,19 +40,22 @@ def _log(message: str) -> None:
 
 
 class Progress:
-  """Runs done of all, elapsed time, and time left from the mean duration of the runs done."""
+  """Runs finished of the study's `todo` (by any runner), elapsed time, and the time left: the mean
+  duration of this runner's runs times the runs left, shared by the runners now holding locks."""
 
-  def __init__(self, total: int):
-    self.total, self.start, self.durations = total, time.time(), []
+  def __init__(self, study: spec.Study, todo):
+    self.study, self.todo, self.start, self.durations = study, todo, time.time(), []
 
   def line(self, running_fraction: float = 0.0) -> str:
+    left_runs = [r for r in self.todo if results.final_metrics(r, self.study.metrics) is None]
+    runners = max(1, sum(_lock_holder(r) is not None for r in left_runs))
     left = "?"
     if self.durations:
       per_run = sum(self.durations) / len(self.durations)
-      queued = self.total - len(self.durations)
-      left = _duration(max(0.0, per_run * (queued - running_fraction)))
-    return (f"{len(self.durations)}/{self.total} done, elapsed {_duration(time.time() - self.start)}"
-            f", ~{left} left")
+      left = _duration(max(0.0, per_run * (len(left_runs) - running_fraction) / runners))
+    return (f"{len(self.todo) - len(left_runs)}/{len(self.todo)} done, elapsed "
+            f"{_duration(time.time() - self.start)}, ~{left} left"
+            + (f" ({runners} runners)" if runners > 1 else ""))
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -96,6 +99,17 @@ def train_one(study: spec.Study, run: spec.Run) -> None:
     logger.removeHandler(handler)
     logger.propagate = propagate
     handler.close()
+
+
+def _lock_holder(run: spec.Run):
+  """The pid of the live runner training `run`, or None."""
+  try:
+    with open(os.path.join(run.workdir, LOCK)) as f:
+      pid = int(f.read().strip() or 0)
+    os.kill(pid, 0)
+    return pid
+  except (OSError, ValueError):
+    return None
 
 
 def claim(run: spec.Run) -> bool:
@@ -142,11 +156,10 @@ def execute(study, workdir, arm_list, runs, todo, report_every: float) -> int:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")  # tf.data must never take accelerator memory from JAX.
   _use_compilation_cache(workdir)
-  progress, failed = Progress(len(todo)), 0
+  progress, failed = Progress(study, todo), 0
   for index, run in enumerate(todo, 1):
     if results.final_metrics(run, study.metrics) is not None or not claim(run):
-      progress.total -= 1  # Finished or being trained by another runner meanwhile.
-      continue
+      continue  # Finished or being trained by another runner meanwhile.
     try:
       failed += _execute_one(study, run, f"[{index}/{len(todo)}]", progress, report_every)
     except SystemExit:
