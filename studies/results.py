@@ -15,8 +15,10 @@ ATTEMPTS = "study_attempts.jsonl"  # One {"wall_s", "returncode", ...} per runne
 LOG = "train.log"
 
 
-def final_metrics(run: spec.Run, metrics: Sequence[str]) -> Optional[Dict[str, float]]:
-  """The study's metrics at the run's final step, or None while any is missing."""
+def final_metrics(run: spec.Run, metrics: Sequence[str],
+                  extra: Sequence[str] = ()) -> Optional[Dict[str, float]]:
+  """The metrics (and whichever `extra` ones exist) at the run's final step, or None while any
+  of `metrics` is missing."""
   path = os.path.join(run.workdir, "metrics.jsonl")
   if not os.path.isfile(path):
     return None
@@ -28,7 +30,7 @@ def final_metrics(run: spec.Run, metrics: Sequence[str]) -> Optional[Dict[str, f
       except json.JSONDecodeError:
         continue  # A line cut short by a kill.
       if row.get("step") == run.arm.num_steps:
-        values.update({k: v for k, v in row.items() if k in metrics})
+        values.update({k: v for k, v in row.items() if k in metrics or k in extra})
   return values if all(m in values for m in metrics) else None
 
 
@@ -72,18 +74,18 @@ def rows(study: spec.Study, runs: Sequence[spec.Run]) -> List[dict]:
   """One dict per run: arm, seed, status, the metrics (None when missing), wall time, workdir."""
   out = []
   for run in runs:
-    values = final_metrics(run, study.metrics) or {}
+    values = final_metrics(run, study.metrics, study.extra_metrics) or {}
     tries = attempts(run)
     wall = sum(t.get("wall_s", 0.0) for t in tries) if tries else None
     row = {"arm": run.arm.name, "seed": run.seed, "status": status(run, study.metrics)}
-    row.update({m: values.get(m) for m in study.metrics})
+    row.update({m: values.get(m) for m in study.shown_metrics})
     row.update({"wall_s": None if wall is None else round(wall, 1), "workdir": run.workdir})
     out.append(row)
   return out
 
 
 def write_csv(path: str, study: spec.Study, table_rows: List[dict]) -> None:
-  fields = ["arm", "seed", "status", *study.metrics, "wall_s", "workdir"]
+  fields = ["arm", "seed", "status", *study.shown_metrics, "wall_s", "workdir"]
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=fields)
     writer.writeheader()
@@ -116,7 +118,7 @@ def _ranks(values: List[Optional[float]], lower_is_better: bool) -> List[str]:
 def arm_summaries(study: spec.Study, arm_list, table_rows) -> Dict[str, Dict[str, dict]]:
   """{arm name: {metric: summary over seeds}}."""
   return {arm.name: {m: summary([r[m] for r in table_rows if r["arm"] == arm.name])
-                     for m in study.metrics} for arm in arm_list}
+                     for m in study.shown_metrics} for arm in arm_list}
 
 
 def write_markdown(path: str, study: spec.Study, arm_list, table_rows, plot_name: str) -> None:
@@ -132,15 +134,15 @@ def write_markdown(path: str, study: spec.Study, arm_list, table_rows, plot_name
            f"is better). Paper: {study.paper_metric}.", ""]
   for table in study.tables:
     lines += [f"## {table.key}: {table.title}", "",
-              "| arm | paper | " + " | ".join(f"`{m}`" for m in study.metrics)
+              "| arm | paper | " + " | ".join(f"`{m}`" for m in study.shown_metrics)
               + " | n | rank ours / paper |",
-              "|---|---|" + "---|" * len(study.metrics) + "---|---|"]
+              "|---|---|" + "---|" * len(study.shown_metrics) + "---|---|"]
     arms_here = [by_key[spec.arm_key(study, row, base)] for row in table.rows]
     ours = _ranks([stats[a.name][study.headline].get("mean") for a in arms_here],
                   study.lower_is_better)
     paper = _ranks([row.paper for row in table.rows], study.lower_is_better)
     for row, arm, r_ours, r_paper in zip(table.rows, arms_here, ours, paper):
-      cells = [_fmt(stats[arm.name][m]) for m in study.metrics]
+      cells = [_fmt(stats[arm.name][m]) for m in study.shown_metrics]
       n = stats[arm.name][study.headline].get("n", 0)
       lines.append(f"| {row.label} | {'-' if row.paper is None else f'{row.paper:g}'} | "
                    + " | ".join(cells) + f" | {n}/{len(study.seeds)} | {r_ours} / {r_paper} |")

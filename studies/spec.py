@@ -21,6 +21,7 @@ class Row:
   label: str  # As shown in the table, e.g. "(v, 0, 1)".
   overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
   paper: Optional[float] = None  # The paper's number for this arm (Study.paper_metric).
+  name: Optional[str] = None  # Folder name of the arm; default: made from the differing overrides.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,13 @@ class Study:
   paper_metric: str = ""
   lower_is_better: bool = True
   description: str = ""
+  # Collected and shown where a run wrote them, never required (e.g. 4-NFE scores that only some
+  # arms evaluate).
+  extra_metrics: Sequence[str] = ()
+
+  @property
+  def shown_metrics(self) -> tuple:
+    return tuple(self.metrics) + tuple(m for m in self.extra_metrics if m not in self.metrics)
 
 
 @dataclasses.dataclass
@@ -157,7 +165,7 @@ def arms(study: Study) -> List[Arm]:
         set_field(config, field, value, f"study {study.name}, table {table.key}, row {row.label!r}")
       differing = {field for field, _ in key}
       overrides = {f: v for f, v in row.overrides.items() if f in differing}
-      found[key] = Arm(_slug(overrides), overrides, int(config.train.num_steps), key)
+      found[key] = Arm(row.name or _slug(overrides), overrides, int(config.train.num_steps), key)
   names = [a.name for a in found.values()]
   if len(set(names)) != len(names):
     raise ValueError(f"Study {study.name}: two different arms map to one folder name: {names}.")
