@@ -6,7 +6,8 @@ Scale: the paper trains DiT-B/4 for 80 epochs on ImageNet 256 latents and report
 Here every arm is the class-conditional MeanFlow loss of configs/default.py on 8x8 digits, with the
 network of REFERENCE.md section 4 (a 4x512 SiLU MLP that sees the two times through sinusoidal
 features), 1000 steps of batch 128, and the Frechet distance in pixel space of 1000 samples against
-the 297 held-out digits at 1 and 2 NFE. About a minute per run on 2 shared CPU cores. The
+the 297 held-out digits at 1 and 2 NFE. 66 runs took 58 min wall on the shared 2-core CPU
+machine with 3-5 runners started on the same workdir (docs/studies/meanflow_table1.md). The
 baseline - ratio 25%, tangent (v, 0, 1), conditioning (t, t - r), logit-normal(-0.4, 1.0), p = 1,
 omega = 1 - is one arm shown in every table. Paper numbers are those REFERENCE.md section 1 lists
 (FID-50K, 1-NFE, B/4); arms it gives no number for are left blank.
