@@ -18,6 +18,7 @@ workdir holds study.lock with its runner's pid while it trains), e.g. two on a 2
 (a cluster's job array); `--collect_only` later gathers whatever they finished.
 """
 import argparse
+import json
 import logging as std_logging
 import os
 import sys
@@ -27,6 +28,7 @@ import time
 from studies import results, spec
 
 LOCK = "study.lock"  # In a run's workdir while a runner trains it: that runner's pid.
+RECORD = "study_run.json"  # The run's config file and overrides, written at its first start.
 
 
 def _duration(seconds: float) -> str:
@@ -73,12 +75,31 @@ def _use_compilation_cache(workdir: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def _check_overrides(study: spec.Study, run: spec.Run) -> None:
+  """Records the run's config (file and overrides) in WORKDIR/study_run.json at its first start,
+  and refuses to resume a workdir recorded with another: an arm edited in the study file (or a
+  Row.name reused) must not continue, or be collected as, a run of the old config."""
+  record = json.loads(json.dumps({"config": study.config, "overrides": dict(
+      study.overrides, **run.arm.overrides, seed=run.seed)}, sort_keys=True))
+  path = os.path.join(run.workdir, RECORD)
+  if os.path.isfile(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old != record:
+      raise ValueError(f"{run.workdir} was started with {old}, but the study now gives {record}: "
+                       "delete that workdir to retrain the arm, or restore the study file.")
+  else:
+    with open(path, "w") as f:
+      json.dump(record, f, indent=1, sort_keys=True)
+
+
 def train_one(study: spec.Study, run: spec.Run) -> None:
   """One run through the trainer, with main.py's checks; its log lines go to WORKDIR/train.log."""
   from absl import logging  # pylint: disable=g-import-not-at-top
   from mf_jax import config_checks, train  # pylint: disable=g-import-not-at-top
   config = spec.run_config(study, run)
   os.makedirs(run.workdir, exist_ok=True)
+  _check_overrides(study, run)
   handler = std_logging.FileHandler(os.path.join(run.workdir, results.LOG))
   handler.setFormatter(logging.PythonFormatter())
   handler.addFilter(_QuietLibraries())

@@ -55,6 +55,11 @@ def _trim_to_step(run_dir, step):
     f.writelines(kept)
 
 
+def study_run_of(study_file, workdir, run_dir):
+  study = spec.load_study(study_file)
+  return next(r for r in spec.runs(study, workdir, spec.arms(study)) if r.workdir == run_dir)
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
   folder = tmp_path_factory.mktemp("study")
@@ -123,6 +128,16 @@ def test_runs_skips_resumes_prints_and_collects(study, capsys):
   # The printed command is the same training as the in-process run it replaced.
   assert float(collected[("base", 1)]["fd_pixels_1nfe"]) == pytest.approx(first[("base", 1)],
                                                                          rel=1e-6)
+
+  # A study edited under an unfinished run (same arm folder, other base overrides) does not
+  # resume it with the new config.
+  _trim_to_step(killed, 4)
+  edited = os.path.join(os.path.dirname(study_file), "edited.py")
+  with open(edited, "w") as f:
+    f.write(STUDY.replace('"eval.every_steps": 4', '"eval.every_steps": 2'))
+  assert study_run.main([f"--study={edited}", f"--workdir={workdir}", "--report_every=1000"]) == 1
+  assert "was started with" in results.attempts(study_run_of(edited, workdir, killed))[-1]["error"]
+  assert results.last_step(study_run_of(edited, workdir, killed)) == 4  # Nothing trained.
 
 
 def test_bad_override_is_named_before_any_run(tmp_path):
