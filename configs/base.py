@@ -158,6 +158,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample = ml_collections.ConfigDict(dict(
       num_samples=64,
       num_steps=1,
+      # "meanflow": z <- z - (t - r) u(z, r, t); "euler": flow-matching Euler steps with the
+      # instantaneous velocity u(z, t, t) (the r = t baseline). Sample grids and evaluation use it.
+      sampler="meanflow",
       batch_size=64,
       use_ema=True,
       ema_index=0,

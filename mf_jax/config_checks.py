@@ -229,6 +229,8 @@ FIELDS = {
     "sharding.fsdp": (POSITIVE, "1 (data parallel) or a divisor of the device count"),
     "sample.num_samples": (POSITIVE, "e.g. 64, or 50000 for FID"),
     "sample.num_steps": (POSITIVE, "1 (1-NFE) or 2"),
+    "sample.sampler": (choice("meanflow", "euler"),
+                       "meanflow, or euler (flow-matching Euler with u(z, t, t))"),
     "sample.batch_size": (POSITIVE, "a multiple of the device count"),
     "sample.use_ema": (boolean(), "True"),
     "sample.ema_index": (NON_NEGATIVE, "an index into ema_decays, e.g. 0"),

@@ -42,7 +42,9 @@ def make_sampler(config, model, mesh):
       alpha = jnp.full((noise.shape[0],), cfg_scale, noise.dtype)
       return generator_fn(model, params)(noise, alpha, labels)
     u_fn = guided_u_fn(meanflow_u_fn(model, params), cfg_scale, config.data.num_classes)
-    return sampling.meanflow_steps(u_fn, noise, labels, num_steps)
+    steps = (sampling.euler_steps if config.sample.get("sampler", "meanflow") == "euler"
+             else sampling.meanflow_steps)
+    return steps(u_fn, noise, labels, num_steps)
 
   return sample_fn
 
