@@ -1,7 +1,8 @@
 """A tiny pixel-space drifting run: prepare_imagenet --pixels -> the real trainer (random crops,
-flips, class queues, a small generator on 16 x 16 x 3 pixels, ConvNeXt-V2 features from a tiny
-random ConvNeXt file as the pixel configs' use_convnext) -> sample grid and Frechet distance,
-without a VAE; the same config on latent data asks for one.
+flips, class queues, a small generator on 16 x 16 x 3 pixels) -> sample grid and Frechet distance,
+without a VAE; the same config on latent data asks for one. The pixel configs' ConvNeXt-V2 features
+(use_convnext, a tiny random ConvNeXt file) are checked on one device, on the drifting objective
+alone: compiling them into the 8-device train step costs ~40 s more and checks no more wiring.
 
 The generator is an MLP: the drifting step compiles in half the time of a DiT's, and the pixel
 path (data, augmentation, decoding switch) is the same for either; the B/16 DiT of the shipped
@@ -17,7 +18,7 @@ import jax
 from configs import imagenet_drift_pixel_b16
 from eval import fid, stats
 from input_pipeline import prepare_imagenet
-from mf_jax import config_checks, train, train_state
+from mf_jax import config_checks, sharding, train, train_state, train_step
 from mf_jax.models import convnext
 
 SIZE, CLASSES, PER_CLASS = 16, 2, 8
@@ -76,24 +77,24 @@ def tiny_pixel_config(path, ref_stats, convnext_path):
   return config
 
 
+CONVNEXT_SETS = {"global_mean", "global_std"} | {
+    f"convenxt_stage_{i}{s}" for i in range(4) for s in ("_mean", "_std")} | {
+        f"convenxt_stage_{i}" for i in (1, 2, 3)}  # The release's names (typo included).
+
+
 def test_tiny_pixel_drifting_trains_samples_and_scores_without_a_vae(pixel_data, tmp_path):
   config = tiny_pixel_config(*pixel_data)
   assert config.data.random_crop_min_area > 0 and config.data.random_flip  # Release augmentation.
+  config.drifting.use_convnext = False  # Checked below and in the next test.
   workdir = str(tmp_path / "run")
   state = train.train_and_evaluate(config, workdir)
-  assert int(state.step) == 2
+  assert int(state.step) == 2 and "convnext" not in state.aux
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   losses = [r["loss"] for r in rows if "loss" in r]
   scores = [r["fd_pixels_1nfe"] for r in rows if "fd_pixels_1nfe" in r]
   assert len(losses) == 2 and all(np.isfinite(losses))
-  # ConvNeXt's feature sets (release names) join the raw 'global' set in the loss, which is their
-  # sum; with the ConvNeXt features left out the loss would be the 'global' term alone.
   sets = {k[len("loss/"):]: v for k, v in rows[0].items() if k.startswith("loss/")}
-  assert set(sets) == {"global", "global_mean", "global_std"} | {
-      f"convenxt_stage_{i}{s}" for i in range(4) for s in ("_mean", "_std")} | {
-          f"convenxt_stage_{i}" for i in (1, 2, 3)}
-  np.testing.assert_allclose(sum(sets.values()), rows[0]["loss"], rtol=1e-5)
-  assert min(v for k, v in sets.items() if k != "global") > 0
+  assert set(sets) == {"raw"} and sets["raw"] == rows[0]["loss"]  # Raw pixels alone.
   assert len(scores) == 1 and np.isfinite(scores[0]) and scores[0] > 0
   # The sample grid (8 samples in a row): generator pixels as they are, no decoding.
   grid = np.asarray(Image.open(os.path.join(workdir, "samples", "step_00000002_1nfe.png")))
@@ -101,6 +102,7 @@ def test_tiny_pixel_drifting_trains_samples_and_scores_without_a_vae(pixel_data,
   tiles = [grid[1:1 + SIZE, 1 + k * (SIZE + 1):1 + k * (SIZE + 1) + SIZE] for k in range(8)]
   assert min(t.std() for t in tiles) > 0  # Images, not the white fill of a skipped grid.
 
+  config.drifting.use_convnext = True
   latent = tiny_pixel_config(*pixel_data)
   latent.data.name = "imagenet_latents"
   latent.drifting.use_convnext = False  # Checked below.
@@ -133,6 +135,47 @@ def test_tiny_pixel_drifting_trains_samples_and_scores_without_a_vae(pixel_data,
   latent.data.vae_path = workdir
   with pytest.raises(ValueError, match=r"drifting\.use_convnext=True needs RGB pixel samples"):
     config_checks.validate(latent)
+
+
+def test_convnext_feature_sets_join_the_pixel_loss_from_the_state(pixel_data):
+  """use_convnext: ConvNeXt's 13 feature sets join the raw 'global' set in the loss, which is their
+  sum, computed with the variables of state.aux["convnext"] (read from drifting.convnext_path),
+  and their gradients reach the generator. One device: the objective, jitted once."""
+  config = tiny_pixel_config(*pixel_data)
+  assert config.drifting.use_convnext
+  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  model = train_state.build_model(config)
+  params = model.init(jax.random.key(0), *train_state.example_inputs(config))
+  from_file = convnext.load_variables(config.drifting.convnext_path,
+                                      train_state.convnext_model(config))
+  other = jax.tree_util.tree_map(lambda a: 0.5 * a, from_file)
+  rng = np.random.RandomState(1)
+  real = {"positives": rng.uniform(-1, 1, (CLASSES, 4, SIZE, SIZE, 3)).astype(np.float32),
+          "uncond": rng.uniform(-1, 1, (CLASSES, 2, SIZE, SIZE, 3)).astype(np.float32)}
+  classes = np.arange(CLASSES, dtype=np.int32)
+
+  def loss_and_grads(params, aux, real, classes, key):
+    objective = train_step.method_objective(model, config, aux, mesh)
+    return jax.value_and_grad(objective, has_aux=True)(params, real, classes, key)
+
+  # XLA's backend optimisations take most of this compile and change no result checked here.
+  step = jax.jit(loss_and_grads).lower(
+      params, {"encoder": None, "convnext": from_file}, real, classes, jax.random.key(1)).compile(
+          compiler_options={"xla_backend_optimization_level": 0})
+  results = [jax.device_get(step(params, {"encoder": None, "convnext": variables}, real, classes,
+                                 jax.random.key(1))) for variables in (from_file, other)]
+  sets = []
+  for (loss, metrics), _ in results:
+    sets.append({k[len("loss/"):]: v for k, v in metrics.items() if k.startswith("loss/")})
+    assert set(sets[-1]) == {"global"} | CONVNEXT_SETS
+    np.testing.assert_allclose(sum(sets[-1].values()), loss, rtol=1e-5)
+    assert min(sets[-1][k] for k in CONVNEXT_SETS) > 0
+  # The ConvNeXt terms follow the variables in the state; the raw term does not see them.
+  assert sets[0]["global"] == sets[1]["global"]
+  assert all(sets[0][k] != sets[1][k] for k in CONVNEXT_SETS)
+  grads = [jax.tree_util.tree_leaves(g) for _, g in results]
+  assert all(np.isfinite(g).all() for g in grads[0])
+  assert any(not np.allclose(a, b) for a, b in zip(*grads))  # Through ConvNeXt to the generator.
 
 
 @pytest.mark.parametrize("name,dims", [("imagenet_drift_pixel_b16", (12, 768, 12, 16)),
