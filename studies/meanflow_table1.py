@@ -14,6 +14,20 @@ omega = 1 - is one arm shown in every table. Paper numbers are those REFERENCE.m
 """
 from studies.spec import Row, Study, Table
 
+# configs/default.py with the 4x512 MLP of REFERENCE.md section 4, 1000 steps (studies/methods.py
+# starts from the same runs).
+DIGITS_MLP = {
+    "model.name": "mlp",
+    "model.mlp_widths": (512, 512, 512, 512),
+    "train.global_batch_size": 128,
+    "train.num_steps": 1000,
+    "train.checkpoint_every": 500,
+    "train.log_every": 250,
+    "train.sample_every": 0,
+    "optim.warmup_steps": 100,
+    "eval.every_steps": 1000,
+}
+
 BASE = {}  # The baseline arm: the config itself.
 
 
@@ -71,17 +85,7 @@ def get_study() -> Study:
       name="meanflow_table1",
       description=__doc__,
       config="configs/default.py",
-      overrides={
-          "model.name": "mlp",
-          "model.mlp_widths": (512, 512, 512, 512),
-          "train.global_batch_size": 128,
-          "train.num_steps": 1000,
-          "train.checkpoint_every": 500,
-          "train.log_every": 250,
-          "train.sample_every": 0,
-          "optim.warmup_steps": 100,
-          "eval.every_steps": 1000,
-      },
+      overrides=DIGITS_MLP,
       tables=tables,
       seeds=(0, 1, 2),
       metrics=("fd_pixels_1nfe", "fd_pixels_2nfe"),

@@ -22,6 +22,7 @@ NFEs; the drifting generator is one-step only. The reference column holds the lo
 REFERENCE.md section 4 (MeanFlow and flow matching 6000 steps x 256 - 50 Euler steps for flow
 matching's multi-step figure is not among our columns - and drifting 4000 steps), for scale.
 """
+from studies import meanflow_table1
 from studies.spec import Row, Study, Table
 
 NFES = (1, 2, 4, 8)
@@ -40,17 +41,7 @@ def get_study() -> Study:
       name="methods_equal_compute",
       description=__doc__,
       config="configs/default.py",
-      overrides={
-          "model.name": "mlp",
-          "model.mlp_widths": (512, 512, 512, 512),
-          "train.global_batch_size": 128,
-          "train.num_steps": 1000,
-          "train.checkpoint_every": 500,
-          "train.log_every": 100,
-          "train.sample_every": 0,
-          "optim.warmup_steps": 100,
-          "eval.every_steps": 1000,
-      },
+      overrides=dict(meanflow_table1.DIGITS_MLP, **{"train.log_every": 100}),
       tables=[Table("M", "one network, 417k forward-equivalents of training each", [
           Row("MeanFlow (1000 steps)", meanflow, 0.37, name="meanflow"),
           Row("flow matching, Euler (1087 steps)", flow_matching, 0.66,
