@@ -170,6 +170,8 @@ FIELDS = {
     "drifting.no_guidance_frac": (FRACTION, "0.0, or 0.5 (released SOTA-L)"),
     "drifting.class_chunk": (NON_NEGATIVE, "0 (all classes at once) or a divisor of "
                                            "drifting.classes_per_step"),
+    "drifting.accum_classes_per_device": (NON_NEGATIVE, "0 (one pass), or a divisor of the "
+                                                        "classes each device holds, e.g. 4"),
     "drifting.affinity_floor": (number(0.0), "0.0, or 1e-3 (released ImageNet configs)"),
     "drifting.noise_shape": (int_tuple(allow_empty=True), "() for the sample shape"),
     "drifting.classes_per_step": (POSITIVE, "at most data.num_classes, e.g. 64"),
@@ -311,6 +313,11 @@ def _batches_fit_devices(config):
     if value % devices:
       raise ConfigError(f"{name}={value} must be divisible by the number of devices ({devices}); "
                         f"for example {max(devices, value - value % devices)}.")
+  if config.method == "drifting":
+    try:
+      drifting.accumulation_steps(config.drifting, devices)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   if devices % config.sharding.fsdp:
     divisors = [k for k in range(1, devices + 1) if devices % k == 0]
     raise ConfigError(f"sharding.fsdp={config.sharding.fsdp} must divide the device count "

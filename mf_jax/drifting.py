@@ -4,37 +4,16 @@ A one-step generator x = f(e, alpha, class) is trained so that its samples follo
 that vanishes when the generated distribution q equals the data distribution p: V moves each
 generated sample towards nearby real samples y+ and away from nearby generated samples y-.
 
-The field below is the one of the released JAX code (lambertae/drifting, commit accd0cf0; parity is
-checked against golden files made by scripts/make_drifting_golden.py). For one group - a class and
-one feature location l - with generated x_i (i < N) and columns y_j = [positives (P), the generated
-samples themselves (N), guidance negatives (U)] of column weights w_j = [1, 1, w_unc]:
-
-  d_ij   = sqrt(max(||x_i - y_j||^2, 1e-8))                      (plain L2 distance, floored)
-  D      = sum w_j d_ij / sum w_j over ALL pairs of ALL groups of the step (every class, every
-           location, self pairs included), one number per feature set;
-  s      = max(D / sqrt(C), 1e-3)  divides the features (mean distance of phi / s about sqrt(C));
-  logits = -(d_ij / max(D, 1e-3)) / tau, self pairs (x_i as its own negative) masked out;
-  A_ij   = w_j * sqrt(max(softmax_j(logits) * softmax_i(logits), 1e-6)):
-           both softmaxes unweighted (the guidance weight enters only after them), and a floor that
-           gives every pair, self pairs included, an affinity of at least 1e-3 w_j (config field
-           affinity_floor: 1e-3 as released, 0 by default, see default_config);
-  F_i    = sum_{j pos} A_ij (sum_{k neg} A_ik) (y_j - x_i) / s - sum_{j neg} A_ij (sum_{k pos} A_ik) (y_j - x_i) / s;
-  V      = sum over tau of F_tau / max(rms(F_tau), 1e-4), the RMS again over the whole step.
-
 Guidance: U real samples of any class (from a bank of recent samples) are extra negatives with
 w_unc = (alpha - 1)(N - 1) / U, alpha drawn per class from p(alpha) ~ alpha^-k on [alpha_min,
 alpha_max] (k = 0 uniform) and given to the generator as a condition; a fraction of the classes
 may get alpha = 1 (no guidance).
 
-Loss per feature set: mean over [N_c, N, L, C] of (phi(x)/s - sg(phi(x)/s + V))^2, whose value is
-mean(V^2) and whose gradient is -2 V / (s size); summed over feature sets. S, V and everything
-inside them are under stop-gradient. Because S and rms(F) are plain means over the class axis,
-under jit with the classes split over devices they become cross-device reductions by themselves.
-
-Memory: the [N_c, L, N, P + N + U] distance/kernel arrays dominate. `class_chunk` > 0 computes them
-for that many classes at a time (lax.map), in two passes: the first sums the distances for D, the
-second computes the unnormalised F per temperature and its sum of squares; the RMS division follows.
+The field V and the loss mean((phi/s - sg(phi/s + V))^2) per feature set are in
+mf_jax/drifting_field.py; here: the step's draws, its features, and the loss and its gradient, in
+one pass (drifting_loss) or accumulated over groups of classes (drifting_value_and_grad).
 """
+import functools
 import math
 from typing import Callable, Mapping, Optional, Sequence, Tuple
 
@@ -42,14 +21,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mf_jax.drifting_field import drifting_mse, feature_set_field, map_over_classes, split_classes
+
 Array = jax.Array
 GeneratorFn = Callable[[Array, Array, Array], Array]
 FeatureFn = Callable[[Array], Mapping[str, Array]]
 
-DIST_SQ_FLOOR = 1e-8   # Squared distances below this count as this (self pairs: d = 1e-4).
 RELEASED_AFFINITY_FLOOR = 1e-3  # A_ij >= w_j * this: the released floor 1e-6 on the product.
-SCALE_FLOOR = 1e-3     # Floors of D and of s = D / sqrt(C).
-RMS_FLOOR = 1e-4       # Floor of each temperature's field RMS before dividing by it.
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -66,6 +44,11 @@ def default_config() -> ml_collections.ConfigDict:
       no_guidance_frac=0.0,       # Fraction of classes drawn with alpha = 1 instead.
       noise_shape=(),             # Generator input shape per sample; () means the sample shape.
       class_chunk=0,              # Classes per pass of the kernel computation; 0 = all at once.
+      # Classes per device per pass of the generator and the encoder: the step's gradient is then
+      # accumulated over classes_per_step / (this x devices) passes, exactly (see
+      # drifting_value_and_grad); 0 = all classes in one pass. Bounds activation memory per device
+      # whatever the device count.
+      accum_classes_per_device=0,
       # Lower bound of every pair's affinity A_ij (times w_j); 0 = none. The released code uses
       # RELEASED_AFFINITY_FLOOR = 1e-3 (ImageNet configs set it). Against the uniform affinity
       # 1/sqrt(N (P + N + U)) it weighs more the larger the batch: ~1% at 64 x 144, but at the toy's
@@ -98,142 +81,19 @@ def validate_config(config) -> None:
                      f"drifting.classes_per_step={classes}.")
 
 
-def pairwise_distance(a: Array, b: Array) -> Array:
-  """Euclidean distances [..., N, M] between a [..., N, C] and b [..., M, C], floored at 1e-4."""
-  # Distances are translation invariant; centring on the rows first limits float32 cancellation in
-  # |a|^2 + |b|^2 - 2ab when the features share a large offset (distant columns matter little).
-  center = jnp.mean(a, axis=-2, keepdims=True)
-  a, b = a - center, b - center
-  sq = (jnp.sum(a * a, -1)[..., :, None] + jnp.sum(b * b, -1)[..., None, :]
-        - 2.0 * jnp.einsum("...nc,...mc->...nm", a, b))
-  return jnp.sqrt(jnp.maximum(sq, DIST_SQ_FLOOR))
-
-
-def kernel_force(logits: Array, x: Array, y: Array, col_weights: Array, num_pos: int,
-                 affinity_floor: float = 0.0) -> Array:
-  """The batch-form field [..., N, C] of x [..., N, C] towards/away from columns y [..., T, C].
-
-  logits [..., N, T] (masked pairs -inf); the first num_pos columns are positives, the rest
-  negatives; col_weights broadcast to [..., N, T] and multiply the affinities after both softmaxes.
-  """
-  prod = jax.nn.softmax(logits, axis=-1) * jax.nn.softmax(logits, axis=-2)
-  aff = col_weights * jnp.sqrt(jnp.maximum(prod, affinity_floor ** 2))
-  a_pos, a_neg = aff[..., :num_pos], aff[..., num_pos:]
-  coeff = jnp.concatenate([a_pos * jnp.sum(a_neg, -1, keepdims=True),
-                           -a_neg * jnp.sum(a_pos, -1, keepdims=True)], axis=-1)
-  # sum_j coeff_ij (y_j - x_i); the coefficients sum to zero only without the floor and weights.
-  return jnp.einsum("...nt,...tc->...nc", coeff, y) - jnp.sum(coeff, -1)[..., None] * x
-
-
-def _self_mask(n: int, num_pos: int, num_cols: int) -> Array:
-  """[N, P + M] True where column j is x_i itself (negatives start with the generated batch)."""
-  return jnp.arange(num_cols)[None, :] == jnp.arange(n)[:, None] + num_pos
-
-
-def drift_field(x: Array, y_pos: Array, y_neg: Array, tau: float, *, mask_self: bool = False,
-                neg_weights: Optional[Array] = None, affinity_floor: float = 0.0) -> Array:
-  """One temperature's field F [N, C] for x [N, C], y_pos [P, C], y_neg [M, C], raw distances.
-
-  Args:
-    tau: kernel temperature, in the units of the distances.
-    mask_self: the first N negatives are x itself; their self pairs keep only the floor affinity.
-    neg_weights: optional weights >= 0 of the negatives, [M] (or [N, M]).
-  """
-  x, y_pos, y_neg = jax.lax.stop_gradient((x, y_pos, y_neg))
-  n, p, m = x.shape[0], y_pos.shape[0], y_neg.shape[0]
-  if mask_self and m < n:
-    raise ValueError(f"mask_self needs y_neg to start with x: got {m} negatives for {n} samples.")
-  y = jnp.concatenate([y_pos, y_neg])
-  logits = -pairwise_distance(x, y) / tau
-  if mask_self:
-    logits = jnp.where(_self_mask(n, p, p + m), -jnp.inf, logits)
-  w = jnp.ones((m,), x.dtype) if neg_weights is None else jnp.asarray(neg_weights, x.dtype)
-  w = jnp.concatenate([jnp.ones(w.shape[:-1] + (p,), x.dtype), w], axis=-1)
-  return kernel_force(logits, x, y, w, p, affinity_floor)
-
-
-def map_over_classes(fn: Callable, args: Tuple[Array, ...], chunk: int):
-  """fn(*args) for args with a leading class axis [N_c, ...], `chunk` classes at a time.
-
-  fn maps [c, ...] arrays to a pytree of [c, ...] arrays. Chunk b holds the classes b, b + n,
-  b + 2n, ... (n = N_c / chunk), so with the classes split over devices in contiguous blocks every
-  device works on its own classes in every pass.
-  """
-  n_c = args[0].shape[0]
-  if chunk <= 0 or chunk >= n_c:
-    return fn(*args)
-  if n_c % chunk:
-    raise ValueError(f"drifting.class_chunk={chunk} must divide the {n_c} classes per step "
-                     "(drifting.classes_per_step).")
-  n = n_c // chunk
-  split = lambda t: jnp.swapaxes(t.reshape((chunk, n) + t.shape[1:]), 0, 1)
-  out = jax.lax.map(lambda a: fn(*a), tuple(split(t) for t in args))
-  return jax.tree_util.tree_map(lambda t: jnp.swapaxes(t, 0, 1).reshape((n_c,) + t.shape[2:]), out)
-
-
-def feature_set_field(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array,
-                      temperatures: Sequence[float], normalize_distances: bool = True,
-                      normalize_drift: bool = True, class_chunk: int = 0,
-                      affinity_floor: float = 0.0) -> Tuple[Array, Array, Array]:
-  """The multi-temperature field of one feature set for all classes of a step (stop-gradient).
-
-  Args:
-    phi_gen: generated features [N_c, N, L, C]; they are also the negatives (self pairs masked).
-    phi_pos: positive (real, same class) features [N_c, P, L, C].
-    phi_unc: guidance negatives [N_c, U, L, C] (U may be 0).
-    unc_weight: weight of each class's guidance negatives, [N_c].
-    class_chunk: classes per pass of the kernel computation (0 = all at once).
-    affinity_floor: lower bound of the affinities (times the column weight); 0 = none.
-  Returns:
-    (V [N_c, N, L, C] in units of phi / s, s [], raw RMS per tau [len(temperatures)]).
-  """
-  dtype = jnp.promote_types(phi_gen.dtype, jnp.float32)
-  phi_gen, phi_pos, phi_unc, unc_weight = (
-      jax.lax.stop_gradient(t).astype(dtype) for t in (phi_gen, phi_pos, phi_unc, unc_weight))
-  n_c, n, num_loc, ch = phi_gen.shape
-  p, u = phi_pos.shape[1], phi_unc.shape[1]
-  # Groups [N_c, L, rows, C]: one kernel per class and location.
-  x = jnp.swapaxes(phi_gen, 1, 2)
-  y = jnp.swapaxes(jnp.concatenate([phi_pos, phi_gen, phi_unc], axis=1), 1, 2)  # [N_c, L, T, C]
-  col_weights = lambda w: jnp.concatenate(
-      [jnp.ones(w.shape + (p + n,), dtype), jnp.broadcast_to(w[:, None], w.shape + (u,))], -1)
-
-  if normalize_distances:
-    def weighted_distance_sum(x, y, w):
-      return jnp.einsum("clnt,ct->c", pairwise_distance(x, y), col_weights(w))
-    dist_sum = jnp.sum(map_over_classes(weighted_distance_sum, (x, y, unc_weight), class_chunk))
-    mean_dist = dist_sum / (float(n * num_loc) * jnp.sum(col_weights(unc_weight)))
-    dist_unit = jnp.maximum(mean_dist, SCALE_FLOOR)
-    scale = jnp.maximum(mean_dist / math.sqrt(ch), SCALE_FLOOR)
-  else:
-    dist_unit = scale = jnp.ones((), dtype)
-
-  is_self = _self_mask(n, p, p + n + u)
-  temps = jnp.asarray(temperatures, dtype)
-
-  def forces(x, y, w):
-    dist = jnp.where(is_self, jnp.inf, pairwise_distance(x, y) / dist_unit)
-    w = col_weights(w)[:, None, None, :]
-    def one_temperature(tau):  # One traced body for all temperatures keeps the program small.
-      f = kernel_force(-dist / tau, x, y, w, p, affinity_floor) / scale
-      return f, jnp.sum(jnp.square(f), axis=(1, 2, 3))
-    f, sq = jax.lax.map(one_temperature, temps)  # [R, c, L, N, C], [R, c]
-    return jnp.swapaxes(f, 0, 1), jnp.swapaxes(sq, 0, 1)
-
-  f, sq = map_over_classes(forces, (x, y, unc_weight), class_chunk)  # [N_c, R, L, N, C], [N_c, R]
-  # A Python float: the entry count passes 2^31 at the released pixel batches (an int would not
-  # fit JAX's int32).
-  rms = jnp.sqrt(jnp.sum(sq, axis=0) / float(n_c * num_loc * n * ch))
-  if normalize_drift:
-    f = f / jnp.maximum(rms, RMS_FLOOR)[:, None, None, None]
-  return jnp.swapaxes(jnp.sum(f, axis=1), 1, 2), scale, rms
-
-
-def drifting_mse(phi_x: Array, v: Array, scale: Array) -> Array:
-  """mean((phi/s - sg(phi/s + V))^2) over all entries; its value is mean(V^2), its gradient -2V/(s size)."""
-  phi_n = phi_x.astype(v.dtype) / jax.lax.stop_gradient(scale)
-  target = jax.lax.stop_gradient(phi_n + v)
-  return jnp.mean(jnp.square(phi_n - target))
+def accumulation_steps(config, num_devices: int) -> int:
+  """Passes of drifting_value_and_grad for the `drifting` section on num_devices (classes split
+  evenly over them): classes_per_step / (accum_classes_per_device x num_devices), or 1."""
+  per_device = int(config.get("accum_classes_per_device", 0))
+  n_c = int(config.get("classes_per_step", 0))
+  if per_device <= 0 or per_device * num_devices >= n_c:
+    return 1
+  if n_c % (per_device * num_devices):
+    raise ValueError(
+        f"drifting.accum_classes_per_device={per_device} x {num_devices} devices must divide "
+        f"drifting.classes_per_step={n_c}: choose a divisor of the {n_c / num_devices:g} classes "
+        "each device holds, or 0 (one pass).")
+  return n_c // (per_device * num_devices)
 
 
 def guidance_weight(alpha: Array, num_neg: int, num_unc: int) -> Array:
@@ -296,6 +156,71 @@ def _features(feature_fn: FeatureFn, x: Array, groups: int) -> Mapping[str, Arra
   return out
 
 
+def _step_inputs(real_by_class: Array, labels: Array, key: Array, config,
+                 uncond_real: Optional[Array], alpha: Optional[Array]):
+  """The step's random draws -> (alpha [N_c], noise [N_c, N_neg, *noise_shape], references
+  [N_c, N_pos + N_unc, *sample_shape]: positives, then guidance negatives)."""
+  n_c = real_by_class.shape[0]
+  n_neg, n_unc = int(config.num_neg), int(config.num_unc)
+  noise_shape = tuple(config.noise_shape) or tuple(real_by_class.shape[2:])
+  chunk = int(config.get("class_chunk", 0))
+  if chunk and n_c % chunk:
+    raise ValueError(f"drifting.class_chunk={chunk} must divide the {n_c} classes per step.")
+  k_noise, k_alpha, k_unc = jax.random.split(key, 3)
+  if alpha is None:
+    alpha = sample_alpha(k_alpha, n_c, config)
+  noise = jax.random.normal(k_noise, (n_c * n_neg,) + noise_shape)
+  if n_unc == 0:
+    return alpha, noise.reshape((n_c, n_neg) + noise_shape), real_by_class
+  if uncond_real is None:
+    uncond_real = other_class_samples(k_unc, real_by_class, n_unc)
+  if uncond_real.shape[:2] != (n_c, n_unc):
+    raise ValueError(f"uncond_real has shape {uncond_real.shape}; expected [{n_c}, {n_unc}, ...] "
+                     "(N_c, drifting.num_unc).")
+  refs = jnp.concatenate([real_by_class, uncond_real.astype(real_by_class.dtype)], axis=1)
+  return alpha, noise.reshape((n_c, n_neg) + noise_shape), refs
+
+
+def _generated_features(generator_fn: GeneratorFn, feature_fn: FeatureFn, noise: Array,
+                        alpha: Array, labels: Array, sample_shape) -> Mapping[str, Array]:
+  """Features {name: [N_c, N_neg, L, C]} of the samples generated from noise [N_c, N_neg, ...]."""
+  n_c, n_neg = noise.shape[:2]
+  generated = generator_fn(noise.reshape((n_c * n_neg,) + noise.shape[2:]),
+                           jnp.repeat(alpha, n_neg), jnp.repeat(labels, n_neg))
+  if generated.shape != (n_c * n_neg,) + tuple(sample_shape):
+    raise ValueError(f"generator_fn returned {generated.shape}; expected "
+                     f"{(n_c * n_neg,) + tuple(sample_shape)} to match the real samples' shape.")
+  return _features(feature_fn, generated, n_c)
+
+
+def _reference_features(feature_fn: FeatureFn, refs: Array) -> Mapping[str, Array]:
+  """Features {name: [N_c, N_pos + N_unc, L, C]} of the real samples refs [N_c, N_pos + N_unc, ...]."""
+  # Class-major flat batch: row c of the regrouped features is [positives, guidance negatives] of c.
+  flat = jax.lax.stop_gradient(refs).reshape((-1,) + refs.shape[2:])
+  return _features(feature_fn, flat, refs.shape[0])
+
+
+def _fields(gen_feats, real_feats, n_pos: int, alpha: Array, config):
+  """{name: (V, s)} for every feature set, and the step's metrics (all stop-gradient)."""
+  unc_weight = guidance_weight(alpha, int(config.num_neg), int(config.num_unc))  # [N_c]
+  temps = tuple(float(t) for t in config.temperatures)
+  fields, metrics = {}, {}
+  rms_sum = jnp.zeros((len(temps),))
+  for name, phi_x in gen_feats.items():
+    phi_real = real_feats[name]
+    v, scale, rms = feature_set_field(phi_x, phi_real[:, :n_pos], phi_real[:, n_pos:], unc_weight,
+                                      temps, config.normalize_distances, config.normalize_drift,
+                                      int(config.get("class_chunk", 0)),
+                                      float(config.affinity_floor))
+    fields[name] = (v, scale)
+    rms_sum = rms_sum + rms
+    metrics[f"feature_scale/{name}"] = scale
+  for i, tau in enumerate(temps):
+    metrics[f"drift_rms/tau{tau:g}"] = rms_sum[i] / len(gen_feats)
+  metrics["alpha_mean"] = jnp.mean(alpha)
+  return fields, metrics
+
+
 def drifting_loss(generator_fn: GeneratorFn, real_by_class: Array, labels: Array, key: Array,
                   config, feature_fn: FeatureFn = raw_features,
                   uncond_real: Optional[Array] = None, *,
@@ -316,57 +241,76 @@ def drifting_loss(generator_fn: GeneratorFn, real_by_class: Array, labels: Array
   Returns:
     (loss, metrics). Generated samples are N_c * N_neg in one generator call, class-major.
   """
-  n_c = real_by_class.shape[0]
-  sample_shape = tuple(real_by_class.shape[2:])
-  n_neg, n_unc = int(config.num_neg), int(config.num_unc)
-  noise_shape = tuple(config.noise_shape) or sample_shape
-  chunk = int(config.get("class_chunk", 0))
-  if chunk and n_c % chunk:
-    raise ValueError(f"drifting.class_chunk={chunk} must divide the {n_c} classes per step.")
-  k_noise, k_alpha, k_unc = jax.random.split(key, 3)
-
-  if alpha is None:
-    alpha = sample_alpha(k_alpha, n_c, config)  # [N_c]
-  noise = jax.random.normal(k_noise, (n_c * n_neg,) + noise_shape)
-  generated = generator_fn(noise, jnp.repeat(alpha, n_neg), jnp.repeat(labels, n_neg))
-  if generated.shape[0] != n_c * n_neg or tuple(generated.shape[1:]) != sample_shape:
-    raise ValueError(f"generator_fn returned {generated.shape}; expected "
-                     f"{(n_c * n_neg,) + sample_shape} to match real_by_class {real_by_class.shape}.")
-
-  if n_unc > 0:
-    if uncond_real is None:
-      uncond_real = other_class_samples(k_unc, real_by_class, n_unc)
-    if uncond_real.shape[:2] != (n_c, n_unc):
-      raise ValueError(f"uncond_real has shape {uncond_real.shape}; expected [{n_c}, {n_unc}, ...] "
-                       "(N_c, drifting.num_unc).")
-    refs = jnp.concatenate([real_by_class, uncond_real.astype(real_by_class.dtype)], axis=1)
-  else:
-    refs = real_by_class
-  # Class-major flat batch: row c of the regrouped features is [positives, guidance negatives] of c.
-  refs = refs.reshape((-1,) + sample_shape)
-  real_feats = _features(feature_fn, jax.lax.stop_gradient(refs), n_c)
-  gen_feats = _features(feature_fn, generated, n_c)
-  n_pos = real_by_class.shape[1]
-  unc_weight = guidance_weight(alpha, n_neg, n_unc)  # [N_c]
-
-  temps = tuple(float(t) for t in config.temperatures)
-  loss, metrics = jnp.zeros(()), {}
-  rms_sum = jnp.zeros((len(temps),))
-  for name, phi_x in gen_feats.items():
-    phi_real = real_feats[name]
-    v, scale, rms = feature_set_field(phi_x, phi_real[:, :n_pos], phi_real[:, n_pos:], unc_weight,
-                                      temps, config.normalize_distances, config.normalize_drift,
-                                      chunk, float(config.affinity_floor))
-    set_loss = drifting_mse(phi_x, v, scale)
+  alpha, noise, refs = _step_inputs(real_by_class, labels, key, config, uncond_real, alpha)
+  real_feats = _reference_features(feature_fn, refs)
+  gen_feats = _generated_features(generator_fn, feature_fn, noise, alpha, labels,
+                                  real_by_class.shape[2:])
+  fields, metrics = _fields(gen_feats, real_feats, real_by_class.shape[1], alpha, config)
+  loss = jnp.zeros(())
+  for name, (v, scale) in fields.items():
+    set_loss = drifting_mse(gen_feats[name], v, scale)
     loss = loss + set_loss
-    rms_sum = rms_sum + rms
     metrics[f"loss/{name}"] = set_loss
-    metrics[f"feature_scale/{name}"] = scale
   metrics["loss"] = loss
-  for i, tau in enumerate(temps):
-    metrics[f"drift_rms/tau{tau:g}"] = rms_sum[i] / len(gen_feats)
-  metrics["alpha_mean"] = jnp.mean(alpha)
   return loss, metrics
+
+
+def drifting_value_and_grad(generator_apply: Callable, params, real_by_class: Array,
+                            labels: Array, key: Array, config,
+                            feature_fn: FeatureFn = raw_features,
+                            uncond_real: Optional[Array] = None, *, alpha: Optional[Array] = None,
+                            accum_steps: int = 1):
+  """((loss, metrics), grads) of drifting_loss w.r.t. params, in accum_steps passes over the classes.
+
+  generator_apply(params, noise, alpha, labels) -> samples; the other arguments are drifting_loss's.
+  With accum_steps = k > 1 the N_c classes go through the generator and the feature encoder in k
+  groups of N_c / k (split_classes: with the classes split over devices, every device holds N_c /
+  (k D) of each group), so activation memory is that of one group. The result is the full step's,
+  with the same random draws, not an approximation: the field's normalisers (the mean distance D and
+  each temperature's RMS) are statistics of all classes, so a first forward pass, without
+  gradients, computes every group's features and then the fields V of the whole step as
+  drifting_loss does; a second pass recomputes each group's features with gradients and
+  accumulates the gradient of mean((phi/s - sg(phi/s + V))^2) over the group, divided by k. It
+  costs one more forward of the generator and of the encoder on the generated samples, and holds
+  the step's features and fields (not the activations that produce them).
+  """
+  n_c = real_by_class.shape[0]
+  if accum_steps <= 1:
+    loss_fn = lambda p: drifting_loss(functools.partial(generator_apply, p), real_by_class, labels,
+                                      key, config, feature_fn, uncond_real, alpha=alpha)
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+  if n_c % accum_steps:
+    raise ValueError(f"{accum_steps} gradient-accumulation passes must divide the {n_c} classes "
+                     "per step (drifting.classes_per_step).")
+  group = n_c // accum_steps
+  sample_shape = real_by_class.shape[2:]
+  alpha, noise, refs = _step_inputs(real_by_class, labels, key, config, uncond_real, alpha)
+  frozen_generator = functools.partial(generator_apply, jax.lax.stop_gradient(params))
+
+  def group_features(noise, alpha, labels, refs):
+    return (_generated_features(frozen_generator, feature_fn, noise, alpha, labels, sample_shape),
+            _reference_features(feature_fn, refs))
+  gen_feats, real_feats = map_over_classes(group_features, (noise, alpha, labels, refs), group)
+  fields, metrics = _fields(gen_feats, real_feats, real_by_class.shape[1], alpha, config)
+  del gen_feats, real_feats
+  loss = jnp.zeros(())
+  for name, (v, _) in fields.items():
+    metrics[f"loss/{name}"] = jnp.mean(jnp.square(v))  # The value of drifting_mse.
+    loss = loss + metrics[f"loss/{name}"]
+  metrics["loss"] = loss
+
+  scales = {name: scale for name, (_, scale) in fields.items()}
+  def group_loss(p, noise, alpha, labels, v):
+    feats = _generated_features(functools.partial(generator_apply, p), feature_fn, noise, alpha,
+                                labels, sample_shape)
+    return sum(drifting_mse(feats[name], v[name], scales[name]) for name in v) / accum_steps
+
+  def accumulate(grads, group_args):
+    return jax.tree_util.tree_map(jnp.add, grads, jax.grad(group_loss)(params, *group_args)), None
+  v_by_set = {name: v for name, (v, _) in fields.items()}
+  grads, _ = jax.lax.scan(accumulate, jax.tree_util.tree_map(jnp.zeros_like, params),
+                          split_classes((noise, alpha, labels, v_by_set), group))
+  return (loss, metrics), grads
 
 
 def generate(generator_fn: GeneratorFn, key: Array, labels: Array, alpha: float,

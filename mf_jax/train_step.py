@@ -90,28 +90,33 @@ def split_leading_axis(mesh):
   return split
 
 
-def drifting_objective(model, config, encoder_params=None, mesh=None, convnext_variables=None):
+def drifting_value_and_grad(model, config, encoder_params=None, mesh=None,
+                            convnext_variables=None):
   """(params, real {"positives": [N_c, N_pos, ...], "uncond": [N_c, N_unc, ...] or None},
-  classes [N_c], key) -> (loss, metrics).
+  classes [N_c], key) -> ((loss, metrics), grads).
 
   Data parallel over the classes of the step: the labels, their real samples, the noise, the
   generated samples and every feature set are split over all devices of `mesh` along the class
   (or class-major sample) axis, so each device generates, featurises and computes the field for
-  its own labels; only global statistics and the gradients are reduced across devices.
+  its own labels; only global statistics and the gradients are reduced across devices. With
+  drifting.accum_classes_per_device, each device takes that many classes per pass and the
+  gradient is accumulated over the passes (drifting.drifting_value_and_grad).
   """
   feature_fn = drifting_feature_fn(config, encoder_params, convnext_variables)
   split = split_leading_axis(mesh) if mesh is not None else (lambda tree: tree)
+  accum_steps = drifting.accumulation_steps(config.drifting, mesh.size if mesh is not None else 1)
 
   def sharded_features(x):
     return split(feature_fn(split(x)))
 
-  def loss_fn(params, real, classes, key):
-    generate = generator_fn(model, params)
-    sharded_generator = lambda noise, alpha, labels: split(generate(*split((noise, alpha, labels))))
-    return drifting.drifting_loss(sharded_generator, split(real["positives"]), split(classes), key,
-                                  config.drifting, feature_fn=sharded_features,
-                                  uncond_real=split(real["uncond"]))
-  return loss_fn
+  def sharded_generator(params, noise, alpha, labels):
+    return split(generator_fn(model, params)(*split((noise, alpha, labels))))
+
+  def value_and_grad(params, real, classes, key):
+    return drifting.drifting_value_and_grad(
+        sharded_generator, params, split(real["positives"]), split(classes), key, config.drifting,
+        feature_fn=sharded_features, uncond_real=split(real["uncond"]), accum_steps=accum_steps)
+  return value_and_grad
 
 
 def mae_objective(model, config):
@@ -148,20 +153,25 @@ def drifting_inputs(aux, x, labels, key, config):
   return aux, real, classes
 
 
-def method_objective(model, config, aux, mesh=None, augment_labels=None):
-  """config.method's loss as (params, x, labels, key) -> (loss, metrics), built at trace time."""
-  if config.method == "drifting":
-    # The frozen encoder's parameters travel in the state: arguments, not compile-time constants.
-    return drifting_objective(model, config, aux["encoder"], mesh, aux.get("convnext"))
+def method_objective(model, config, augment_labels=None):
+  """config.method's loss as (params, x, labels, key) -> (loss, metrics), for MeanFlow and MAE."""
   if config.method == "mae":
     return mae_objective(model, config)
   return meanflow_objective(model, config, augment_labels)
 
 
+def method_value_and_grad(model, config, aux, mesh=None, augment_labels=None):
+  """config.method's (params, x, labels, key) -> ((loss, metrics), grads), built at trace time."""
+  if config.method == "drifting":
+    # The frozen encoder's parameters travel in the state: arguments, not compile-time constants.
+    return drifting_value_and_grad(model, config, aux["encoder"], mesh, aux.get("convnext"))
+  return jax.value_and_grad(method_objective(model, config, augment_labels), has_aux=True)
+
+
 def make_train_step(config, model, optimizer, objective=None, mesh=None):
   """Returns train_step(state, batch) -> (state, metrics), not yet jitted.
 
-  `objective` replaces config.method's loss (same signature as method_objective's result).
+  `objective` replaces config.method's loss ((params, x, labels, key) -> (loss, metrics)).
   `mesh`: the mesh the step is jitted for (default: all devices, config.sharding.fsdp); the
   drifting step splits its classes over it.
   """
@@ -177,8 +187,10 @@ def make_train_step(config, model, optimizer, objective=None, mesh=None):
                                           config.augment)
     if config.method == "drifting":
       aux, x, labels = drifting_inputs(aux, x, labels, k_aux, config)
-    grad_fn = jax.value_and_grad(objective or method_objective(model, config, aux, mesh, augment_labels),
-                                 has_aux=True)
+    if objective is not None:
+      grad_fn = jax.value_and_grad(objective, has_aux=True)
+    else:
+      grad_fn = method_value_and_grad(model, config, aux, mesh, augment_labels)
     (loss, metrics), grads = grad_fn(state.params, x, labels, k_loss)
     grad_norm = optax.global_norm(grads)
 

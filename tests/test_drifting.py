@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import numerics
-from mf_jax import drifting
+from mf_jax import drifting, drifting_field
 from mf_jax.models import feature_encoder
 from mf_jax.models.mlp import MLP
 
@@ -17,8 +17,8 @@ from mf_jax.models.mlp import MLP
 fast_key = lambda seed: jax.random.key(seed, impl="unsafe_rbg")
 
 # Jitted once per static configuration: eager dispatch of many small ops is slow on a busy CPU.
-drift_field = jax.jit(drifting.drift_field, static_argnums=3, static_argnames="mask_self")
-feature_set_field = jax.jit(drifting.feature_set_field, static_argnums=(4, 5, 6, 7))
+drift_field = jax.jit(drifting_field.drift_field, static_argnums=3, static_argnames="mask_self")
+feature_set_field = jax.jit(drifting_field.feature_set_field, static_argnums=(4, 5, 6, 7))
 
 
 def reference_field(x, y_pos, y_neg, tau, mask_self, neg_weights, floor):
@@ -146,7 +146,7 @@ def test_chunked_over_classes_equals_all_at_once():
     for a, b in zip(got, want):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="class_chunk"):
-    drifting.feature_set_field(phi_x, phi_pos, phi_unc, w, (0.2,), class_chunk=3)
+    drifting_field.feature_set_field(phi_x, phi_pos, phi_unc, w, (0.2,), class_chunk=3)
 
 
 def test_guidance_weight_enters_after_the_softmax_normalisers():
@@ -182,7 +182,7 @@ def test_loss_value_is_mean_squared_field_and_gradient_is_minus_field():
   phi_x, phi_pos = jax.random.normal(k[0], (2, 8, 2, 5)), jax.random.normal(k[1], (2, 9, 2, 5))
   v, scale, _ = feature_set_field(phi_x, phi_pos, jnp.zeros((2, 0, 2, 5)), jnp.zeros((2,)),
                                   (0.02, 0.05, 0.2), True, True, 0)
-  loss, grad = jax.jit(jax.value_and_grad(drifting.drifting_mse))(phi_x, v, scale)
+  loss, grad = jax.jit(jax.value_and_grad(drifting_field.drifting_mse))(phi_x, v, scale)
   np.testing.assert_allclose(float(loss), float(jnp.mean(v ** 2)), rtol=1e-5)
   np.testing.assert_allclose(grad, -2 * v / (v.size * scale), rtol=1e-4, atol=1e-7)
 
@@ -259,6 +259,62 @@ def test_sharded_chunked_loss_and_grad_match_single_device(x64):
     np.testing.assert_allclose(float(metrics8[name]), float(metrics1[name]), rtol=1e-10, atol=1e-14)
   assert numerics.rel_err(grads8, grads1) < 1e-10
   assert float(jnp.abs(jax.tree_util.tree_leaves(grads1)[0]).max()) > 0
+
+
+def _two_feature_sets(x):
+  """A nonlinear 'encoder' with two feature sets: the gradient must flow through it in every pass."""
+  return {"raw": x[:, None, :], "tanh": jnp.tanh(x * jnp.arange(1.0, 1.0 + x.shape[-1]))[:, None, :]}
+
+
+@pytest.mark.parametrize("num_devices,accum_steps", [(1, 4), (8, 2)])
+def test_accumulated_gradient_equals_one_pass(x64, num_devices, accum_steps):
+  """drifting_value_and_grad in accum_steps passes of the classes (sharded or not) gives the
+  one-pass loss, metrics and gradient with the same draws: exact, so compared in float64."""
+  n_c, n_pos = 16, 5
+  config = drifting.default_config()
+  config.num_neg, config.num_unc, config.noise_shape = 4, 3, (4,)
+  model = MLP(out_dim=2, hidden_widths=(16, 16), condition_names=("alpha",), num_classes=n_c,
+              embed_dim=8, dtype=jnp.float64)
+  params = jax.jit(model.init)(fast_key(0), jnp.zeros((1, 4)), (jnp.ones((1,)),),
+                               jnp.zeros((1,), jnp.int32))
+  params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
+  real = jax.random.normal(jax.random.key(1), (n_c, n_pos, 2)) + jnp.arange(n_c)[:, None, None]
+  labels = jnp.arange(n_c, dtype=jnp.int32)
+  mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))
+  batch, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  constrain = lambda t: jax.lax.with_sharding_constraint(t, batch)
+
+  def value_and_grad(steps):
+    apply = lambda p, z, a, y: constrain(model.apply(p, constrain(z), (a,), y))
+    features = lambda x: jax.tree_util.tree_map(constrain, _two_feature_sets(constrain(x)))
+    fn = lambda p, r, y, k: drifting.drifting_value_and_grad(
+        apply, p, constrain(r), constrain(y), k, config, features, accum_steps=steps)
+    return jax.jit(fn, in_shardings=(replicated, batch, batch, replicated),
+                   out_shardings=replicated)(params, real, labels, jax.random.key(2))
+
+  (loss1, metrics1), grads1 = value_and_grad(1)
+  (loss_k, metrics_k), grads_k = value_and_grad(accum_steps)
+  assert set(metrics_k) == set(metrics1) and "loss/tanh" in metrics1
+  # Only summation orders differ (float64): far below 1e-10. A statistic of one group instead of
+  # the step, or a group's gradient counted with the wrong weight, changes them by O(1/k).
+  np.testing.assert_allclose(float(loss_k), float(loss1), rtol=1e-10)
+  for name in metrics1:
+    np.testing.assert_allclose(float(metrics_k[name]), float(metrics1[name]), rtol=1e-10,
+                               atol=1e-14)
+  assert numerics.rel_err(grads_k, grads1) < 1e-10
+  assert float(jnp.abs(jax.tree_util.tree_leaves(grads1)[0]).max()) > 0
+
+
+def test_accumulation_steps_from_classes_per_device():
+  config = drifting.default_config()
+  config.classes_per_step = 128
+  assert drifting.accumulation_steps(config, 8) == 1  # 0: one pass.
+  config.accum_classes_per_device = 4
+  assert drifting.accumulation_steps(config, 8) == 4   # 16 classes per device, 4 per pass.
+  assert drifting.accumulation_steps(config, 64) == 1  # 2 per device: one pass.
+  config.accum_classes_per_device = 3
+  with pytest.raises(ValueError, match="accum_classes_per_device=3 x 8 devices must divide"):
+    drifting.accumulation_steps(config, 8)
 
 
 def test_multiscale_statistics_match_loops():
@@ -379,9 +435,9 @@ def test_drifting_loss_groups_classes_and_sets_like_a_loop():
     total = 0.0
     for name in sets:
       stack = lambda f: jnp.stack([fc[name] for fc in f])
-      v, scale, _ = drifting.feature_set_field(stack(f_gen), stack(f_pos), stack(f_unc), w,
+      v, scale, _ = drifting_field.feature_set_field(stack(f_gen), stack(f_pos), stack(f_unc), w,
                                                (0.05, 0.2))
-      total = total + drifting.drifting_mse(stack(f_gen), v, scale)
+      total = total + drifting_field.drifting_mse(stack(f_gen), v, scale)
     return total
 
   want, want_grad = jax.jit(jax.value_and_grad(manual))(jnp.ones(()))
@@ -397,7 +453,7 @@ def test_field_traces_when_a_step_has_more_than_2_31_feature_entries():
   n_c, n, num_loc, ch = 128, 64, 512, 1024  # 2^32 entries.
   s = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
   v, scale, rms = jax.eval_shape(
-      lambda a, b, c, w: drifting.feature_set_field(a, b, c, w, (0.05, 0.2)),
+      lambda a, b, c, w: drifting_field.feature_set_field(a, b, c, w, (0.05, 0.2)),
       s(n_c, n, num_loc, ch), s(n_c, 8, num_loc, ch), s(n_c, 4, num_loc, ch),
       jax.ShapeDtypeStruct((n_c,), jnp.float32))
   assert v.shape == (n_c, n, num_loc, ch) and scale.shape == () and rms.shape == (2,)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mf_jax import drifting
+from mf_jax import drifting, drifting_field
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "drifting_field.npz")
 RTOL = 1e-5
@@ -60,7 +60,7 @@ def test_field_scale_and_loss_match_official(case):
   alpha = golden[f"{case}/alpha"]
   guided = bool(golden[f"{case}/guided"])
   weight = drifting.guidance_weight(alpha, n_gen, n_unc)
-  field = jax.jit(drifting.feature_set_field, static_argnums=(4, 5, 6, 7))
+  field = jax.jit(drifting_field.feature_set_field, static_argnums=(4, 5, 6, 7))
   with jax.enable_x64(True):
     total = 0.0
     for name in names:
@@ -74,7 +74,7 @@ def test_field_scale_and_loss_match_official(case):
       for i, tau in enumerate(temps):
         _close(rms[i] ** 2, golden[f"{case}/{name}/info_loss_{tau}"], f"{name} tau {tau}")
       _close(v, official_to_ours(golden[f"{case}/{name}/field"], n_labels), f"{name} field")
-      set_loss = drifting.drifting_mse(phi_gen, v, scale)
+      set_loss = drifting_field.drifting_mse(phi_gen, v, scale)
       _close(set_loss, golden[f"{case}/{name}/group_loss"].mean(), f"{name} loss")
       total = total + set_loss
     _close(total, golden[f"{case}/loss"], "total loss")

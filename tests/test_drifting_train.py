@@ -42,17 +42,23 @@ def _one_step(config, mesh, with_hlo=False):
 
 
 def test_drifting_step_is_data_parallel_and_matches_one_device():
+  """Also with the gradient accumulated over two passes of one class per device (4 devices)."""
   config = tiny_drifting()
   config.drifting.update(classes_per_step=8, num_unc=4, uncond_queue_len=16)  # Guidance on.
   ref_grad, ref_loss, ref_aux, _ = _one_step(config, sharding_lib.make_mesh(1, jax.devices()[:1]))
   mesh = sharding_lib.make_mesh(2)  # 4 data x 2 FSDP: classes over all 8 devices, params over 2.
   grad, loss, aux, hlo = _one_step(config, mesh, with_hlo=True)
+  accumulated = config.copy_and_resolve_references()
+  accumulated.drifting.accum_classes_per_device = 1  # 2 classes per device: 2 passes.
+  grad2, loss2, aux2, hlo2 = _one_step(accumulated, sharding_lib.make_mesh(2, jax.devices()[:4]),
+                                       with_hlo=True)
 
-  # Each device runs the generator's first layer on its 1/8 of the step's N_c * N_neg samples.
+  # Each device runs the generator's first layer on its 1/8 of the step's (or pass's) samples.
   samples = config.drifting.classes_per_step * config.drifting.num_neg
-  rows = {int(m) for m in re.findall(
-      r"= f32\[(\d+),\d+\][^\n]* dot\([^\n]*op_name=\"[^\"]*/jvp\(MLP\)/hidden_0/dot_general", hlo)}
-  assert rows == {samples // 8}, rows
+  first_layer = (r"= f32\[(\d+),\d+\][^\n]* dot\([^\n]*op_name=\"[^\"]*/jvp\(MLP\)/hidden_0/"
+                 r"dot_general")
+  assert {int(m) for m in re.findall(first_layer, hlo)} == {samples // 8}
+  assert {int(m) for m in re.findall(first_layer, hlo2)} == {samples // 2 // 4}  # Half, over 4.
   # The first layer's kernel gradient is reduced across devices (all-reduce, or reduce-scatter
   # onto its FSDP shards).
   kernel = ref_grad["params"]["hidden_0"]["kernel"].shape
@@ -66,11 +72,12 @@ def test_drifting_step_is_data_parallel_and_matches_one_device():
   # kernel exp(-d / (tau mean_d)) turns it into relative weight errors of ~ eps sqrt(C) (d / mean_d)
   # / tau, d / mean_d < 8 here. A sharding error (a class mixed up, a missing reduction) is O(1).
   tol = 8 * np.sqrt(64) * np.finfo(np.float32).eps / min(config.drifting.temperatures)
-  assert abs(loss - ref_loss) <= tol * abs(ref_loss)
   flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(t)])
-  assert np.linalg.norm(flat(grad) - flat(ref_grad)) <= tol * np.linalg.norm(flat(ref_grad))
-  for a, b in zip(jax.tree_util.tree_leaves(aux), jax.tree_util.tree_leaves(ref_aux)):
-    np.testing.assert_array_equal(a, b)  # Queues: exact copies, whatever the sharding.
+  for g, l, a in ((grad, loss, aux), (grad2, loss2, aux2)):
+    assert abs(l - ref_loss) <= tol * abs(ref_loss)
+    assert np.linalg.norm(flat(g) - flat(ref_grad)) <= tol * np.linalg.norm(flat(ref_grad))
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(ref_aux)):
+      np.testing.assert_array_equal(x, y)  # Queues: exact copies, whatever the sharding.
 
 
 def test_drifting_resume_and_sample(tmp_path):

@@ -155,8 +155,7 @@ def test_convnext_feature_sets_join_the_pixel_loss_from_the_state(pixel_data):
   classes = np.arange(CLASSES, dtype=np.int32)
 
   def loss_and_grads(params, aux, real, classes, key):
-    objective = train_step.method_objective(model, config, aux, mesh)
-    return jax.value_and_grad(objective, has_aux=True)(params, real, classes, key)
+    return train_step.method_value_and_grad(model, config, aux, mesh)(params, real, classes, key)
 
   # XLA's backend optimisations take most of this compile and change no result checked here.
   step = jax.jit(loss_and_grads).lower(
