@@ -77,7 +77,7 @@ def step_flops(official_meanflow, guided: bool, batch: int) -> float:
   key = jax.eval_shape(lambda: jax.random.key(0))
   compiled = jax.jit(train_step).lower(params, opt_state, params, images, labels, key).compile(
       scale.COMPILER_OPTIONS)
-  return float(xla_accounting.cost(compiled)["flops"])
+  return xla_accounting.step_accounting(compiled)["flops_per_device"]
 
 
 def main(argv):

@@ -202,20 +202,12 @@ def measure_train(config, mesh) -> dict:
   """FLOPs, memory and collectives of one train step on `mesh` (figures per device)."""
   t0 = time.perf_counter()
   compiled, state = compile_train_step(config, mesh)
-  cost = xla_accounting.cost(compiled)
   images = images_per_step(config)
-  flops = float(cost.get("flops", 0.0))
-  out = {
-      "compile_s": time.perf_counter() - t0,
-      "images_per_step": images,
-      "flops_per_device": flops,
-      "flops_per_image": flops * mesh.size / images,
-      "bytes_accessed_per_device": float(cost.get("bytes accessed", 0.0)),
-      "memory_per_device": xla_accounting.memory_per_device(compiled),
-      "collectives": xla_accounting.collectives(compiled.as_text()),
-      "param_bytes": param_bytes(state.params),
-      "_state": state,
-  }
+  out = {"compile_s": time.perf_counter() - t0, "images_per_step": images,
+         **xla_accounting.step_accounting(compiled)}
+  out.update(flops_per_image=out["flops_per_device"] * mesh.size / images,
+             memory_per_device=xla_accounting.memory_per_device(compiled),
+             param_bytes=param_bytes(state.params), _state=state)
   # 1.0: gradients all-reduced once (data parallel). See tests/test_scale.py for MeanFlow's 2.0.
   out["all_reduce_bytes_per_param_byte"] = (
       out["collectives"]["all-reduce"]["operand_bytes"] / max(out["param_bytes"], 1))
@@ -288,12 +280,12 @@ def measure(config, devices=None, fsdp: int = 1, mfu: float = 0.4, sample: bool 
     t0 = time.perf_counter()
     compiled, b = compile_sample_step(config, mesh, state.params)
     if compiled is not None:
-      flops = float(xla_accounting.cost(compiled).get("flops", 0.0))
+      acc = xla_accounting.step_accounting(compiled)
+      flops = acc["flops_per_device"]
       out["sample_1nfe"] = {
-          "compile_s": time.perf_counter() - t0, "batch": b, "flops_per_device": flops,
+          "compile_s": time.perf_counter() - t0, "batch": b, **acc,
           "flops_per_image": flops * mesh.size / b,
           "memory_per_device": xla_accounting.memory_per_device(compiled),
-          "collectives": xla_accounting.collectives(compiled.as_text()),
           "projection": xla_accounting.projections(flops, b, m.compute_dtype, mfu)}
   if floor and out["config"]["guided"]:
     out["guidance_floor"] = guidance_floor(config, mesh, train["flops_per_image"],

@@ -71,27 +71,140 @@ def _operand_names(args_text: str):
   return re.findall(r"%([\w.\-]+)", args_text[:end])
 
 
+_COMPUTATION_RE = re.compile(r"^(ENTRY\s+)?%([\w.\-]+)\s*\((.*)\)\s*->\s*.*\{\s*$")
+_PARAM_RE = re.compile(r"([\w.\-]+):\s*((?:\([^()]*\))|[a-z]\w*\[[\d,]*\])")
+_CALLEE_RE = re.compile(r"\b(?:calls|to_apply|body|condition|true_computation|false_computation)="
+                        r"%([\w.\-]+)")
+_CALLEE_SET_RE = re.compile(r"\b(?:branch_computations|called_computations)=\{([^}]*)\}")
+_TRIP_RE = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+
+
+def _dims(type_text: str):
+  m = SHAPE_RE.search(type_text)
+  return [int(x) for x in m.group(2).split(",") if x] if m else []
+
+
+def _parse_module(hlo_text: str):
+  """{computation: {"entry", "types" {name: type text}, "instrs" [(name, type, op, args)]}}."""
+  comps, current = {}, None
+  for line in hlo_text.splitlines():
+    header = _COMPUTATION_RE.match(line)
+    if header:
+      current = {"entry": bool(header.group(1)), "types": dict(_PARAM_RE.findall(header.group(3))),
+                 "instrs": []}
+      comps[header.group(2)] = current
+      continue
+    m = INSTR_RE.match(line)
+    if m and current is not None:
+      current["types"][m.group(1)] = m.group(2)
+      current["instrs"].append(m.groups())
+  return comps
+
+
+def _executions(comps, use_trip_counts: bool = True):
+  """How often each computation runs per execution of the module: while bodies and conditions
+  times their known trip count (1 when unknown or use_trip_counts is False), callees as often
+  as their callers. HLO text defines callees before callers, so callers are visited first in
+  reverse order."""
+  runs = {name: (1 if c["entry"] else 0) for name, c in comps.items()}
+  for name in reversed(list(comps)):
+    for _, _, op, args in comps[name]["instrs"]:
+      callees = _CALLEE_RE.findall(args)
+      for group in _CALLEE_SET_RE.findall(args):
+        callees += re.findall(r"%([\w.\-]+)", group)
+      trip = _TRIP_RE.search(args) if op == "while" and use_trip_counts else None
+      for callee in callees:
+        if callee in runs:
+          runs[callee] += runs[name] * (int(trip.group(1)) if trip else 1)
+  return runs
+
+
+def _conv_flops(type_text: str, args: str, types) -> int:
+  """XLA's convolution count (HloCostAnalysis): 2 x in features / groups x out features x batch /
+  batch groups x the (output, kernel) position pairs that read the input, not its padding."""
+  lhs_name, rhs_name = _operand_names(args)[:2]
+  lhs, rhs, out = _dims(types.get(lhs_name, "")), _dims(types.get(rhs_name, "")), _dims(type_text)
+  labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", args)
+  if not (lhs and rhs and out and labels):
+    return 0
+  lhs_l, rhs_l, out_l = labels.groups()
+  group = lambda name: int(re.search(name + r"=(\d+)", args).group(1)) if name in args else 1
+  window = re.search(r"window=\{([^}]*)\}", args)
+  fields = dict(f.split("=") for f in window.group(1).split()) if window else {}
+  per_dim = lambda key, default: ([int(v) for v in fields[key].split("x")] if key in fields
+                                  else [default] * len(lhs_l.replace("b", "").replace("f", "")))
+  pads = [[int(v) for v in p.split("_")] for p in fields["pad"].split("x")] if "pad" in fields \
+      else [[0, 0]] * len(per_dim("size", 1))
+  strides, base, dil = per_dim("stride", 1), per_dim("lhs_dilate", 1), per_dim("rhs_dilate", 1)
+  positions = 1
+  for d in range(len(strides)):
+    k, o, i = rhs[rhs_l.index(str(d))], out[out_l.index(str(d))], lhs[lhs_l.index(str(d))]
+    index = (np.arange(o)[None, :] * strides[d] - pads[d][0] + np.arange(k)[:, None] * dil[d])
+    valid = (index % base[d] == 0) & (index // base[d] >= 0) & (index // base[d] < i)
+    positions *= int(valid.sum())
+  fma = (lhs[lhs_l.index("f")] // group("feature_group_count") * out[out_l.index("f")]
+         * lhs[lhs_l.index("b")] // group("batch_group_count") * positions)
+  return 2 * fma
+
+
+def _dot_flops(type_text: str, args: str, types) -> int:
+  lhs = _dims(types.get(_operand_names(args)[0], ""))
+  contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", args)
+  k = int(np.prod([lhs[int(d)] for d in contracting.group(1).split(",") if d])) if (
+      contracting and lhs) else 1
+  return 2 * int(np.prod(_dims(type_text), dtype=np.int64)) * k
+
+
+def loop_flops(hlo_text: str) -> dict:
+  """Matmul FLOPs XLA's cost_analysis() leaves out: it counts a while loop's body once, whatever
+  its trip count (lax.scan / lax.map: gradient accumulation, per-temperature fields). Returns
+  {"missing_flops": dot and convolution FLOPs of the extra iterations, counted as XLA counts
+  them; elementwise work of the extra iterations is not added, "loops": [trip counts]}."""
+  comps = _parse_module(hlo_text)
+  runs, once = _executions(comps), _executions(comps, use_trip_counts=False)
+  missing = 0
+  for name, comp in comps.items():
+    if runs[name] == once[name]:
+      continue
+    for _, type_text, op, args in comp["instrs"]:
+      if op == "dot":
+        missing += (runs[name] - once[name]) * _dot_flops(type_text, args, comp["types"])
+      elif op == "convolution":
+        missing += (runs[name] - once[name]) * _conv_flops(type_text, args, comp["types"])
+  trips = [int(t) for c in comps.values() for _, _, op, args in c["instrs"] if op == "while"
+           for t in _TRIP_RE.findall(args)]
+  return {"missing_flops": float(missing), "loops": trips}
+
+
+def step_accounting(compiled) -> dict:
+  """FLOPs (cost_analysis plus loop_flops' missing iterations), bytes accessed and collectives of
+  one compiled program, per device."""
+  text, xla = compiled.as_text(), cost(compiled)
+  loops = loop_flops(text)
+  return {"flops_per_device": float(xla.get("flops", 0.0)) + loops["missing_flops"],
+          "xla_flops_per_device": float(xla.get("flops", 0.0)), "loop_trip_counts": loops["loops"],
+          "bytes_accessed_per_device": float(xla.get("bytes accessed", 0.0)),
+          "collectives": collectives(text)}
+
+
 def collectives(hlo_text: str) -> dict:
-  """Collectives of a partitioned HLO module: {op: {count, operand_bytes, result_bytes}} per device.
+  """Collectives of a partitioned HLO module: {op: {count, operand_bytes, result_bytes}} per device
+  and step, each counted as often as it runs (inside a loop: times the loop's trip count).
 
   Async pairs (op-start / op-done) count once, at the start. Operand bytes are what a device
   contributes; result bytes what it receives (e.g. all-gather: result = operand x group size).
   """
-  sizes, found = {}, []
-  for line in hlo_text.splitlines():
-    m = INSTR_RE.match(line)
-    if not m:
-      continue
-    name, type_text, op, args = m.groups()
-    sizes[name] = _type_bytes(type_text)
-    base = op[:-len("-start")] if op.endswith("-start") else op
-    if base in COLLECTIVES:
-      found.append((base, sizes[name], _operand_names(args)))
+  comps = _parse_module(hlo_text)
+  runs = _executions(comps)
   out = {op: {"count": 0, "operand_bytes": 0, "result_bytes": 0} for op in COLLECTIVES}
-  for op, result_bytes, operands in found:
-    out[op]["count"] += 1
-    out[op]["result_bytes"] += result_bytes
-    out[op]["operand_bytes"] += sum(sizes.get(o, 0) for o in operands)
+  for name, comp in comps.items():
+    for _, type_text, op, args in comp["instrs"]:
+      base = op[:-len("-start")] if op.endswith("-start") else op
+      if base in COLLECTIVES:
+        out[base]["count"] += runs[name]
+        out[base]["result_bytes"] += runs[name] * _type_bytes(type_text)
+        out[base]["operand_bytes"] += runs[name] * sum(
+            _type_bytes(comp["types"].get(o, "")) for o in _operand_names(args))
   return out
 
 

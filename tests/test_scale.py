@@ -30,10 +30,12 @@ def tiny_config(case: str):
     config.train.global_batch_size = 64
   if case == "meanflow_guided":
     config.meanflow.update(guidance_omega=2.0, guidance_kappa=0.5)
-  elif case == "drifting":
+  elif case.startswith("drifting"):
     config.method = "drifting"
     config.drifting.update(classes_per_step=8, num_pos=16, num_neg=16, num_unc=4, queue_len=16,
                            temperatures=(0.05,))
+    if case == "drifting_accumulated":  # 2 classes per device on 4 devices, in 2 passes.
+      config.drifting.accum_classes_per_device = 1
   elif case == "mae":
     config.method = "mae"
     config.mae.update(widths=(8, 16), blocks_per_stage=1, groups=4, decoder_width=8)
@@ -59,7 +61,7 @@ def bank_traffic(case):
   """Bytes the drifting banks move per step (0 otherwise): banks are sharded by class, batches by
   example, so pushing gathers each device's incoming samples and labels, and drawing the step's
   positives and guidance negatives sums masked per-shard reads (an all-reduce)."""
-  if case != "drifting":
+  if not case.startswith("drifting"):
     return 0, 0
   config = tiny_config(case)
   d, sample = config.drifting, 4 * config.data.image_size ** 2 * config.data.channels
@@ -89,6 +91,21 @@ def test_step_is_data_parallel(case):
   data_parallel_checks(case)
 
 
+def test_accumulated_drifting_step_reduces_each_pass_and_counts_every_pass():
+  """Gradient accumulation (drifting.accum_classes_per_device): one gradient all-reduce per pass,
+  and the step's FLOPs are the one-pass step's plus one more forward (the fields' pass), which
+  the accounting sees only because it counts every iteration of the passes' loop."""
+  plain, accumulated = measured("drifting", 8), measured("drifting_accumulated", 4)
+  draw, _ = bank_traffic("drifting")
+  assert (accumulated["collectives"]["all-reduce"]["operand_bytes"] - draw) / (
+      accumulated["param_bytes"]) == pytest.approx(2.0, abs=0.01)
+  assert accumulated["loop_trip_counts"].count(2) >= 1
+  ratio = 4 * accumulated["flops_per_device"] / (8 * plain["flops_per_device"])
+  assert 1.02 < ratio < 4 / 3, ratio  # At most one extra generator forward per sample.
+  raw = 4 * accumulated["xla_flops_per_device"] / (8 * plain["flops_per_device"])
+  assert raw < 1.0  # XLA alone sees one pass of the gradient loop.
+
+
 def test_fsdp_shards_state_and_gradients():
   dp, fsdp = measured("meanflow_state_heavy", 8), measured("meanflow_state_heavy", 8, fsdp=8)
   assert fsdp["memory_per_device"]["argument_bytes"] < 0.5 * dp["memory_per_device"]["argument_bytes"]
@@ -109,7 +126,8 @@ def test_scale_cli_prints_every_field():
   out = json.loads(proc.stdout[proc.stdout.index("{"):])
   assert out["devices"] == 2
   train = out["train"]
-  for key in ("flops_per_device", "flops_per_image", "memory_per_device", "collectives",
+  for key in ("flops_per_device", "xla_flops_per_device", "loop_trip_counts", "flops_per_image",
+              "memory_per_device", "collectives",
               "projection", "fit", "param_bytes", "images_per_step"):
     assert key in train, key
   memory = train["memory_per_device"]
