@@ -68,7 +68,7 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mf_jax import config_checks, generate  # noqa: E402
+from mf_jax import config_checks, drifting, generate  # noqa: E402
 from mf_jax import sharding as sharding_lib  # noqa: E402
 from mf_jax import train_state as ts  # noqa: E402
 from mf_jax import train_step as step_lib  # noqa: E402
@@ -263,7 +263,10 @@ def measure(config, devices=None, fsdp: int = 1, mfu: float = 0.4, sample: bool 
                  "guided": config.method == "meanflow" and (
                      config.meanflow.guidance_omega != 1.0 or config.meanflow.guidance_kappa != 0.0),
                  "feature_encoder": bool(config.method == "drifting"
-                                         and config.drifting.feature_encoder_workdir)},
+                                         and config.drifting.feature_encoder_workdir),
+                 # Drifting's gradient-accumulation passes on this many devices (1 = one pass).
+                 "accum_passes": (drifting.accumulation_steps(config.drifting, len(devices))
+                                  if config.method == "drifting" else 1)},
       "devices": len(devices), "fsdp": fsdp, "jax": jax.__version__,
       "platform": devices[0].platform, "device_kind": devices[0].device_kind,
       "train": train,

@@ -64,6 +64,8 @@ def results_table(rows) -> str:
     method = _method(c)
     sample = r8.get("sample_1nfe")
     largest = t.get("fit", {}).get("largest_batch_per_device") or fitting_batch(r8, r64)
+    if c.get("accum_passes", 1) != r64.get("config", c).get("accum_passes", 1):
+      largest = None  # Memory is not one line through rows with and without accumulation.
     if "train" in r64:
       t64 = r64["train"]
       f64 = (f"{t64['flops_per_device'] / 1e12:.3f} "
@@ -87,7 +89,9 @@ def results_table(rows) -> str:
 
 
 def _method(c) -> str:
-  return c["method"] + (" guided" if c["guided"] else "") + (" +encoder" if c["feature_encoder"] else "")
+  passes = c.get("accum_passes", 1)
+  return (c["method"] + (" guided" if c["guided"] else "") + (" +encoder" if c["feature_encoder"] else "")
+          + (f", {passes} accumulation passes at 8" if passes > 1 else ""))
 
 
 def _overflow_line(name, r8, r64, overflow) -> str:
