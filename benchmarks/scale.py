@@ -252,7 +252,9 @@ def measure(config, devices=None, fsdp: int = 1, mfu: float = 0.4, sample: bool 
     overflow = xla_accounting.hbm_overflow(str(e))
     if overflow is None:
       raise
-    train = {"does_not_fit": overflow, "images_per_step": images_per_step(config)}
+    # The compiler message lists the largest allocations: kept to show what fills the chip.
+    train = {"does_not_fit": dict(overflow, compiler_message=str(e)[:20000]),
+             "images_per_step": images_per_step(config)}
   state = train.pop("_state", None)
   out = {
       "config": {"method": config.method, "model": m.name,
