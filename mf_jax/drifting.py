@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mf_jax.drifting_field import drifting_mse, feature_set_field, map_over_classes, split_classes
+from mf_jax.drifting_field import (combine_temperatures, distance_statistics, drifting_mse,
+                                   feature_set_field, field_rms, field_units, raw_forces,
+                                   split_classes)
 
 Array = jax.Array
 GeneratorFn = Callable[[Array, Array, Array], Array]
@@ -200,25 +202,29 @@ def _reference_features(feature_fn: FeatureFn, refs: Array) -> Mapping[str, Arra
   return _features(feature_fn, flat, refs.shape[0])
 
 
+def _field_metrics(scales: Mapping[str, Array], rms: Mapping[str, Array], temps, alpha: Array):
+  """feature_scale/<set>, drift_rms/tau<tau> (the mean over sets) and alpha_mean."""
+  metrics = {f"feature_scale/{name}": scale for name, scale in scales.items()}
+  mean_rms = sum(rms.values()) / len(rms)
+  for i, tau in enumerate(temps):
+    metrics[f"drift_rms/tau{tau:g}"] = mean_rms[i]
+  metrics["alpha_mean"] = jnp.mean(alpha)
+  return metrics
+
+
 def _fields(gen_feats, real_feats, n_pos: int, alpha: Array, config):
   """{name: (V, s)} for every feature set, and the step's metrics (all stop-gradient)."""
   unc_weight = guidance_weight(alpha, int(config.num_neg), int(config.num_unc))  # [N_c]
   temps = tuple(float(t) for t in config.temperatures)
-  fields, metrics = {}, {}
-  rms_sum = jnp.zeros((len(temps),))
+  fields, rms = {}, {}
   for name, phi_x in gen_feats.items():
     phi_real = real_feats[name]
-    v, scale, rms = feature_set_field(phi_x, phi_real[:, :n_pos], phi_real[:, n_pos:], unc_weight,
-                                      temps, config.normalize_distances, config.normalize_drift,
-                                      int(config.get("class_chunk", 0)),
-                                      float(config.affinity_floor))
+    v, scale, rms[name] = feature_set_field(
+        phi_x, phi_real[:, :n_pos], phi_real[:, n_pos:], unc_weight, temps,
+        config.normalize_distances, config.normalize_drift, int(config.get("class_chunk", 0)),
+        float(config.affinity_floor))
     fields[name] = (v, scale)
-    rms_sum = rms_sum + rms
-    metrics[f"feature_scale/{name}"] = scale
-  for i, tau in enumerate(temps):
-    metrics[f"drift_rms/tau{tau:g}"] = rms_sum[i] / len(gen_feats)
-  metrics["alpha_mean"] = jnp.mean(alpha)
-  return fields, metrics
+  return fields, _field_metrics({k: s for k, (_, s) in fields.items()}, rms, temps, alpha)
 
 
 def drifting_loss(generator_fn: GeneratorFn, real_by_class: Array, labels: Array, key: Array,
@@ -260,19 +266,19 @@ def drifting_value_and_grad(generator_apply: Callable, params, real_by_class: Ar
                             feature_fn: FeatureFn = raw_features,
                             uncond_real: Optional[Array] = None, *, alpha: Optional[Array] = None,
                             accum_steps: int = 1):
-  """((loss, metrics), grads) of drifting_loss w.r.t. params, in accum_steps passes over the classes.
+  """((loss, metrics), grads) of drifting_loss w.r.t. params, in accum_steps groups of classes.
 
   generator_apply(params, noise, alpha, labels) -> samples; the other arguments are drifting_loss's.
   With accum_steps = k > 1 the N_c classes go through the generator and the feature encoder in k
-  groups of N_c / k (split_classes: with the classes split over devices, every device holds N_c /
-  (k D) of each group), so activation memory is that of one group. The result is the full step's,
-  with the same random draws, not an approximation: the field's normalisers (the mean distance D and
-  each temperature's RMS) are statistics of all classes, so a first forward pass, without
-  gradients, computes every group's features and then the fields V of the whole step as
-  drifting_loss does; a second pass recomputes each group's features with gradients and
-  accumulates the gradient of mean((phi/s - sg(phi/s + V))^2) over the group, divided by k. It
-  costs one more forward of the generator and of the encoder on the generated samples, and holds
-  the step's features and fields (not the activations that produce them).
+  groups of N_c / k (split_classes: with the classes split over devices, every device holds
+  N_c / (k D) of each group), so memory holds one group's activations, features and fields. The
+  result is the one-pass step's, with the same draws, not an approximation. The field's
+  normalisers are statistics of all classes, so the groups are streamed three times: (1) without
+  gradients, the distance sums that give D per feature set; (2) without gradients, each
+  temperature's sum of squared forces, whose step RMS normalises it; (3) each group's features
+  with gradients, its field V from D and the RMS, and the gradient of its share (1/k) of the loss.
+  Cost: two more forwards of the generator and of the encoder (on generated and real samples)
+  than one pass, in exchange for a memory that does not grow with the classes per device.
   """
   n_c = real_by_class.shape[0]
   if accum_steps <= 1:
@@ -282,35 +288,62 @@ def drifting_value_and_grad(generator_apply: Callable, params, real_by_class: Ar
   if n_c % accum_steps:
     raise ValueError(f"{accum_steps} gradient-accumulation passes must divide the {n_c} classes "
                      "per step (drifting.classes_per_step).")
-  group = n_c // accum_steps
-  sample_shape = real_by_class.shape[2:]
+  sample_shape, n_pos = real_by_class.shape[2:], real_by_class.shape[1]
+  temps = tuple(float(t) for t in config.temperatures)
+  chunk, floor = int(config.get("class_chunk", 0)), float(config.affinity_floor)
   alpha, noise, refs = _step_inputs(real_by_class, labels, key, config, uncond_real, alpha)
-  frozen_generator = functools.partial(generator_apply, jax.lax.stop_gradient(params))
+  unc_weight = guidance_weight(alpha, int(config.num_neg), int(config.num_unc))
+  groups = split_classes((noise, alpha, labels, refs, unc_weight), n_c // accum_steps)
+  frozen = jax.lax.stop_gradient(params)
 
-  def group_features(noise, alpha, labels, refs):
-    return (_generated_features(frozen_generator, feature_fn, noise, alpha, labels, sample_shape),
-            _reference_features(feature_fn, refs))
-  gen_feats, real_feats = map_over_classes(group_features, (noise, alpha, labels, refs), group)
-  fields, metrics = _fields(gen_feats, real_feats, real_by_class.shape[1], alpha, config)
-  del gen_feats, real_feats
-  loss = jnp.zeros(())
-  for name, (v, _) in fields.items():
-    metrics[f"loss/{name}"] = jnp.mean(jnp.square(v))  # The value of drifting_mse.
-    loss = loss + metrics[f"loss/{name}"]
-  metrics["loss"] = loss
+  def group_sets(p, noise, alpha, labels, refs, w):
+    """{set: (phi_gen, phi_pos, phi_unc, w)} of one group of classes."""
+    gen = _generated_features(functools.partial(generator_apply, p), feature_fn, noise, alpha,
+                              labels, sample_shape)
+    real = _reference_features(feature_fn, refs)
+    return {name: (gen[name], real[name][:, :n_pos], real[name][:, n_pos:], w) for name in gen}
 
-  scales = {name: scale for name, (_, scale) in fields.items()}
-  def group_loss(p, noise, alpha, labels, v):
-    feats = _generated_features(functools.partial(generator_apply, p), feature_fn, noise, alpha,
-                                labels, sample_shape)
-    return sum(drifting_mse(feats[name], v[name], scales[name]) for name in v) / accum_steps
+  def sum_over_groups(fn):
+    """sum over the groups of fn(group) -> {set: array}, one group at a time."""
+    first = jax.eval_shape(fn, *jax.tree_util.tree_map(lambda t: t[0], groups))
+    add = lambda total, group: (jax.tree_util.tree_map(jnp.add, total, fn(*group)), None)
+    return jax.lax.scan(add, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), first),
+                        groups)[0]
 
-  def accumulate(grads, group_args):
-    return jax.tree_util.tree_map(jnp.add, grads, jax.grad(group_loss)(params, *group_args)), None
-  v_by_set = {name: v for name, (v, _) in fields.items()}
-  grads, _ = jax.lax.scan(accumulate, jax.tree_util.tree_map(jnp.zeros_like, params),
-                          split_classes((noise, alpha, labels, v_by_set), group))
-  return (loss, metrics), grads
+  shapes = jax.eval_shape(lambda *g: group_sets(frozen, *g),
+                          *jax.tree_util.tree_map(lambda t: t[0], groups))
+  # Pass 1: the mean distance D of each feature set.
+  if config.normalize_distances:
+    stats = sum_over_groups(lambda *g: {name: distance_statistics(*a, chunk)
+                                        for name, a in group_sets(frozen, *g).items()})
+  units = {name: field_units(stats[name] if config.normalize_distances else None, s[0].shape[-1])
+           for name, s in shapes.items()}
+  # Pass 2: each temperature's field RMS over the step.
+  square_sums = sum_over_groups(lambda *g: {
+      name: raw_forces(*a, temps, units[name], chunk, floor)[1]
+      for name, a in group_sets(frozen, *g).items()})
+  rms = {name: field_rms(square_sums[name], n_c * math.prod(s[0].shape[1:]))
+         for name, s in shapes.items()}
+
+  # Pass 3: the group's share of the loss and of its gradient.
+  def group_loss(p, *group):
+    set_losses = {}
+    for name, (phi_gen, phi_pos, phi_unc, w) in group_sets(p, *group).items():
+      forces, _ = raw_forces(phi_gen, phi_pos, phi_unc, w, temps, units[name], chunk, floor)
+      v = combine_temperatures(forces, rms[name] if config.normalize_drift else None)
+      set_losses[name] = drifting_mse(phi_gen, v, units[name][1]) / accum_steps
+    return sum(set_losses.values()), set_losses
+
+  def accumulate(totals, group):
+    (_, set_losses), grads = jax.value_and_grad(group_loss, has_aux=True)(params, *group)
+    return jax.tree_util.tree_map(jnp.add, totals, (grads, set_losses)), None
+  zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
+  (grads, set_losses), _ = jax.lax.scan(
+      accumulate, (zeros(params), {name: jnp.zeros(()) for name in shapes}), groups)
+  metrics = _field_metrics({name: u[1] for name, u in units.items()}, rms, temps, alpha)
+  metrics.update({f"loss/{name}": l for name, l in set_losses.items()})
+  metrics["loss"] = sum(set_losses.values())
+  return (metrics["loss"], metrics), grads
 
 
 def generate(generator_fn: GeneratorFn, key: Array, labels: Array, alpha: float,

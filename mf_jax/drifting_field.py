@@ -22,9 +22,12 @@ mean(V^2) and whose gradient is -2 V / (s size); summed over feature sets. S, V 
 inside them are under stop-gradient. Because S and rms(F) are plain means over the class axis,
 under jit with the classes split over devices they become cross-device reductions by themselves.
 
-Memory: the [N_c, L, N, P + N + U] distance/kernel arrays dominate. `class_chunk` > 0 computes them
-for that many classes at a time (lax.map), in two passes: the first sums the distances for D, the
-second computes the unnormalised F per temperature and its sum of squares; the RMS division follows.
+The field is computed in stages whose only links are step statistics: distance_statistics (sums
+whose ratio over the step is D), field_units (D -> distance unit and s), raw_forces (each tau's
+unnormalised F and its sum of squares), field_rms and combine_temperatures. feature_set_field runs
+them on all classes at once; drifting.drifting_value_and_grad runs them on one group of classes at
+a time, summing the statistics over the groups. Within a stage, `class_chunk` > 0 computes the
+[N_c, L, N, P + N + U] distance/kernel arrays for that many classes at a time (lax.map).
 """
 import math
 from typing import Callable, Optional, Sequence, Tuple
@@ -125,6 +128,82 @@ def map_over_classes(fn: Callable, args: Tuple[Array, ...], chunk: int):
   return merge_classes(jax.lax.map(lambda a: fn(*a), split_classes(args, chunk)))
 
 
+def _class_groups(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array):
+  """Stop-gradient, at least float32: x [N_c, L, N, C], y [N_c, L, P + N + U, C] (one kernel per
+  class and location), column weights [N_c, P + N + U]."""
+  dtype = jnp.promote_types(phi_gen.dtype, jnp.float32)
+  phi_gen, phi_pos, phi_unc, unc_weight = (
+      jax.lax.stop_gradient(t).astype(dtype) for t in (phi_gen, phi_pos, phi_unc, unc_weight))
+  x = jnp.swapaxes(phi_gen, 1, 2)
+  y = jnp.swapaxes(jnp.concatenate([phi_pos, phi_gen, phi_unc], axis=1), 1, 2)
+  n_c, u = unc_weight.shape[0], phi_unc.shape[1]
+  w = jnp.concatenate([jnp.ones((n_c, y.shape[2] - u), dtype),
+                       jnp.broadcast_to(unc_weight[:, None], (n_c, u))], -1)
+  return x, y, w
+
+
+def distance_statistics(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array,
+                        class_chunk: int = 0) -> Array:
+  """[sum w_j d_ij, sum w_j] over all pairs and locations of the classes given (arguments as
+  feature_set_field's). Summed over the step's classes, their ratio is the mean distance D."""
+  x, y, w = _class_groups(phi_gen, phi_pos, phi_unc, unc_weight)
+  n, num_loc = x.shape[2], x.shape[1]
+  def weighted_distance_sum(x, y, w):
+    return jnp.einsum("clnt,ct->c", pairwise_distance(x, y), w)
+  dist_sum = jnp.sum(map_over_classes(weighted_distance_sum, (x, y, w), class_chunk))
+  return jnp.stack([dist_sum, float(n * num_loc) * jnp.sum(w)])
+
+
+def field_units(dist_stats: Optional[Array], channels: int) -> Tuple[Array, Array]:
+  """(distance unit max(D, 1e-3), feature scale s = max(D / sqrt(C), 1e-3)) from the step's
+  distance_statistics; None (normalize_distances off) gives (1, 1)."""
+  if dist_stats is None:
+    return jnp.ones(()), jnp.ones(())
+  mean_dist = dist_stats[0] / dist_stats[1]
+  return (jnp.maximum(mean_dist, SCALE_FLOOR),
+          jnp.maximum(mean_dist / math.sqrt(channels), SCALE_FLOOR))
+
+
+def raw_forces(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array,
+               temperatures: Sequence[float], units: Tuple[Array, Array], class_chunk: int = 0,
+               affinity_floor: float = 0.0) -> Tuple[Array, Array]:
+  """Each temperature's unnormalised field, in units of phi / s, for the classes given.
+
+  Returns (F [N_c, R, L, N, C], sum of F^2 over these classes [R]); R = len(temperatures).
+  """
+  x, y, w = _class_groups(phi_gen, phi_pos, phi_unc, unc_weight)
+  dist_unit, scale = units
+  n, p = x.shape[2], phi_pos.shape[1]
+  is_self = _self_mask(n, p, y.shape[2])
+  temps = jnp.asarray(temperatures, x.dtype)
+
+  def forces(x, y, w):
+    dist = jnp.where(is_self, jnp.inf, pairwise_distance(x, y) / dist_unit)
+    w = w[:, None, None, :]
+    def one_temperature(tau):  # One traced body for all temperatures keeps the program small.
+      f = kernel_force(-dist / tau, x, y, w, p, affinity_floor) / scale
+      return f, jnp.sum(jnp.square(f), axis=(1, 2, 3))
+    f, sq = jax.lax.map(one_temperature, temps)  # [R, c, L, N, C], [R, c]
+    return jnp.swapaxes(f, 0, 1), jnp.swapaxes(sq, 0, 1)
+
+  f, sq = map_over_classes(forces, (x, y, w), class_chunk)  # [N_c, R, L, N, C], [N_c, R]
+  return f, jnp.sum(sq, axis=0)
+
+
+def field_rms(square_sums: Array, entries: float) -> Array:
+  """Each temperature's RMS over the step from its sums of squares over entries = N_c L N C."""
+  # A Python float: the entry count passes 2^31 at the released pixel batches (an int would not
+  # fit JAX's int32).
+  return jnp.sqrt(square_sums / float(entries))
+
+
+def combine_temperatures(forces: Array, rms: Optional[Array]) -> Array:
+  """V [N_c, N, L, C] = sum over tau of F_tau / max(rms_tau, 1e-4) (rms None: plain sum)."""
+  if rms is not None:
+    forces = forces / jnp.maximum(rms, RMS_FLOOR)[:, None, None, None]
+  return jnp.swapaxes(jnp.sum(forces, axis=1), 1, 2)
+
+
 def feature_set_field(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array,
                       temperatures: Sequence[float], normalize_distances: bool = True,
                       normalize_drift: bool = True, class_chunk: int = 0,
@@ -141,46 +220,12 @@ def feature_set_field(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight
   Returns:
     (V [N_c, N, L, C] in units of phi / s, s [], raw RMS per tau [len(temperatures)]).
   """
-  dtype = jnp.promote_types(phi_gen.dtype, jnp.float32)
-  phi_gen, phi_pos, phi_unc, unc_weight = (
-      jax.lax.stop_gradient(t).astype(dtype) for t in (phi_gen, phi_pos, phi_unc, unc_weight))
-  n_c, n, num_loc, ch = phi_gen.shape
-  p, u = phi_pos.shape[1], phi_unc.shape[1]
-  # Groups [N_c, L, rows, C]: one kernel per class and location.
-  x = jnp.swapaxes(phi_gen, 1, 2)
-  y = jnp.swapaxes(jnp.concatenate([phi_pos, phi_gen, phi_unc], axis=1), 1, 2)  # [N_c, L, T, C]
-  col_weights = lambda w: jnp.concatenate(
-      [jnp.ones(w.shape + (p + n,), dtype), jnp.broadcast_to(w[:, None], w.shape + (u,))], -1)
-
-  if normalize_distances:
-    def weighted_distance_sum(x, y, w):
-      return jnp.einsum("clnt,ct->c", pairwise_distance(x, y), col_weights(w))
-    dist_sum = jnp.sum(map_over_classes(weighted_distance_sum, (x, y, unc_weight), class_chunk))
-    mean_dist = dist_sum / (float(n * num_loc) * jnp.sum(col_weights(unc_weight)))
-    dist_unit = jnp.maximum(mean_dist, SCALE_FLOOR)
-    scale = jnp.maximum(mean_dist / math.sqrt(ch), SCALE_FLOOR)
-  else:
-    dist_unit = scale = jnp.ones((), dtype)
-
-  is_self = _self_mask(n, p, p + n + u)
-  temps = jnp.asarray(temperatures, dtype)
-
-  def forces(x, y, w):
-    dist = jnp.where(is_self, jnp.inf, pairwise_distance(x, y) / dist_unit)
-    w = col_weights(w)[:, None, None, :]
-    def one_temperature(tau):  # One traced body for all temperatures keeps the program small.
-      f = kernel_force(-dist / tau, x, y, w, p, affinity_floor) / scale
-      return f, jnp.sum(jnp.square(f), axis=(1, 2, 3))
-    f, sq = jax.lax.map(one_temperature, temps)  # [R, c, L, N, C], [R, c]
-    return jnp.swapaxes(f, 0, 1), jnp.swapaxes(sq, 0, 1)
-
-  f, sq = map_over_classes(forces, (x, y, unc_weight), class_chunk)  # [N_c, R, L, N, C], [N_c, R]
-  # A Python float: the entry count passes 2^31 at the released pixel batches (an int would not
-  # fit JAX's int32).
-  rms = jnp.sqrt(jnp.sum(sq, axis=0) / float(n_c * num_loc * n * ch))
-  if normalize_drift:
-    f = f / jnp.maximum(rms, RMS_FLOOR)[:, None, None, None]
-  return jnp.swapaxes(jnp.sum(f, axis=1), 1, 2), scale, rms
+  args = (phi_gen, phi_pos, phi_unc, unc_weight)
+  stats = distance_statistics(*args, class_chunk) if normalize_distances else None
+  units = field_units(stats, phi_gen.shape[-1])
+  f, square_sums = raw_forces(*args, temperatures, units, class_chunk, affinity_floor)
+  rms = field_rms(square_sums, math.prod(phi_gen.shape))
+  return combine_temperatures(f, rms if normalize_drift else None), units[1], rms
 
 
 def drifting_mse(phi_x: Array, v: Array, scale: Array) -> Array:
