@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mf_jax.drifting_field import (combine_temperatures, distance_statistics, drifting_mse,
-                                   feature_set_field, field_rms, field_units, raw_forces,
+from mf_jax.drifting_field import (distance_statistics, drifting_mse, feature_set_field,
+                                   field_rms, field_units, force_square_sums, normalized_field,
                                    split_classes)
 
 Array = jax.Array
@@ -320,7 +320,7 @@ def drifting_value_and_grad(generator_apply: Callable, params, real_by_class: Ar
            for name, s in shapes.items()}
   # Pass 2: each temperature's field RMS over the step.
   square_sums = sum_over_groups(lambda *g: {
-      name: raw_forces(*a, temps, units[name], chunk, floor)[1]
+      name: force_square_sums(*a, temps, units[name], chunk, floor)
       for name, a in group_sets(frozen, *g).items()})
   rms = {name: field_rms(square_sums[name], n_c * math.prod(s[0].shape[1:]))
          for name, s in shapes.items()}
@@ -329,8 +329,8 @@ def drifting_value_and_grad(generator_apply: Callable, params, real_by_class: Ar
   def group_loss(p, *group):
     set_losses = {}
     for name, (phi_gen, phi_pos, phi_unc, w) in group_sets(p, *group).items():
-      forces, _ = raw_forces(phi_gen, phi_pos, phi_unc, w, temps, units[name], chunk, floor)
-      v = combine_temperatures(forces, rms[name] if config.normalize_drift else None)
+      v = normalized_field(phi_gen, phi_pos, phi_unc, w, temps, units[name],
+                           rms[name] if config.normalize_drift else None, chunk, floor)
       set_losses[name] = drifting_mse(phi_gen, v, units[name][1]) / accum_steps
     return sum(set_losses.values()), set_losses
 

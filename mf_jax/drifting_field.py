@@ -23,11 +23,14 @@ inside them are under stop-gradient. Because S and rms(F) are plain means over t
 under jit with the classes split over devices they become cross-device reductions by themselves.
 
 The field is computed in stages whose only links are step statistics: distance_statistics (sums
-whose ratio over the step is D), field_units (D -> distance unit and s), raw_forces (each tau's
-unnormalised F and its sum of squares), field_rms and combine_temperatures. feature_set_field runs
-them on all classes at once; drifting.drifting_value_and_grad runs them on one group of classes at
-a time, summing the statistics over the groups. Within a stage, `class_chunk` > 0 computes the
-[N_c, L, N, P + N + U] distance/kernel arrays for that many classes at a time (lax.map).
+whose ratio over the step is D), field_units (D -> distance unit and s), then each temperature's
+unnormalised F and its sum of squares, field_rms, and the sum over tau of F_tau / rms_tau.
+feature_set_field runs them on all classes at once, keeping every tau's F (raw_forces,
+combine_temperatures: the kernel computed once). drifting.drifting_value_and_grad runs them on one
+group of classes at a time, summing the statistics over the groups, and recomputes the kernel in
+each stage so that one temperature's F is in memory at a time (force_square_sums,
+normalized_field). Within a stage, `class_chunk` > 0 computes the [N_c, L, N, P + N + U]
+distance/kernel arrays for that many classes at a time (lax.map).
 """
 import math
 from typing import Callable, Optional, Sequence, Tuple
@@ -164,6 +167,12 @@ def field_units(dist_stats: Optional[Array], channels: int) -> Tuple[Array, Arra
           jnp.maximum(mean_dist / math.sqrt(channels), SCALE_FLOOR))
 
 
+def _unit_distances(x: Array, y: Array, dist_unit: Array, num_pos: int) -> Array:
+  """Distances [c, L, N, T] in units of D, self pairs (x_i as its own negative) at +inf."""
+  is_self = _self_mask(x.shape[2], num_pos, y.shape[2])
+  return jnp.where(is_self, jnp.inf, pairwise_distance(x, y) / dist_unit)
+
+
 def raw_forces(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array,
                temperatures: Sequence[float], units: Tuple[Array, Array], class_chunk: int = 0,
                affinity_floor: float = 0.0) -> Tuple[Array, Array]:
@@ -173,13 +182,11 @@ def raw_forces(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array
   """
   x, y, w = _class_groups(phi_gen, phi_pos, phi_unc, unc_weight)
   dist_unit, scale = units
-  n, p = x.shape[2], phi_pos.shape[1]
-  is_self = _self_mask(n, p, y.shape[2])
+  p = phi_pos.shape[1]
   temps = jnp.asarray(temperatures, x.dtype)
 
   def forces(x, y, w):
-    dist = jnp.where(is_self, jnp.inf, pairwise_distance(x, y) / dist_unit)
-    w = w[:, None, None, :]
+    dist, w = _unit_distances(x, y, dist_unit, p), w[:, None, None, :]
     def one_temperature(tau):  # One traced body for all temperatures keeps the program small.
       f = kernel_force(-dist / tau, x, y, w, p, affinity_floor) / scale
       return f, jnp.sum(jnp.square(f), axis=(1, 2, 3))
@@ -188,6 +195,45 @@ def raw_forces(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array
 
   f, sq = map_over_classes(forces, (x, y, w), class_chunk)  # [N_c, R, L, N, C], [N_c, R]
   return f, jnp.sum(sq, axis=0)
+
+
+def force_square_sums(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array,
+                      temperatures: Sequence[float], units: Tuple[Array, Array],
+                      class_chunk: int = 0, affinity_floor: float = 0.0) -> Array:
+  """raw_forces' sums of squares [R] alone: one temperature's force in memory at a time."""
+  x, y, w = _class_groups(phi_gen, phi_pos, phi_unc, unc_weight)
+  dist_unit, scale = units
+  p = phi_pos.shape[1]
+
+  def sums(x, y, w):
+    dist, w = _unit_distances(x, y, dist_unit, p), w[:, None, None, :]
+    square_sum = lambda tau: jnp.sum(jnp.square(
+        kernel_force(-dist / tau, x, y, w, p, affinity_floor) / scale), axis=(1, 2, 3))
+    return jnp.swapaxes(jax.lax.map(square_sum, jnp.asarray(temperatures, x.dtype)), 0, 1)
+
+  return jnp.sum(map_over_classes(sums, (x, y, w), class_chunk), axis=0)
+
+
+def normalized_field(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array,
+                     temperatures: Sequence[float], units: Tuple[Array, Array],
+                     rms: Optional[Array], class_chunk: int = 0,
+                     affinity_floor: float = 0.0) -> Array:
+  """V [N_c, N, L, C] = sum over tau of F_tau / max(rms_tau, 1e-4) (rms None: plain sum), the
+  temperatures accumulated one at a time (combine_temperatures(raw_forces(...)) in less memory)."""
+  x, y, w = _class_groups(phi_gen, phi_pos, phi_unc, unc_weight)
+  dist_unit, scale = units
+  p = phi_pos.shape[1]
+  temps = jnp.asarray(temperatures, x.dtype)
+  divisors = jnp.ones_like(temps) if rms is None else jnp.maximum(rms, RMS_FLOOR).astype(x.dtype)
+
+  def field(x, y, w):
+    dist, w = _unit_distances(x, y, dist_unit, p), w[:, None, None, :]
+    def add(v, tau_and_divisor):
+      tau, divisor = tau_and_divisor
+      return v + kernel_force(-dist / tau, x, y, w, p, affinity_floor) / scale / divisor, None
+    return jax.lax.scan(add, jnp.zeros_like(x), (temps, divisors))[0]
+
+  return jnp.swapaxes(map_over_classes(field, (x, y, w), class_chunk), 1, 2)
 
 
 def field_rms(square_sums: Array, entries: float) -> Array:
