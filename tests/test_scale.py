@@ -93,17 +93,18 @@ def test_step_is_data_parallel(case):
 
 def test_accumulated_drifting_step_reduces_each_pass_and_counts_every_pass():
   """Gradient accumulation (drifting.accum_classes_per_device): one gradient all-reduce per pass,
-  and the step's FLOPs are the one-pass step's plus one more forward (the fields' pass), which
-  the accounting sees only because it counts every iteration of the passes' loop."""
+  and FLOPs that count every pass: nearly all the work sits in the loops over the 2 groups, which
+  XLA's cost analysis counts once; two statistics passes (forwards without gradients) come on top
+  of the one-pass step's work."""
   plain, accumulated = measured("drifting", 8), measured("drifting_accumulated", 4)
   draw, _ = bank_traffic("drifting")
   assert (accumulated["collectives"]["all-reduce"]["operand_bytes"] - draw) / (
       accumulated["param_bytes"]) == pytest.approx(2.0, abs=0.01)
-  assert accumulated["loop_trip_counts"].count(2) >= 1
+  assert accumulated["loop_trip_counts"].count(2) >= 3  # The three passes over the groups.
+  assert accumulated["flops_per_device"] > 1.8 * accumulated["xla_flops_per_device"]
+  # Each statistics pass is a forward, at most one one-pass step (measured here: 2.37x).
   ratio = 4 * accumulated["flops_per_device"] / (8 * plain["flops_per_device"])
-  assert 1.02 < ratio < 4 / 3, ratio  # At most one extra generator forward per sample.
-  raw = 4 * accumulated["xla_flops_per_device"] / (8 * plain["flops_per_device"])
-  assert raw < 1.0  # XLA alone sees one pass of the gradient loop.
+  assert 1.5 < ratio < 3.0, ratio
 
 
 def test_fsdp_shards_state_and_gradients():
