@@ -80,11 +80,7 @@ def condition_names(config) -> Tuple[str, ...]:
   meanflow.time_conditioning names (default ("t", "t_minus_r"); others are Table 1c ablations)."""
   if config.method == "drifting":
     return ("alpha",)
-  choice = config.meanflow.get("time_conditioning", "t,t-r")
-  if choice not in meanflow.TIME_CONDITIONINGS:
-    raise ValueError(f"meanflow.time_conditioning={choice!r}: allowed values are "
-                     f"{list(meanflow.TIME_CONDITIONINGS)}.")
-  return meanflow.TIME_CONDITIONINGS[choice]
+  return meanflow.TIME_CONDITIONINGS[config.meanflow.get("time_conditioning", "t,t-r")]
 
 
 def unet_model(config) -> SongUNet:
@@ -192,6 +188,13 @@ def example_inputs(config, batch_size: int = 1):
   return x, conditions, jnp.zeros((batch_size,), jnp.int32)
 
 
+def frozen_placeholder(init_fn, *args):
+  """Zeros shaped like init_fn(*args), which is not run: the frozen encoders' values come from
+  their files at step 0 (train.py), so initialising them would only lengthen the init compile."""
+  return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype),
+                                jax.eval_shape(init_fn, *args))
+
+
 def init_state(config, model, optimizer, key) -> TrainState:
   params = model.init(key, *example_inputs(config))
   aux = None
@@ -201,14 +204,15 @@ def init_state(config, model, optimizer, key) -> TrainState:
     if config.drifting.feature_encoder_workdir:  # A placeholder of the right shapes; see train.py.
       mae = config.copy_and_resolve_references()
       mae.method = "mae"
-      encoder = mae_model(mae).init(key, *example_inputs(mae))
+      encoder = frozen_placeholder(mae_model(mae).init, key, *example_inputs(mae))
     shape = (d.image_size, d.image_size, d.channels)
     aux = {"queues": class_queues.init(max(d.num_classes, 1), config.drifting.queue_len, shape),
            "uncond_queue": (class_queues.init(1, config.drifting.uncond_queue_len, shape)
                             if uses_uncond_queue(config) else None),
            "encoder": encoder}
     if config.drifting.get("use_convnext", False):  # A placeholder too; see train.py.
-      aux["convnext"] = convnext_model(config).init(key, convnext_lib.example_input())
+      aux["convnext"] = frozen_placeholder(convnext_model(config).init, key,
+                                           convnext_lib.example_input())
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                     ema_params=tuple(params for _ in config.ema_decays),
                     nonfinite_step=jnp.full((), -1, jnp.int32), aux=aux)

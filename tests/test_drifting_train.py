@@ -1,5 +1,6 @@
 """The drifting method inside the trainer: a data-parallel step on 8 devices that equals the
 one-device step, exact resume (queues included) through checkpoints, and one-step sampling."""
+import json
 import re
 
 import jax
@@ -101,20 +102,25 @@ def test_drifting_resume_and_sample(tmp_path):
 
 
 def test_mae_pretraining_then_drifting_on_its_features(tmp_path):
+  """An MAE pretrained by the trainer (method='mae') becomes drifting's frozen feature encoder: each
+  of its feature sets joins the loss, and it stays at the MAE's EMA parameters. One encoder stage
+  (multi-stage feature sets: test_drifting.py); rbg keys, whose parameter init compiles several
+  times faster than threefry's on CPU."""
   mae = tiny_drifting()
   mae.method = "mae"
-  mae.mae.update(widths=(8, 16), blocks_per_stage=1, groups=4, decoder_width=8)
-  mae.train.num_steps = 4
-  first = train.train_and_evaluate(mae, str(tmp_path / "mae"))
-  assert int(first.step) == 4
-
+  mae.mae.update(widths=(8,), blocks_per_stage=1, groups=4, decoder_width=8)
+  mae.train.num_steps = 2
   config = tiny_drifting()
   config.mae = mae.mae
   config.train.num_steps = 2
   config.drifting.feature_encoder_workdir = str(tmp_path / "mae")
-  state = train.train_and_evaluate(config, str(tmp_path / "drift"))
-  rows = [l for l in open(tmp_path / "drift" / "metrics.jsonl") if '"loss"' in l]
-  assert rows and "stage1/loc" in rows[-1] and "raw" in rows[-1]  # Encoder features were used.
+  with jax.default_prng_impl("rbg"):
+    first = train.train_and_evaluate(mae, str(tmp_path / "mae"))
+    state = train.train_and_evaluate(config, str(tmp_path / "drift"))
+  assert int(first.step) == 2 and int(state.step) == 2
+  rows = [json.loads(l) for l in open(tmp_path / "drift" / "metrics.jsonl") if '"loss"' in l]
+  sets = {k[len("loss/"):] for k in rows[-1] if k.startswith("loss/")}
+  assert sets == {"raw"} | {f"stage0/{s}" for s in ("loc", "global", "patch2", "patch4")}, sets
   # The encoder stays frozen at the MAE's EMA parameters.
   for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(state.aux["encoder"])),
                   jax.tree_util.tree_leaves(jax.device_get(first.ema_params[0]))):

@@ -15,10 +15,13 @@ import pytest
 from PIL import Image
 
 import jax
+import jax.numpy as jnp
+from flax import traverse_util
 from configs import imagenet_drift_pixel_b16
 from eval import fid, stats
 from input_pipeline import prepare_imagenet
 from mf_jax import config_checks, sharding, train, train_state, train_step
+from mf_jax.convert import meanflow_official
 from mf_jax.models import convnext
 
 SIZE, CLASSES, PER_CLASS = 16, 2, 8
@@ -175,6 +178,47 @@ def test_convnext_feature_sets_join_the_pixel_loss_from_the_state(pixel_data):
   grads = [jax.tree_util.tree_leaves(g) for _, g in results]
   assert all(np.isfinite(g).all() for g in grads[0])
   assert any(not np.allclose(a, b) for a, b in zip(*grads))  # Through ConvNeXt to the generator.
+
+
+def test_training_starts_from_the_saved_frozen_encoders(pixel_data, tmp_path):
+  """At step 0, train_and_evaluate puts both frozen encoders of a pixel run into the state, and a
+  step keeps them: ConvNeXt exactly as in the drifting.convnext_path file, the MAE's EMA parameters
+  from the drifting.feature_encoder_workdir checkpoint (written as the converter writes one). The
+  loss is a stand-in: the encoders' part in the real loss is checked above (ConvNeXt) and in
+  test_drifting_train.py (MAE); compiling it here costs ~40 s and checks no more loading."""
+  config = tiny_pixel_config(*pixel_data)
+  config.mae.update(widths=(8, 8, 8, 8), layers=(1, 1, 1, 1))  # The release MAE, smallest.
+  config.train.update(num_steps=1, sample_every=0)
+  config.eval.every_steps = 0
+  mae = config.copy_and_resolve_references()
+  mae.method = "mae"
+  abstract = jax.eval_shape(lambda k: train_state.init_state(
+      mae, train_state.build_model(mae), train_state.make_optimizer(mae), k), jax.random.key(0))
+  rng = np.random.RandomState(2)
+  draw = lambda tree: jax.tree_util.tree_map(
+      lambda a: rng.normal(size=a.shape).astype(a.dtype), tree)
+  saved = abstract.replace(  # Parameters and EMA copy differ, so the test sees which is loaded.
+      step=np.int32(5), params=draw(abstract.params), ema_params=tuple(
+          draw(p) for p in abstract.ema_params), nonfinite_step=np.int32(-1),
+      opt_state=jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), abstract.opt_state))
+  meanflow_official.write_workdir(saved, mae, str(tmp_path / "mae"))
+  config.drifting.feature_encoder_workdir = str(tmp_path / "mae")
+
+  def stand_in_loss(params, real, classes, key):
+    del real, classes, key
+    return sum(jnp.sum(jnp.square(p)) for p in jax.tree_util.tree_leaves(params)), {}
+
+  with jax.default_prng_impl("rbg"):  # Initialising both placeholders: quick to compile with rbg.
+    state = train.train_and_evaluate(config, str(tmp_path / "run"), objective=stand_in_loss)
+  assert int(state.step) == 1
+  flat = lambda tree: traverse_util.flatten_dict(jax.device_get(tree), sep="/")
+  with np.load(config.drifting.convnext_path) as f:
+    pairs = [(flat(state.aux["convnext"]["params"]), {k: f[k] for k in f.files})]
+  pairs.append((flat(state.aux["encoder"]), flat(saved.ema_params[0])))
+  for got, want in pairs:
+    assert sorted(got) == sorted(want)
+    for k, v in want.items():
+      np.testing.assert_array_equal(got[k], v, err_msg=k)
 
 
 @pytest.mark.parametrize("name,dims", [("imagenet_drift_pixel_b16", (12, 768, 12, 16)),
