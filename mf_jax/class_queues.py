@@ -11,9 +11,14 @@ enough. All functions are pure and jit-able; the trainer refills the queues from
 A queue with one row (num_classes = 1) fed through `push_any` is the unconditional bank: the most
 recent real samples of any class, from which guidance negatives are drawn.
 
-On a mesh (`shardings`) the samples are split over all devices along the class axis (or the slot
-axis when the device count does not divide the classes), so 1000 classes are held once per mesh,
-not once per device; XLA moves what a step draws to the devices that need it.
+On a mesh (`shardings`) the samples are split over all devices along an axis of the sample itself
+(image rows first), so 1000 classes are held once per mesh, not once per device, and every device
+holds a slice of every stored sample: a push writes and a draw reads each device's own slice, and
+the one all-to-all that regroups the result by example (push) or by class (draw) sends 1/N of its
+bytes per device. Split by class or slot instead, a draw is a masked read on every device summed
+across devices: an all-reduce of the whole draw [N_c, num, *sample_shape] on each device (12.9 GB
+per step, 24x the parameter bytes, for the pixel SOTA config at 64 chips; benchmarks/RESULTS.md).
+Only when the device count divides no sample axis is the class or slot axis split (or none).
 """
 from typing import NamedTuple, Sequence
 
@@ -75,8 +80,10 @@ def push_any(queues: ClassQueues, samples: Array, labels: Array) -> ClassQueues:
 
 
 def shardings(mesh: Mesh, queues: ClassQueues) -> ClassQueues:
-  """NamedShardings for queues (arrays or ShapeDtypeStructs): samples spread over all devices."""
-  spec = sharding_lib.spread_spec(queues.samples.shape, mesh, dims=(0, 1))
+  """NamedShardings for queues (arrays or ShapeDtypeStructs): samples spread over all devices
+  along the first sample axis the device count divides (see the module docstring)."""
+  sample_axes = tuple(range(2, len(queues.samples.shape)))
+  spec = sharding_lib.spread_spec(queues.samples.shape, mesh, dims=sample_axes + (0, 1))
   replicated = NamedSharding(mesh, P())
   return ClassQueues(NamedSharding(mesh, spec), replicated, replicated)
 
