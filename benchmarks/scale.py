@@ -59,6 +59,7 @@ if __name__ == "__main__":
 
 # pylint: disable=wrong-import-position
 import glob  # noqa: E402
+import gzip  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -198,10 +199,14 @@ def param_bytes(params) -> int:
   return int(sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(params)))
 
 
-def measure_train(config, mesh) -> dict:
-  """FLOPs, memory and collectives of one train step on `mesh` (figures per device)."""
+def measure_train(config, mesh, hlo_path: str = "") -> dict:
+  """FLOPs, memory and collectives of one train step on `mesh` (figures per device); hlo_path:
+  also write the compiled HLO text there (gzip), to re-read its accounting without a compile."""
   t0 = time.perf_counter()
   compiled, state = compile_train_step(config, mesh)
+  if hlo_path:
+    with gzip.open(hlo_path, "wt") as f:
+      f.write(compiled.as_text())
   images = images_per_step(config)
   out = {"compile_s": time.perf_counter() - t0, "images_per_step": images,
          **xla_accounting.step_accounting(compiled)}
@@ -238,7 +243,7 @@ def fit_batch(config, mesh, measured: dict, device_memory_gb: float) -> dict:
 
 def measure(config, devices=None, fsdp: int = 1, mfu: float = 0.4, sample: bool = True,
             fit: bool = False, device_memory_gb: float = 80.0, feature_encoder: bool = True,
-            floor: bool = False) -> dict:
+            floor: bool = False, hlo_path: str = "") -> dict:
   """Every figure of one (config, device count, FSDP size) as a JSON-ready dict."""
   # Before prepare_config names a placeholder encoder workdir; compiling reads no files.
   config_checks.validate_static(config)
@@ -247,7 +252,7 @@ def measure(config, devices=None, fsdp: int = 1, mfu: float = 0.4, sample: bool 
   mesh = sharding_lib.make_mesh(fsdp, devices)
   m = config.model
   try:
-    train = measure_train(config, mesh)
+    train = measure_train(config, mesh, hlo_path)
   except jax.errors.JaxRuntimeError as e:  # The TPU compiler refuses a step that overflows HBM.
     overflow = xla_accounting.hbm_overflow(str(e))
     if overflow is None:
@@ -340,6 +345,7 @@ flags.DEFINE_bool("floor", False, "Guided MeanFlow: also compile the unguided st
 flags.DEFINE_float("device_memory_gb", 80.0, "Device memory for --fit, in GB (1e9 bytes).")
 flags.DEFINE_bool("feature_encoder", True, "Drifting on images: include the frozen MAE encoder.")
 flags.DEFINE_string("out", "", "Also write the JSON object to this file.")
+flags.DEFINE_string("hlo_out", "", "Also write the train step's compiled HLO text (gzip) here.")
 flags.DEFINE_bool("all", False, "Every ImageNet and CIFAR config at --all_devices, in subprocesses.")
 flags.DEFINE_list("all_devices", ["8", "64"], "Device counts for --all.")
 flags.DEFINE_list("all_configs", [], "Configs for --all (default: configs/imagenet_*.py, "
@@ -415,7 +421,7 @@ def main(argv):
   out = measure(config, devices=devices, fsdp=fsdp, mfu=FLAGS.mfu, sample=FLAGS.sample,
                 fit=FLAGS.fit,
                 device_memory_gb=FLAGS.device_memory_gb, feature_encoder=FLAGS.feature_encoder,
-                floor=FLAGS.floor)
+                floor=FLAGS.floor, hlo_path=FLAGS.hlo_out)
   text = json.dumps(out, indent=1)
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:

@@ -112,11 +112,32 @@ def _executions(comps, use_trip_counts: bool = True):
       callees = _CALLEE_RE.findall(args)
       for group in _CALLEE_SET_RE.findall(args):
         callees += re.findall(r"%([\w.\-]+)", group)
-      trip = _TRIP_RE.search(args) if op == "while" and use_trip_counts else None
+      trip = _trip_count(comps, args) if op == "while" and use_trip_counts else 1
       for callee in callees:
         if callee in runs:
-          runs[callee] += runs[name] * (int(trip.group(1)) if trip else 1)
+          runs[callee] += runs[name] * trip
   return runs
+
+
+def _trip_count(comps, while_args: str) -> int:
+  """A while loop's trip count: XLA's known_trip_count annotation (CPU), else a condition
+  `i < N` against an integer constant N (the TPU compiler prints no annotation; lax.scan, map and
+  fori_loop count i from 0 in steps of 1); 1 when neither is found."""
+  known = _TRIP_RE.search(while_args)
+  if known:
+    return int(known.group(1))
+  cond = re.search(r"\bcondition=%([\w.\-]+)", while_args)
+  comp = comps.get(cond.group(1)) if cond else None
+  if comp is None:
+    return 1
+  constants = {name: re.match(r"\s*(-?\d+)\)", args) for name, type_text, op, args in
+               comp["instrs"] if op == "constant" and re.match(r"[su]32\[\]", type_text)}
+  for _, _, op, args in comp["instrs"]:
+    if op == "compare" and "direction=LT" in args:
+      bound = constants.get((_operand_names(args) + [None, None])[1])
+      if bound:
+        return int(bound.group(1))
+  return 1
 
 
 def _conv_flops(type_text: str, args: str, types) -> int:
@@ -171,8 +192,8 @@ def loop_flops(hlo_text: str) -> dict:
         missing += (runs[name] - once[name]) * _dot_flops(type_text, args, comp["types"])
       elif op == "convolution":
         missing += (runs[name] - once[name]) * _conv_flops(type_text, args, comp["types"])
-  trips = [int(t) for c in comps.values() for _, _, op, args in c["instrs"] if op == "while"
-           for t in _TRIP_RE.findall(args)]
+  trips = [_trip_count(comps, args) for c in comps.values() for _, _, op, args in c["instrs"]
+           if op == "while"]
   return {"missing_flops": float(missing), "loops": trips}
 
 

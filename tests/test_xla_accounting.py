@@ -1,6 +1,8 @@
 """benchmarks/xla_accounting.py against XLA itself: loop iterations that cost_analysis() counts
 once are added back, convolutions are counted as XLA counts them, and collectives inside a loop
 count once per iteration."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,3 +73,14 @@ def test_collectives_inside_a_loop_count_per_iteration():
   reduced = xla_accounting.collectives(compiled.as_text())["all-reduce"]
   assert reduced["count"] == TRIPS
   assert reduced["operand_bytes"] == TRIPS * 32 * 32 * 4
+
+
+def test_tpu_loops_without_a_trip_count_annotation():
+  """The TPU compiler prints no known_trip_count: the count comes from the loop condition i < 6.
+  tests/golden/tpu_v5p_scan_hlo.txt is scripts/make_tpu_scan_hlo.py's output (libtpu AOT compile
+  of a 6-step scan of a [256, 512] x [512, 512] matmul, which TPU HLO writes as a convolution)."""
+  path = os.path.join(os.path.dirname(__file__), "golden", "tpu_v5p_scan_hlo.txt")
+  with open(path) as f:
+    loops = xla_accounting.loop_flops(f.read())
+  assert loops["loops"] == [6]
+  assert loops["missing_flops"] == 5 * 2 * 256 * 512 * 512
