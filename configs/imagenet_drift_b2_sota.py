@@ -20,8 +20,11 @@ MAE_640 = dict(arch="release", widths=(640, 1280, 2560, 5120), layers=(3, 4, 6, 
 def get_config(variant="B/2", alpha_power=5.0, weight_decay=0.0, push_per_step=4096):
   config = imagenet_drift_ablation.get_config()
   config.model.update(variant=variant, attn_fp32=False)  # The release's latent SOTA: bf16 attention.
+  # Memory plan: 128 classes over 8 chips are 16 per chip, too many for one pass (126 GB of
+  # temporaries per chip): 4 passes of 4 classes (49.6 GB per chip for B/2 on TPU v5p, see
+  # benchmarks/RESULTS.md). From 32 chips on a chip holds <= 4 classes and takes one pass.
   config.drifting.update(classes_per_step=128, num_pos=64, num_neg=64, num_unc=32,
-                         alpha_power=alpha_power)
+                         alpha_power=alpha_power, accum_classes_per_device=4)
   config.mae.update(MAE_640)
   config.optim.update(learning_rate=4e-4, warmup_steps=10_000, weight_decay=weight_decay)
   config.train.update(global_batch_size=push_per_step, num_steps=200_000)

@@ -33,7 +33,10 @@ def get_config(variant="B/16", learning_rate=2e-4):
   config.model.update(variant=variant)  # dit_modern, bf16, remat: from the ablation config.
   config.drifting.update(classes_per_step=128, num_pos=128, num_neg=64, num_unc=32,
                          queue_len=128, uncond_queue_len=1000, alpha_power=5.0,
-                         no_guidance_frac=0.0, use_convnext=True)
+                         no_guidance_frac=0.0, use_convnext=True,
+                         # Memory plan: 2 classes per chip per pass (8 passes on 8 chips, one
+                         # from 64 chips on); see benchmarks/RESULTS.md.
+                         accum_classes_per_device=2)
   # The release's pixel MAE-640: 8 x 8 space-to-depth input, 2 x 2 mask patches of that grid.
   config.mae.update(imagenet_drift_b2_sota.MAE_640, input_patch_size=8, patch_size=2,
                     mask_ratio=0.5)
