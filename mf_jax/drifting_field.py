@@ -167,10 +167,23 @@ def field_units(dist_stats: Optional[Array], channels: int) -> Tuple[Array, Arra
           jnp.maximum(mean_dist / math.sqrt(channels), SCALE_FLOOR))
 
 
-def _unit_distances(x: Array, y: Array, dist_unit: Array, num_pos: int) -> Array:
-  """Distances [c, L, N, T] in units of D, self pairs (x_i as its own negative) at +inf."""
-  is_self = _self_mask(x.shape[2], num_pos, y.shape[2])
-  return jnp.where(is_self, jnp.inf, pairwise_distance(x, y) / dist_unit)
+def _per_class_forces(fn: Callable, phi_gen: Array, phi_pos: Array, phi_unc: Array,
+                      unc_weight: Array, units: Tuple[Array, Array], class_chunk: int,
+                      affinity_floor: float):
+  """fn(force, x) on `class_chunk` classes at a time (map_over_classes), where x [c, L, N, C] are
+  their generated features and force(tau) -> F_tau [c, L, N, C], in units of phi / s."""
+  x, y, w = _class_groups(phi_gen, phi_pos, phi_unc, unc_weight)
+  dist_unit, scale = units
+  p = phi_pos.shape[1]
+  is_self = _self_mask(x.shape[2], p, y.shape[2])
+
+  def per_chunk(x, y, w):
+    # Self pairs (x_i as its own negative) at +inf: masked in both softmaxes.
+    dist = jnp.where(is_self, jnp.inf, pairwise_distance(x, y) / dist_unit)
+    force = lambda tau: kernel_force(-dist / tau, x, y, w[:, None, None, :], p,
+                                     affinity_floor) / scale
+    return fn(force, x)
+  return map_over_classes(per_chunk, (x, y, w), class_chunk)
 
 
 def raw_forces(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array,
@@ -180,20 +193,15 @@ def raw_forces(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array
 
   Returns (F [N_c, R, L, N, C], sum of F^2 over these classes [R]); R = len(temperatures).
   """
-  x, y, w = _class_groups(phi_gen, phi_pos, phi_unc, unc_weight)
-  dist_unit, scale = units
-  p = phi_pos.shape[1]
-  temps = jnp.asarray(temperatures, x.dtype)
-
-  def forces(x, y, w):
-    dist, w = _unit_distances(x, y, dist_unit, p), w[:, None, None, :]
+  temps = jnp.asarray(temperatures, jnp.promote_types(phi_gen.dtype, jnp.float32))
+  def stacked(force, x):
     def one_temperature(tau):  # One traced body for all temperatures keeps the program small.
-      f = kernel_force(-dist / tau, x, y, w, p, affinity_floor) / scale
+      f = force(tau)
       return f, jnp.sum(jnp.square(f), axis=(1, 2, 3))
     f, sq = jax.lax.map(one_temperature, temps)  # [R, c, L, N, C], [R, c]
     return jnp.swapaxes(f, 0, 1), jnp.swapaxes(sq, 0, 1)
-
-  f, sq = map_over_classes(forces, (x, y, w), class_chunk)  # [N_c, R, L, N, C], [N_c, R]
+  f, sq = _per_class_forces(stacked, phi_gen, phi_pos, phi_unc, unc_weight, units, class_chunk,
+                            affinity_floor)
   return f, jnp.sum(sq, axis=0)
 
 
@@ -201,17 +209,12 @@ def force_square_sums(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight
                       temperatures: Sequence[float], units: Tuple[Array, Array],
                       class_chunk: int = 0, affinity_floor: float = 0.0) -> Array:
   """raw_forces' sums of squares [R] alone: one temperature's force in memory at a time."""
-  x, y, w = _class_groups(phi_gen, phi_pos, phi_unc, unc_weight)
-  dist_unit, scale = units
-  p = phi_pos.shape[1]
-
-  def sums(x, y, w):
-    dist, w = _unit_distances(x, y, dist_unit, p), w[:, None, None, :]
-    square_sum = lambda tau: jnp.sum(jnp.square(
-        kernel_force(-dist / tau, x, y, w, p, affinity_floor) / scale), axis=(1, 2, 3))
-    return jnp.swapaxes(jax.lax.map(square_sum, jnp.asarray(temperatures, x.dtype)), 0, 1)
-
-  return jnp.sum(map_over_classes(sums, (x, y, w), class_chunk), axis=0)
+  temps = jnp.asarray(temperatures, jnp.promote_types(phi_gen.dtype, jnp.float32))
+  def sums(force, x):
+    square_sum = lambda tau: jnp.sum(jnp.square(force(tau)), axis=(1, 2, 3))
+    return jnp.swapaxes(jax.lax.map(square_sum, temps), 0, 1)  # [c, R]
+  return jnp.sum(_per_class_forces(sums, phi_gen, phi_pos, phi_unc, unc_weight, units,
+                                   class_chunk, affinity_floor), axis=0)
 
 
 def normalized_field(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight: Array,
@@ -220,20 +223,13 @@ def normalized_field(phi_gen: Array, phi_pos: Array, phi_unc: Array, unc_weight:
                      affinity_floor: float = 0.0) -> Array:
   """V [N_c, N, L, C] = sum over tau of F_tau / max(rms_tau, 1e-4) (rms None: plain sum), the
   temperatures accumulated one at a time (combine_temperatures(raw_forces(...)) in less memory)."""
-  x, y, w = _class_groups(phi_gen, phi_pos, phi_unc, unc_weight)
-  dist_unit, scale = units
-  p = phi_pos.shape[1]
-  temps = jnp.asarray(temperatures, x.dtype)
-  divisors = jnp.ones_like(temps) if rms is None else jnp.maximum(rms, RMS_FLOOR).astype(x.dtype)
-
-  def field(x, y, w):
-    dist, w = _unit_distances(x, y, dist_unit, p), w[:, None, None, :]
-    def add(v, tau_and_divisor):
-      tau, divisor = tau_and_divisor
-      return v + kernel_force(-dist / tau, x, y, w, p, affinity_floor) / scale / divisor, None
+  temps = jnp.asarray(temperatures, jnp.promote_types(phi_gen.dtype, jnp.float32))
+  divisors = jnp.ones_like(temps) if rms is None else jnp.maximum(rms, RMS_FLOOR).astype(temps.dtype)
+  def field(force, x):
+    add = lambda v, tau_and_divisor: (v + force(tau_and_divisor[0]) / tau_and_divisor[1], None)
     return jax.lax.scan(add, jnp.zeros_like(x), (temps, divisors))[0]
-
-  return jnp.swapaxes(map_over_classes(field, (x, y, w), class_chunk), 1, 2)
+  return jnp.swapaxes(_per_class_forces(field, phi_gen, phi_pos, phi_unc, unc_weight, units,
+                                        class_chunk, affinity_floor), 1, 2)
 
 
 def field_rms(square_sums: Array, entries: float) -> Array:
