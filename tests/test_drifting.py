@@ -219,20 +219,25 @@ def _loss_and_grad(model, config, params, real, labels, key, constrain=lambda t:
   return loss, metrics, grads
 
 
-def test_sharded_chunked_loss_and_grad_match_single_device(x64):
-  """8 devices with the kernel in chunks compute the 1-device numbers: exact, so in float64."""
-  devices = jax.devices()
-  assert len(devices) == 8, "tests/conftest.py should simulate 8 CPU devices"
-  n_c, n_pos = 8, 6
+def _float64_problem(n_c: int, n_pos: int, width: int):
+  """A float64 MLP generator of 2-D points, one cluster of n_pos positives per class, guidance on:
+  (config, model, params, real [n_c, n_pos, 2], labels [n_c])."""
   config = drifting.default_config()
   config.num_neg, config.num_unc, config.noise_shape = 4, 3, (4,)
-  model = MLP(out_dim=2, hidden_widths=(32, 32), condition_names=("alpha",), num_classes=n_c,
-              embed_dim=8, dtype=jnp.float64)
+  model = MLP(out_dim=2, hidden_widths=(width, width), condition_names=("alpha",),
+              num_classes=n_c, embed_dim=8, dtype=jnp.float64)
   params = jax.jit(model.init)(fast_key(0), jnp.zeros((1, 4)), (jnp.ones((1,)),),
                                jnp.zeros((1,), jnp.int32))
   params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
   real = jax.random.normal(jax.random.key(1), (n_c, n_pos, 2)) + jnp.arange(n_c)[:, None, None]
-  labels = jnp.arange(n_c, dtype=jnp.int32)
+  return config, model, params, real, jnp.arange(n_c, dtype=jnp.int32)
+
+
+def test_sharded_chunked_loss_and_grad_match_single_device(x64):
+  """8 devices with the kernel in chunks compute the 1-device numbers: exact, so in float64."""
+  devices = jax.devices()
+  assert len(devices) == 8, "tests/conftest.py should simulate 8 CPU devices"
+  config, model, params, real, labels = _float64_problem(n_c=8, n_pos=6, width=32)
   key = jax.random.key(2)
 
   single = jax.jit(lambda p, r, y, k: _loss_and_grad(model, config, p, r, y, k))
@@ -270,16 +275,7 @@ def _two_feature_sets(x):
 def test_accumulated_gradient_equals_one_pass(x64, num_devices, accum_steps):
   """drifting_value_and_grad in accum_steps passes of the classes (sharded or not) gives the
   one-pass loss, metrics and gradient with the same draws: exact, so compared in float64."""
-  n_c, n_pos = 16, 5
-  config = drifting.default_config()
-  config.num_neg, config.num_unc, config.noise_shape = 4, 3, (4,)
-  model = MLP(out_dim=2, hidden_widths=(16, 16), condition_names=("alpha",), num_classes=n_c,
-              embed_dim=8, dtype=jnp.float64)
-  params = jax.jit(model.init)(fast_key(0), jnp.zeros((1, 4)), (jnp.ones((1,)),),
-                               jnp.zeros((1,), jnp.int32))
-  params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
-  real = jax.random.normal(jax.random.key(1), (n_c, n_pos, 2)) + jnp.arange(n_c)[:, None, None]
-  labels = jnp.arange(n_c, dtype=jnp.int32)
+  config, model, params, real, labels = _float64_problem(n_c=16, n_pos=5, width=16)
   mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))
   batch, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   constrain = lambda t: jax.lax.with_sharding_constraint(t, batch)
