@@ -61,7 +61,7 @@ def results_table(rows) -> str:
       lines.append(_overflow_line(name, r8, r64, overflow))
       continue
     t, c = r8["train"], r8["config"]
-    method = _method(c)
+    method = _method(c) + (" (CPU compile)" if r8.get("platform") == "cpu" else "")
     sample = r8.get("sample_1nfe")
     largest = t.get("fit", {}).get("largest_batch_per_device") or fitting_batch(r8, r64)
     if c.get("accum_passes", 1) != r64.get("config", c).get("accum_passes", 1):
