@@ -93,6 +93,17 @@ def unet_model(config) -> SongUNet:
                   augment_dim=augment.LABEL_DIM if config.augment.enabled else 0)
 
 
+def frozen_encoder_variables(variables):
+  """MAE variables {"params": {...}} without the release MAE's pretraining heads.
+
+  The drifting features come from the MAE's `encoder` submodule; MAEResNet's `decoder` and
+  `classifier` only serve pretraining, so the drifting state does not carry them (2.2 GB per
+  device for the release's MAE-640). MaskedAutoencoder's small decoder stays: its setup creates
+  the mask token eagerly, so its variables are kept whole."""
+  params = {k: v for k, v in variables["params"].items() if k not in ("decoder", "classifier")}
+  return {"params": params}
+
+
 def mae_model(config) -> nn.Module:
   """The feature encoder of config.mae: MaskedAutoencoder, or MAEResNet for arch='release'."""
   e = config.mae
@@ -204,7 +215,8 @@ def init_state(config, model, optimizer, key) -> TrainState:
     if config.drifting.feature_encoder_workdir:  # A placeholder of the right shapes; see train.py.
       mae = config.copy_and_resolve_references()
       mae.method = "mae"
-      encoder = frozen_placeholder(mae_model(mae).init, key, *example_inputs(mae))
+      encoder = frozen_encoder_variables(
+          frozen_placeholder(mae_model(mae).init, key, *example_inputs(mae)))
     shape = (d.image_size, d.image_size, d.channels)
     aux = {"queues": class_queues.init(max(d.num_classes, 1), config.drifting.queue_len, shape),
            "uncond_queue": (class_queues.init(1, config.drifting.uncond_queue_len, shape)
