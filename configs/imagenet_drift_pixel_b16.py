@@ -34,9 +34,11 @@ def get_config(variant="B/16", learning_rate=2e-4):
   config.drifting.update(classes_per_step=128, num_pos=128, num_neg=64, num_unc=32,
                          queue_len=128, uncond_queue_len=1000, alpha_power=5.0,
                          no_guidance_frac=0.0, use_convnext=True,
-                         # Memory plan: 2 classes per chip per pass (8 passes on 8 chips, one
-                         # from 64 chips on); see benchmarks/RESULTS.md.
-                         accum_classes_per_device=2)
+                         # Memory plan for 8 chips of 80 GB: one class per chip per pass (16
+                         # passes: 76.9 GB per chip on TPU v5p; 2 per pass need 90.7). On 64
+                         # chips, set 2 for one pass (2 classes per chip: about half the FLOPs).
+                         # See benchmarks/RESULTS.md.
+                         accum_classes_per_device=1)
   # The release's pixel MAE-640: 8 x 8 space-to-depth input, 2 x 2 mask patches of that grid.
   config.mae.update(imagenet_drift_b2_sota.MAE_640, input_patch_size=8, patch_size=2,
                     mask_ratio=0.5)
