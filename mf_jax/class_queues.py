@@ -19,16 +19,38 @@ bytes per device. Split by class or slot instead, a draw is a masked read on eve
 across devices: an all-reduce of the whole draw [N_c, num, *sample_shape] on each device (12.9 GB
 per step, 24x the parameter bytes, for the pixel SOTA config at 64 chips; benchmarks/RESULTS.md).
 Only when the device count divides no sample axis is the class or slot axis split (or none).
+
+Storage: float32, or uint8 for 8-bit pixel data (x = v / 127.5 - 1 with v in 0..255, as the pixel
+and CIFAR-10 pipelines make it): a 4x smaller bank (12.6 -> 3.1 GB per chip for the pixel SOTA
+configs on 8 chips). A push stores v = round(127.5 (x + 1)) and a draw maps v back through
+`PIXEL_LEVELS`, computed as the pipelines compute x, so a drawn sample is bit-identical to the
+pushed one on every platform. Values off that grid would be rounded to it: config_checks allows
+uint8 only for those data sets.
 """
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mf_jax import sharding as sharding_lib
 
 Array = jax.Array
+
+STORAGE_DTYPES = {"float32": jnp.float32, "uint8": jnp.uint8}
+# x of each 8-bit level v, as input_pipeline.pixels.to_batch and cifar10 compute it (float32).
+PIXEL_LEVELS = np.arange(256, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def pixel_levels(x: Array) -> Array:
+  """x in [-1, 1] on the 8-bit grid -> uint8 v with x = PIXEL_LEVELS[v] (nearest level)."""
+  return jnp.clip(jnp.round((x.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def pixel_values(v: Array) -> Array:
+  """uint8 levels -> float32 x = PIXEL_LEVELS[v] (a table, not arithmetic: exact everywhere)."""
+  return jnp.asarray(PIXEL_LEVELS)[v.astype(jnp.int32)]
 
 
 class ClassQueues(NamedTuple):
@@ -39,7 +61,7 @@ class ClassQueues(NamedTuple):
 
 def init(num_classes: int, queue_len: int, sample_shape: Sequence[int],
          dtype=jnp.float32) -> ClassQueues:
-  """Empty queues."""
+  """Empty queues storing samples as `dtype`: float32, or uint8 for 8-bit pixels (see above)."""
   if num_classes < 1 or queue_len < 1:
     raise ValueError(f"class queues need num_classes >= 1 and queue_len >= 1, got {num_classes} and "
                      f"{queue_len}.")
@@ -69,7 +91,9 @@ def push(queues: ClassQueues, samples: Array, labels: Array) -> ClassQueues:
   keep = valid & (rank >= added[safe] - queue_len)
   slot = (queues.write_pos[safe] + rank) % queue_len
   row = jnp.where(keep, safe, num_classes)  # Out of range: dropped by the scatter.
-  new = queues.samples.at[row, slot].set(samples.astype(queues.samples.dtype), mode="drop")
+  stored = (pixel_levels(samples) if queues.samples.dtype == jnp.uint8
+            else samples.astype(queues.samples.dtype))
+  new = queues.samples.at[row, slot].set(stored, mode="drop")
   return ClassQueues(new, (queues.write_pos + added) % queue_len,
                      jnp.minimum(queues.count + added, queue_len))
 
@@ -89,7 +113,8 @@ def shardings(mesh: Mesh, queues: ClassQueues) -> ClassQueues:
 
 
 def draw(queues: ClassQueues, key: Array, classes: Array, num: int) -> Array:
-  """num samples of each of the given classes [N_c] -> [N_c, num, *sample_shape].
+  """num samples of each of the given classes [N_c] -> [N_c, num, *sample_shape] (float32 when
+  stored as uint8).
 
   Uniform without replacement among the stored samples of the class; if fewer than num are stored,
   the random order repeats (samples appear more than once). A class with no samples yields zeros:
@@ -105,6 +130,8 @@ def draw(queues: ClassQueues, key: Array, classes: Array, num: int) -> Array:
   age = jnp.take_along_axis(order, picks, axis=1)  # [N_c, num]
   slot = (queues.write_pos[classes][:, None] - 1 - age) % queue_len
   out = queues.samples[classes[:, None], slot]
+  if out.dtype == jnp.uint8:
+    out = pixel_values(out)
   empty = (count == 0).reshape((-1, 1) + (1,) * (out.ndim - 2))
   return jnp.where(empty, jnp.zeros_like(out), out)
 

@@ -16,11 +16,12 @@ from typing import Callable, Optional
 import jax
 
 import input_pipeline
-from mf_jax import drifting, generate, meanflow, workdir_signature
+from mf_jax import class_queues, drifting, generate, meanflow, workdir_signature
 from mf_jax.models.dit import ATTENTION_IMPLS, parse_variant
 from mf_jax.train_state import DTYPES, build_model
 
 METHODS = ("meanflow", "drifting", "mae")
+PIXEL_DATA = ("imagenet_pixels", "cifar10")  # Samples x = v / 127.5 - 1 of 8-bit levels v.
 MODES = ("train", "sample", "eval")
 
 
@@ -177,6 +178,8 @@ FIELDS = {
     "drifting.classes_per_step": (POSITIVE, "at most data.num_classes, e.g. 64"),
     "drifting.num_pos": (POSITIVE, "at most drifting.queue_len, e.g. 64"),
     "drifting.queue_len": (POSITIVE, "e.g. 128"),
+    "drifting.bank_dtype": (choice(*class_queues.STORAGE_DTYPES),
+                            "float32, or uint8 for 8-bit pixel data (imagenet_pixels, cifar10)"),
     "drifting.feature_encoder_workdir": (text(), "the workdir of a method='mae' run, or ''"),
     "drifting.use_convnext": (boolean(), "False, or True for ConvNeXt-V2 features (pixel data)"),
     "drifting.convnext_path": (text(), "the .npz of `python -m mf_jax.convert.drifting "
@@ -403,6 +406,10 @@ def _objective(config):
     if not 1 <= d.num_pos <= d.queue_len:
       raise ConfigError(f"drifting.num_pos={d.num_pos} must lie in [1, drifting.queue_len="
                         f"{d.queue_len}].")
+    if d.bank_dtype == "uint8" and config.data.name not in PIXEL_DATA:
+      raise ConfigError(f"drifting.bank_dtype='uint8' stores 8-bit pixels, which data.name="
+                        f"{config.data.name!r} does not give (only {' and '.join(PIXEL_DATA)} do): "
+                        "set drifting.bank_dtype='float32'.")
     enc = d.feature_encoder_workdir
     if enc and not os.path.isdir(os.path.join(enc, "checkpoints")):
       raise ConfigError(f"drifting.feature_encoder_workdir={enc!r} holds no checkpoints/ folder: "

@@ -169,7 +169,8 @@ def load_feature_encoder(config, shardings):
                             "pretrain one with the same config's mae section and method='mae'.")
   logging.info("Feature encoder: MAE step %d from %s.", int(restored.step), workdir)
   params = restored.ema_params[0] if restored.ema_params else restored.params
-  return jax.device_put(ts.frozen_encoder_variables(params), shardings.aux["encoder"])
+  return jax.device_put(ts.frozen_encoder_variables(params, ts.DTYPES[mae.mae.compute_dtype]),
+                        shardings.aux["encoder"])
 
 
 def load_convnext(config, shardings):

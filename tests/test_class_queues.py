@@ -110,3 +110,32 @@ def test_fill_from_class_ordered_latent_shards(tmp_path):
   state, _ = ts.create_sharded_state(config, model, opt, mesh, jax.random.key(0))
   with pytest.raises(ValueError, match=r"drifting.fill_max_examples=16: after 16 examples"):
     train.fill_class_queues(config, state, mesh, shardings)
+
+
+def test_uint8_bank_returns_the_pipelines_pixels_bit_for_bit():
+  """A uint8 bank (drifting.bank_dtype) fed the pixel pipeline's float32 images draws exactly the
+  float32 bank's samples: every 8-bit level survives the round trip, on the jitted path."""
+  from input_pipeline import pixels  # pylint: disable=import-outside-toplevel
+  levels = np.arange(256, dtype=np.uint8)
+  # The table is each pipeline's own formula: pixels.to_batch and cifar10's.
+  np.testing.assert_array_equal(class_queues.PIXEL_LEVELS,
+                                pixels.to_batch(levels[:, None, None, None], levels, levels)["x"]
+                                .ravel())
+  np.testing.assert_array_equal(class_queues.PIXEL_LEVELS, levels.astype(np.float32) / 127.5 - 1.0)
+  rng = np.random.default_rng(0)
+  images = rng.permutation(np.tile(levels, 6)).reshape(24, 4, 4, 4)  # Each level 6 times.
+  x = jnp.asarray(pixels.to_batch(images, np.zeros(24), np.arange(24))["x"])
+  labels = jnp.asarray(rng.integers(0, 3, 24))
+  push = jax.jit(class_queues.push)
+  banks = {dtype: push(class_queues.init(3, 10, (4, 4, 4), dtype), x, labels)
+           for dtype in (jnp.float32, jnp.uint8)}
+  assert banks[jnp.uint8].samples.dtype == jnp.uint8
+  stored = np.arange(10)[None] < np.asarray(banks[jnp.uint8].count)[:, None]  # [class, slot]
+  np.testing.assert_array_equal(  # The bank holds the 8-bit levels themselves.
+      np.asarray(banks[jnp.uint8].samples)[stored],
+      np.round((np.asarray(banks[jnp.float32].samples)[stored] + 1) * 127.5).astype(np.uint8))
+  draw = jax.jit(class_queues.draw, static_argnums=3)
+  got, want = (draw(banks[d], jax.random.key(1), jnp.arange(3), 10) for d in (jnp.uint8, jnp.float32))
+  assert got.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert len(np.unique(np.asarray(got))) > 200  # The draws hold (almost) every level.

@@ -287,3 +287,36 @@ def test_cli_converts_hugging_face_convnext_into_the_file_drifting_reads(tmp_pat
     np.testing.assert_array_equal(got[k], np.asarray(v, np.float32))
   with pytest.raises(FileNotFoundError, match="holds neither model.safetensors nor pytorch_model"):
     cli.convert_convnext_to_file(str(tmp_path), config, out)
+
+
+@pytest.mark.parametrize("arch", ["resnet", "release"])
+def test_frozen_encoder_stored_in_bfloat16_gives_the_same_features(arch):
+  """The drifting state stores a bf16 MAE's kernels in bf16 (ts.frozen_encoder_variables): the
+  features equal, bit for bit, those of the float32 variables, because each convolution casts its
+  kernel to bf16 anyway; the norms' parameters, used in float32, stay float32."""
+  config = tiny.get_config()
+  config.method = "drifting"
+  config.data.update(image_size=8, channels=4)
+  config.mae.update(arch=arch, compute_dtype="bfloat16", widths=(8, 16, 16, 16), layers=(1, 1, 1, 1),
+                    blocks_per_stage=1, groups=4, decoder_width=8)
+  mae = config.copy_and_resolve_references()
+  mae.method = "mae"
+  variables = ts.mae_model(mae).init(jax.random.key(0), *ts.example_inputs(mae))
+  rng = np.random.default_rng(0)  # Norm scales and biases away from 1 and 0, where bf16 would show.
+  variables = jax.tree_util.tree_map(
+      lambda a: np.asarray(a) + rng.normal(0, 0.3, a.shape).astype(np.float32), variables)
+  stored = ts.frozen_encoder_variables(variables, jnp.bfloat16)
+  flat = traverse_util.flatten_dict(stored["params"]["encoder"], sep="/")
+  dtypes = {k: str(v.dtype) for k, v in flat.items()}
+  assert {d for k, d in dtypes.items() if k.endswith("kernel")} == {"bfloat16"}
+  assert {d for k, d in dtypes.items() if not k.endswith("kernel")} == {"float32"}
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 4)), jnp.float32)
+  features = jax.jit(lambda v, x: train_step.drifting_feature_fn(config, v)(x))
+  want = features(ts.frozen_encoder_variables(variables), x)
+  got = features(stored, x)
+  assert sorted(got) == sorted(want)
+  for k in want:
+    np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
+  # Rounding the norms' parameters too would change the features: the check can see bf16.
+  rounded = features(jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), stored), x)
+  assert any(np.any(np.asarray(rounded[k]) != np.asarray(want[k])) for k in want)

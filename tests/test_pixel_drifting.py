@@ -92,6 +92,9 @@ def test_tiny_pixel_drifting_trains_samples_and_scores_without_a_vae(pixel_data,
   workdir = str(tmp_path / "run")
   state = train.train_and_evaluate(config, workdir)
   assert int(state.step) == 2 and "convnext" not in state.aux
+  # The banks hold 8-bit pixels (drifting.bank_dtype="uint8", bit-exact: test_class_queues.py).
+  assert state.aux["queues"].samples.dtype == state.aux["uncond_queue"].samples.dtype == jnp.uint8
+  assert np.asarray(state.aux["queues"].samples).std() > 10  # Filled with images, not zeros.
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   losses = [r["loss"] for r in rows if "loss" in r]
   scores = [r["fd_pixels_1nfe"] for r in rows if "fd_pixels_1nfe" in r]
@@ -109,6 +112,10 @@ def test_tiny_pixel_drifting_trains_samples_and_scores_without_a_vae(pixel_data,
   latent = tiny_pixel_config(*pixel_data)
   latent.data.name = "imagenet_latents"
   latent.drifting.use_convnext = False  # Checked below.
+  with pytest.raises(ValueError, match=r"drifting\.bank_dtype='uint8' stores 8-bit pixels, which "
+                                       r"data\.name='imagenet_latents' does not give"):
+    config_checks.validate(latent)
+  latent.drifting.bank_dtype = "float32"
   with pytest.raises(ValueError, match=r"data\.name='imagenet_latents'\) needs data\.vae_path"):
     config_checks.validate(latent)
   config.data.image_size = SIZE + 1  # Records of another size: named before anything compiles.
@@ -214,14 +221,18 @@ def test_training_starts_from_the_saved_frozen_encoders(pixel_data, tmp_path):
   flat = lambda tree: traverse_util.flatten_dict(jax.device_get(tree), sep="/")
   with np.load(config.drifting.convnext_path) as f:
     pairs = [(flat(state.aux["convnext"]["params"]), {k: f[k] for k in f.files})]
-  # The MAE without its pretraining heads (decoder, classifier), which the features never read.
+  # The MAE without its pretraining heads (decoder, classifier), which the features never read,
+  # and with its convolution kernels in its compute dtype (bfloat16), as they are used.
   mae_params = dict(saved.ema_params[0]["params"])
-  assert {"decoder", "classifier"} <= set(mae_params)
+  assert {"decoder", "classifier"} <= set(mae_params) and config.mae.compute_dtype == "bfloat16"
   del mae_params["decoder"], mae_params["classifier"]
-  pairs.append((flat(state.aux["encoder"]), flat({"params": mae_params})))
+  want_mae = {k: v.astype(jnp.bfloat16) if k.endswith("/kernel") else v
+              for k, v in flat({"params": mae_params}).items()}
+  pairs.append((flat(state.aux["encoder"]), want_mae))
   for got, want in pairs:
     assert sorted(got) == sorted(want)
     for k, v in want.items():
+      assert got[k].dtype == v.dtype, k
       np.testing.assert_array_equal(got[k], v, err_msg=k)
 
 
@@ -233,6 +244,7 @@ def test_shipped_pixel_configs_pass_the_checks_without_a_vae(name, dims):
   assert config.data.name == "imagenet_pixels" and config.data.vae_path == ""
   # The release's pixel features: MAE-640 and ConvNeXt-V2-Base in float32; float32 attention.
   assert config.drifting.use_convnext and config.model.attn_fp32
+  assert config.drifting.bank_dtype == "uint8"  # 8-bit pixels: a quarter of the bank memory.
   assert (tuple(config.drifting.convnext_depths), tuple(config.drifting.convnext_dims),
           config.drifting.convnext_compute_dtype) == ((3, 3, 27, 3), (128, 256, 512, 1024),
                                                       "float32")
