@@ -333,7 +333,7 @@ def _ema_indices(config):
     raise ConfigError(f"sample.ema_index={config.sample.ema_index}: ema_decays="
                       f"{tuple(config.ema_decays)} has {n} entries, so the index must lie in "
                       f"[0, {n - 1}]; or set sample.use_ema=False." if n else
-                      f"sample.use_ema=True but ema_decays=() keeps no EMA copy: set "
+                      "sample.use_ema=True but ema_decays=() keeps no EMA copy: set "
                       "sample.use_ema=False or add a decay.")
 
 
