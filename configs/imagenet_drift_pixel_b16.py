@@ -37,9 +37,10 @@ def get_config(variant="B/16", learning_rate=2e-4):
                          # The banks as 8-bit pixels: 3.1 GB per chip on 8 chips, not 12.6.
                          bank_dtype="uint8",
                          # Memory plan for 8 chips of 80 GB: one class per chip per pass (16
-                         # passes: 76.9 GB per chip on TPU v5p; 2 per pass need 90.7). On 64
-                         # chips, set 2 for one pass (2 classes per chip: about half the FLOPs).
-                         # See benchmarks/RESULTS.md.
+                         # passes: 76.9 GB per chip on TPU v5p with float32 banks, L/16 52.2 GB
+                         # with the uint8 banks below; 2 per pass needed 90.7 with float32). On
+                         # 64 chips, set 2 for one pass (2 classes per chip: about half the
+                         # FLOPs). See benchmarks/RESULTS.md.
                          accum_classes_per_device=1)
   # The release's pixel MAE-640: 8 x 8 space-to-depth input, 2 x 2 mask patches of that grid.
   config.mae.update(imagenet_drift_b2_sota.MAE_640, input_patch_size=8, patch_size=2,
