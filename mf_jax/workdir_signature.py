@@ -1,4 +1,5 @@
-"""What a workdir was trained with: the shapes of its training state and the fields that set them.
+"""What a workdir was trained with: the shapes (and dtypes) of its training state and the fields
+that set them.
 
 Written once, by the first training start, to WORKDIR/state_signature.json. Every later start
 (training, sampling, evaluation) compares the config's state shapes with it before touching the
@@ -17,7 +18,8 @@ SHAPE_FIELDS = ("method", "data.image_size", "data.channels", "data.num_classes"
                 "model.variant", "model.depth", "model.hidden_size", "model.num_heads",
                 "model.mlp_widths", "model.cls_tokens", "model.noise_classes",
                 "model.noise_coords", "ema_decays", "optim.grad_clip", "drifting.queue_len",
-                "drifting.feature_encoder_workdir", "mae.widths", "mae.blocks_per_stage",
+                "drifting.bank_dtype", "drifting.feature_encoder_workdir", "mae.compute_dtype",
+                "mae.widths", "mae.blocks_per_stage",
                 "mae.groups", "mae.decoder_width", "mae.arch", "mae.layers",
                 "mae.input_patch_size", "meanflow.time_conditioning")
 

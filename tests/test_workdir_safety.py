@@ -99,6 +99,22 @@ def test_resume_with_other_width_changes_nothing_then_right_config_continues(wor
   assert steps == [2, 4, 6]  # Continued: no step logged twice.
 
 
+def test_resume_with_other_bank_dtype_is_refused_with_the_field_named(tmp_path):
+  """A drifting workdir whose banks were float32 cannot be resumed with uint8 banks (restoring
+  would cast the stored pixels to bytes): the dtype is part of the signature."""
+  config = tiny_config()
+  config.method = "drifting"
+  config.drifting.update(classes_per_step=2, num_pos=2, queue_len=4)
+  workdir_signature.write(config, str(tmp_path))
+  workdir_signature.check(config, str(tmp_path))  # The same config resumes.
+  config.drifting.bank_dtype = "uint8"
+  with pytest.raises(config_checks.ConfigError,
+                     match=r"drifting\.bank_dtype: workdir 'float32', this config 'uint8'.*"
+                           r"\.aux\['queues'\]\.samples: float32\[.*\] vs uint8\[.*"
+                           r"--config\.drifting\.bank_dtype=float32"):
+    workdir_signature.check(config, str(tmp_path))
+
+
 def test_bit_flipped_newest_checkpoint_is_set_aside_and_previous_used(workdir):
   flipped = flip_one_bit(os.path.join(workdir, "checkpoints", "4"))
   # An earlier set-aside copy of step 4 must not be nested into.
