@@ -93,7 +93,8 @@ def get_config() -> ml_collections.ConfigDict:
       num_pos=64,
       queue_len=128,  # Real samples kept per class on device.
       # How the queues store samples: "float32", or "uint8" for 8-bit pixel data (imagenet_pixels,
-      # cifar10): 4x less memory, and the drawn samples are bit-identical (mf_jax/class_queues.py).
+      # cifar10): 4x less memory; every 8-bit level is kept, and a draw is within 2^-24 of the
+      # float32 bank's (mf_jax/class_queues.py).
       bank_dtype="float32",
       # Guidance negatives (num_unc per class) are drawn from the most recent uncond_queue_len real
       # samples of any class; 0 draws them from the other classes of the step instead.
