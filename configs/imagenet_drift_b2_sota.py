@@ -21,8 +21,8 @@ def get_config(variant="B/2", alpha_power=5.0, weight_decay=0.0, push_per_step=4
   config = imagenet_drift_ablation.get_config()
   config.model.update(variant=variant, attn_fp32=False)  # The release's latent SOTA: bf16 attention.
   # Memory plan: 128 classes over 8 chips are 16 per chip, too many for one pass (126 GB of
-  # temporaries per chip): 4 passes of 4 classes (49.6 GB per chip for B/2 and 79.3 for L/2 on
-  # TPU v5p, see benchmarks/RESULTS.md). From 32 chips on a chip holds <= 4 classes and takes one
+  # temporaries per chip): 4 passes of 4 classes (49.6 GB per chip for B/2, measured before the
+  # MAE's kernels were stored in bf16, and 68.6 for L/2 on TPU v5p, see benchmarks/RESULTS.md). From 32 chips on a chip holds <= 4 classes and takes one
   # pass.
   config.drifting.update(classes_per_step=128, num_pos=64, num_neg=64, num_unc=32,
                          alpha_power=alpha_power, accum_classes_per_device=4)
