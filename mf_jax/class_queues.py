@@ -24,7 +24,7 @@ Storage: float32, or uint8 for 8-bit pixel data (x = v / 127.5 - 1 with v in 0..
 and CIFAR-10 pipelines make it): a 4x smaller bank (12.6 -> 3.1 GB per chip for the pixel SOTA
 configs on 8 chips). A push stores v = round(127.5 (x + 1)), which recovers every level exactly;
 a draw returns (v - 127.5) / 127.5 (`pixel_values`), which differs from the pipeline's float32
-value by at most 6e-8 (each rounds the same real number to float32 in its own way; half an ulp at
+value by at most 2^-24 (each rounds the same real number to float32 in its own way; half an ulp at
 1). Values off that grid would be rounded to it: config_checks allows uint8 only for those data
 sets.
 """
@@ -40,17 +40,15 @@ from mf_jax import sharding as sharding_lib
 Array = jax.Array
 
 STORAGE_DTYPES = {"float32": jnp.float32, "uint8": jnp.uint8}
-# x of each 8-bit level v, as input_pipeline.pixels.to_batch and cifar10 compute it (float32).
-PIXEL_LEVELS = np.arange(256, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 def pixel_levels(x: Array) -> Array:
-  """x in [-1, 1] on the 8-bit grid -> uint8 v with x = PIXEL_LEVELS[v] (nearest level)."""
+  """x in [-1, 1] -> uint8 v, the nearest level of x = v / 127.5 - 1."""
   return jnp.clip(jnp.round((x.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def pixel_values(v: Array) -> Array:
-  """uint8 levels -> float32 (v - 127.5) / 127.5, within 6e-8 of PIXEL_LEVELS[v].
+  """uint8 levels -> float32 (v - 127.5) / 127.5, within 2^-24 of the pipelines' v / 127.5 - 1.
 
   One exact subtraction and one rounded product, so every backend gives the same bits (a division
   by 127.5 would not: XLA rewrites it as a product by the reciprocal, others may not). Not a table lookup: on TPU a gather's
