@@ -51,8 +51,9 @@ def pixel_values(v: Array) -> Array:
   """uint8 levels -> float32 (v - 127.5) / 127.5, within 2^-24 of the pipelines' v / 127.5 - 1.
 
   One exact subtraction and one rounded product, so every backend gives the same bits (a division
-  by 127.5 would not: XLA rewrites it as a product by the reciprocal, others may not). Not a table lookup: on TPU a gather's
-  per-element index array is laid out padded (64 GiB per chip for the pixel SOTA draw)."""
+  by 127.5 would not: XLA rewrites it as a product by the reciprocal, others may not). Not a table
+  lookup: on TPU a gather's per-element index array is laid out padded (64 GiB per chip for the
+  pixel SOTA draw)."""
   return (v.astype(jnp.float32) - 127.5) * np.float32(1 / 127.5)
 
 
