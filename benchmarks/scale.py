@@ -69,7 +69,7 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mf_jax import config_checks, drifting, generate  # noqa: E402
+from mf_jax import config_checks, generate  # noqa: E402
 from mf_jax import sharding as sharding_lib  # noqa: E402
 from mf_jax import train_state as ts  # noqa: E402
 from mf_jax import train_step as step_lib  # noqa: E402
@@ -114,9 +114,7 @@ def abstract_batch(config, mesh):
 
 
 def images_per_step(config) -> int:
-  if config.method == "drifting":
-    return config.drifting.classes_per_step * config.drifting.num_neg
-  return config.train.global_batch_size
+  return ts.objective(config).images_per_step(config)
 
 
 def sample_batch_size(config, num_devices: int) -> int:
@@ -129,10 +127,11 @@ def sample_batch_size(config, num_devices: int) -> int:
 # Compilation.
 
 def prepare_config(config, feature_encoder: bool):
-  """A resolved copy; drifting gets a placeholder frozen encoder of the real shapes if asked."""
+  """A resolved copy; with feature_encoder, frozen networks the config leaves unset are compiled
+  as placeholders of the real shapes (e.g. drifting's MAE encoder)."""
   config = config.copy_and_resolve_references()
-  if config.method == "drifting" and feature_encoder and not config.drifting.feature_encoder_workdir:
-    config.drifting.feature_encoder_workdir = "(abstract encoder)"  # init_state makes a placeholder.
+  if feature_encoder:
+    config = ts.objective(config).with_frozen_placeholders(config)
   return config
 
 
@@ -181,9 +180,8 @@ def compile_train_step(config, mesh):
 
 
 def compile_sample_step(config, mesh, params):
-  """The 1-NFE sampler of generate.make_sampler, compiled for `mesh`; None for MAE."""
-  if config.method == "mae":
-    return None, 0
+  """The 1-NFE sampler of generate.make_sampler, compiled for `mesh`; None for a method that does
+  not sample (MAE)."""
   model = ts.build_model(config)
   b, d = sample_batch_size(config, mesh.size), config.data
   batch = sharding_lib.batch_sharding(mesh)
@@ -191,6 +189,8 @@ def compile_sample_step(config, mesh, params):
                                sharding=batch)
   labels = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=batch)
   sample_fn = generate.make_sampler(config, model, mesh)
+  if sample_fn is None:
+    return None, 0
   # num_steps=1, positionally: a jit with in_shardings takes no keyword arguments.
   return sample_fn.lower(params, noise, labels, 1).compile(compiler_options(mesh)), b
 
@@ -225,11 +225,7 @@ def fit_batch(config, mesh, measured: dict, device_memory_gb: float) -> dict:
   Per-device memory is affine in the per-device batch (state + per-sample activations), so two
   points give it. Drifting scales its classes per step (its generated batch); others the batch.
   """
-  bigger = config.copy_and_resolve_references()
-  if config.method == "drifting":
-    bigger.drifting.classes_per_step = 2 * config.drifting.classes_per_step
-  else:
-    bigger.train.global_batch_size = 2 * config.train.global_batch_size
+  bigger = ts.objective(config).grown_batch(config)
   second = measure_train(bigger, mesh)
   n = mesh.size
   b1, b2 = measured["images_per_step"] / n, second["images_per_step"] / n
@@ -267,13 +263,9 @@ def measure(config, devices=None, fsdp: int = 1, mfu: float = 0.4, sample: bool 
                  "compute_dtype": m.compute_dtype, "remat": bool(m.remat),
                  "global_batch": config.train.global_batch_size,
                  "image": [config.data.image_size, config.data.image_size, config.data.channels],
-                 "guided": config.method == "meanflow" and (
-                     config.meanflow.guidance_omega != 1.0 or config.meanflow.guidance_kappa != 0.0),
-                 "feature_encoder": bool(config.method == "drifting"
-                                         and config.drifting.feature_encoder_workdir),
-                 # Drifting's gradient-accumulation passes on this many devices (1 = one pass).
-                 "accum_passes": (drifting.accumulation_steps(config.drifting, len(devices))
-                                  if config.method == "drifting" else 1)},
+                 "guided": False, "feature_encoder": False, "accum_passes": 1,
+                 # The method's own facts (MeanFlow: guided; Drifting: frozen encoder, passes).
+                 **ts.objective(config).benchmark_facts(config, len(devices))},
       "devices": len(devices), "fsdp": fsdp, "jax": jax.__version__,
       "platform": devices[0].platform, "device_kind": devices[0].device_kind,
       "train": train,

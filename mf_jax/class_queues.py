@@ -62,6 +62,10 @@ class ClassQueues(NamedTuple):
   write_pos: Array  # [num_classes] int32: slot of the next write (the oldest sample once full).
   count: Array      # [num_classes] int32: stored samples, at most queue_len.
 
+  def layout(self, mesh: Mesh) -> "ClassQueues":
+    """Their shardings in a train state (train_state.state_shardings asks aux entries this)."""
+    return shardings(mesh, self)
+
 
 def init(num_classes: int, queue_len: int, sample_shape: Sequence[int],
          dtype=jnp.float32) -> ClassQueues:

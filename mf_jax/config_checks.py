@@ -10,23 +10,20 @@ import glob
 import numbers
 import os
 import tempfile
-import zipfile
 from typing import Callable, Optional
 
 import jax
 
 import input_pipeline
-from mf_jax import class_queues, drifting, generate, meanflow, workdir_signature
-from mf_jax.models.dit import ATTENTION_IMPLS, parse_variant
-from mf_jax.train_state import DTYPES, build_model
+from mf_jax import class_queues, generate, meanflow, objectives, workdir_signature
+from mf_jax import train_state as ts
+from mf_jax.errors import ConfigError
+from mf_jax.models.dit import ATTENTION_IMPLS, DiT, parse_variant
+from mf_jax.models.dit_modern import ModernDiT
+from mf_jax.models.unet import SongUNet
+from mf_jax.networks import DTYPES
 
-METHODS = ("meanflow", "drifting", "mae")
-PIXEL_DATA = ("imagenet_pixels", "cifar10")  # Samples x = v / 127.5 - 1 of 8-bit levels v.
 MODES = ("train", "sample", "eval")
-
-
-class ConfigError(ValueError):
-  """A bad config field or workdir; main.py prints it in one line and exits with status 2."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +102,9 @@ FRACTION = number(0.0, 1.0)
 
 FIELDS = {
     "seed": (integer(), "any integer, e.g. 0"),
-    "method": (choice(*METHODS), "meanflow (default), drifting, or mae (drifting's encoder)"),
+    "method": (lambda v: None if v in objectives.names() else
+               f"allowed values are {list(objectives.names())}",
+               "meanflow (default), drifting, mae (drifting's encoder), or a registered method"),
     "data.name": (choice(*input_pipeline.DATASETS), "a data set this codebase reads"),
     "data.path": (text(), "the folder of prepared records (latents, pixels) or the TFDS data_dir "
                           "(cifar10)"),
@@ -316,11 +315,7 @@ def _batches_fit_devices(config):
     if value % devices:
       raise ConfigError(f"{name}={value} must be divisible by the number of devices ({devices}); "
                         f"for example {max(devices, value - value % devices)}.")
-  if config.method == "drifting":
-    try:
-      drifting.accumulation_steps(config.drifting, devices)
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
+  ts.objective(config).check_devices(config, devices)
   if devices % config.sharding.fsdp:
     divisors = [k for k in range(1, devices + 1) if devices % k == 0]
     raise ConfigError(f"sharding.fsdp={config.sharding.fsdp} must divide the device count "
@@ -338,126 +333,33 @@ def _ema_indices(config):
 
 
 def _time_conditioning(config):
-  """meanflow.time_conditioning needs a MeanFlow network that embeds each named time."""
-  choice = config.meanflow.get("time_conditioning", "t,t-r")
-  if choice == "t,t-r":
-    return
-  if config.method != "meanflow":
+  """meanflow.time_conditioning needs a method that reads the meanflow section."""
+  choice = config.meanflow.time_conditioning
+  if choice != "t,t-r" and "meanflow" not in ts.objective(config).reads_sections:
     raise ConfigError(f"meanflow.time_conditioning={choice!r} applies to method='meanflow' only "
                       f"(method={config.method!r} has its own conditions): set it to 't,t-r'.")
-  if config.model.name == "unet":
-    raise ConfigError(f"meanflow.time_conditioning={choice!r}: model.name='unet' (the official "
-                      "CIFAR-10 U-Net) takes exactly (t, t - r); set it to 't,t-r', or use an "
-                      "mlp, dit or dit_modern model for this ablation.")
 
 
 def _model(config):
-  _time_conditioning(config)
-  model = build_model(config)
-  if config.model.name == "dit" and config.method != "mae":
+  """The network's own shape rules (the generator of a MeanFlow or Drifting run)."""
+  model = ts.build_model(config)
+  if isinstance(model, DiT):
     _, width, heads, _ = parse_variant(config.model.variant)
     width, heads = config.model.hidden_size or width, config.model.num_heads or heads
     if width % heads or width % 4:
       raise ConfigError(f"model.hidden_size={width} must be divisible by model.num_heads={heads} "
                         "and by 4: change one of them (None takes the variant's).")
     model.dims()  # Patch size, dtype and attention names.
-  if config.model.name == "dit_modern" and config.method != "mae":
+  if isinstance(model, ModernDiT):
     try:
       model.dims()  # Variant, patch size, head width.
     except ValueError as e:
       raise ConfigError(str(e)) from None
-  if config.mae.arch == "release":
-    if config.method == "mae" or config.drifting.feature_encoder_workdir:
-      _release_mae(config)
-  elif config.method == "mae":
-    if config.data.image_size % config.mae.patch_size:
-      raise ConfigError(f"mae.patch_size={config.mae.patch_size} must divide data.image_size="
-                        f"{config.data.image_size}.")
-    for width in config.mae.widths:
-      if width % config.mae.groups:
-        raise ConfigError(f"mae.groups={config.mae.groups} must divide every mae.widths entry "
-                          f"{tuple(config.mae.widths)}.")
-
-
-def _release_mae(config):
-  e, size = config.mae, config.data.image_size
-  if len(e.widths) != 4 or len(e.layers) != 4:
-    raise ConfigError(f"mae.widths={tuple(e.widths)} and mae.layers={tuple(e.layers)} need 4 "
-                      "entries each for mae.arch='release', e.g. (256, 512, 1024, 2048) and "
-                      "(3, 4, 6, 3).")
-  cell = e.patch_size * e.input_patch_size
-  if size % cell:
-    raise ConfigError(f"mae.patch_size={e.patch_size} x mae.input_patch_size={e.input_patch_size}"
-                      f" = {cell} must divide data.image_size={size}.")
 
 
 def _objective(config):
-  if config.method == "meanflow":
-    meanflow.validate_config(config.meanflow)
-    if config.meanflow.num_classes != config.data.num_classes:
-      raise ConfigError(f"meanflow.num_classes={config.meanflow.num_classes} differs from "
-                        f"data.num_classes={config.data.num_classes}; leave it linked to data.")
-  if config.method == "drifting":
-    drifting.validate_config(config.drifting)
-    d, classes = config.drifting, max(config.data.num_classes, 1)
-    if not 1 <= d.classes_per_step <= classes:
-      raise ConfigError(f"drifting.classes_per_step={d.classes_per_step} must lie in [1, {classes}] "
-                        f"(data.num_classes={config.data.num_classes}).")
-    if not 1 <= d.num_pos <= d.queue_len:
-      raise ConfigError(f"drifting.num_pos={d.num_pos} must lie in [1, drifting.queue_len="
-                        f"{d.queue_len}].")
-    if d.bank_dtype == "uint8" and config.data.name not in PIXEL_DATA:
-      raise ConfigError(f"drifting.bank_dtype='uint8' stores 8-bit pixels, which data.name="
-                        f"{config.data.name!r} does not give (only {' and '.join(PIXEL_DATA)} do): "
-                        "set drifting.bank_dtype='float32'.")
-    enc = d.feature_encoder_workdir
-    if enc and not os.path.isdir(os.path.join(enc, "checkpoints")):
-      raise ConfigError(f"drifting.feature_encoder_workdir={enc!r} holds no checkpoints/ folder: "
-                        "pretrain the encoder with method='mae' into it, or set it to ''.")
-    if d.use_convnext:
-      _convnext_static(config)
-
-
-def _convnext_static(config):
-  """ConvNeXt features see RGB pixels in [-1, 1]; four stages."""
-  d = config.drifting
-  if config.data.channels != 3 or config.data.name == "imagenet_latents":
-    raise ConfigError(f"drifting.use_convnext=True needs RGB pixel samples, but data.name="
-                      f"{config.data.name!r} with data.channels={config.data.channels}: set "
-                      "drifting.use_convnext=False (latent models use the MAE alone).")
-  if len(d.convnext_depths) != 4 or len(d.convnext_dims) != 4:
-    raise ConfigError(f"drifting.convnext_depths={tuple(d.convnext_depths)} and "
-                      f"drifting.convnext_dims={tuple(d.convnext_dims)} need 4 entries each, e.g. "
-                      "(3, 3, 27, 3) and (128, 256, 512, 1024) (ConvNeXt-V2-Base).")
-
-
-CONVNEXT_HOWTO = ("convert facebook/convnextv2-base-22k-224 (a local Hugging Face folder) with "
-                  "`python -m mf_jax.convert.drifting --config=CONFIG --convnext_src=HF_DIR "
-                  "--convnext_out=FILE.npz`")
-
-
-def _convnext_file(config):
-  """Training with ConvNeXt features reads its weights (sampling and evaluation do not)."""
-  d = config.drifting
-  if config.method != "drifting" or not d.use_convnext:
-    return
-  if not d.convnext_path:
-    raise ConfigError("drifting.use_convnext=True but drifting.convnext_path is empty: "
-                      f"{CONVNEXT_HOWTO} and set --config.drifting.convnext_path=FILE.npz, or set "
-                      "drifting.use_convnext=False.")
-  if not os.path.isfile(d.convnext_path):
-    raise ConfigError(f"drifting.convnext_path={d.convnext_path!r} is not a file: {CONVNEXT_HOWTO}"
-                      ", or set drifting.use_convnext=False.")
-  from mf_jax.models import convnext  # pylint: disable=g-import-not-at-top
-  from mf_jax.train_state import convnext_model  # pylint: disable=g-import-not-at-top
-  try:
-    problems = convnext.fit_problems(convnext.file_shapes(d.convnext_path), convnext_model(config))
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
-    problems = f"not a weights file ({e})"
-  if problems:
-    raise ConfigError(f"drifting.convnext_path={d.convnext_path!r}: {problems}. Set "
-                      "drifting.convnext_depths/convnext_dims to the file's size, or "
-                      f"{CONVNEXT_HOWTO}.")
+  """The method's own cross-field rules (Objective.validate)."""
+  ts.objective(config).validate(config)
 
 
 def _vae_file(config):
@@ -534,11 +436,13 @@ def check_unet_and_augment(config) -> None:
   """U-Net shape constraints and EDM augmentation, which only the U-Net takes as a condition."""
   from mf_jax import augment  # pylint: disable=g-import-not-at-top
   augment.validate_config(config.augment)
-  if config.augment.enabled and (config.model.name != "unet" or config.method != "meanflow"):
+  objective = ts.objective(config)
+  if config.augment.enabled and (config.model.name != "unet" or
+                                 not objective.takes_augment_labels):
     raise ConfigError(f"augment.enabled=True needs model.name='unet' and method='meanflow' (the "
                      f"network must see the augmentation labels); got model.name="
                      f"{config.model.name!r}, method={config.method!r}.")
-  if config.model.name != "unet":
+  if not isinstance(ts.build_model(config), SongUNet):
     return
   u, size = config.model.unet, config.data.image_size
   levels = len(u.channel_mult)
@@ -547,14 +451,14 @@ def check_unet_and_augment(config) -> None:
                      f" - 1) = {2 ** (levels - 1)}.")
   if not 0.0 <= u.dropout < 1.0:
     raise ConfigError(f"model.unet.dropout={u.dropout}: must lie in [0, 1).")
-  if config.method == "meanflow" and config.data.num_classes != 0:
+  if config.data.num_classes != 0:
     raise ConfigError(f"model.name='unet' is unconditional, but data.num_classes="
                      f"{config.data.num_classes}: set data.num_classes=0.")
 
 
 # Files last: every cheap check of the config itself comes first.
-CROSS_CHECKS = (_batches_fit_devices, _ema_indices, _model, _objective, _cifar_recipe,
-                _vae_file)
+CROSS_CHECKS = (_batches_fit_devices, _ema_indices, _time_conditioning, _model, _objective,
+                _cifar_recipe, _vae_file)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,7 +500,7 @@ def validate(config, workdir: str = None, mode: str = "train") -> None:
   validate_static(config)
   if mode == "train":
     _training_data(config)
-    _convnext_file(config)
+    ts.objective(config).validate_files(config)
   _evaluation(config, mode)
   if workdir is not None:
     if mode != "train":

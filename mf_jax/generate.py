@@ -11,40 +11,24 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from mf_jax import sampling
+from mf_jax import objectives
 from mf_jax import sharding as sharding_lib
-from mf_jax.train_state import generator_fn, meanflow_u_fn
-
-
-def guided_u_fn(u_fn, cfg_scale: float, num_classes: int):
-  """Optional classifier-free guidance at sampling time (2 NFE per step); 1.0 returns u_fn itself.
-
-  MeanFlow usually trains guidance into the target instead (meanflow.guidance_omega), which is free.
-  """
-  if cfg_scale == 1.0:
-    return u_fn
-  def guided(z, r, t, labels):
-    both = u_fn(jnp.concatenate([z, z]), jnp.concatenate([r, r]), jnp.concatenate([t, t]),
-                jnp.concatenate([labels, jnp.full_like(labels, num_classes)]))
-    cond, null = jnp.split(both, 2)
-    return null + cfg_scale * (cond - null)
-  return guided
+from mf_jax.sampling import guided_u_fn  # noqa: F401  (sampling-time guidance; re-exported)
 
 
 def make_sampler(config, model, mesh):
-  """Returns sample_fn(params, noise, labels, num_steps) -> samples, jitted over the mesh."""
+  """Returns sample_fn(params, noise, labels, num_steps, cfg_scale=1.0) -> samples, jitted over
+  the mesh (None for a method that does not sample); what a step is belongs to config.method
+  (Objective.make_sample_fn)."""
   batch = sharding_lib.batch_sharding(mesh)
+  sample = objectives.get(config.method).make_sample_fn(config, model)
+  if sample is None:  # A method without samples (e.g. MAE pretraining).
+    return None
 
   @functools.partial(jax.jit, static_argnames=("num_steps", "cfg_scale"),
                      in_shardings=(None, batch, batch), out_shardings=batch)
   def sample_fn(params, noise, labels, num_steps, cfg_scale=1.0):
-    if config.method == "drifting":  # One step always; the guidance scale is the alpha condition.
-      alpha = jnp.full((noise.shape[0],), cfg_scale, noise.dtype)
-      return generator_fn(model, params)(noise, alpha, labels)
-    u_fn = guided_u_fn(meanflow_u_fn(model, params), cfg_scale, config.data.num_classes)
-    steps = (sampling.euler_steps if config.sample.get("sampler", "meanflow") == "euler"
-             else sampling.meanflow_steps)
-    return steps(u_fn, noise, labels, num_steps)
+    return sample(params, noise, labels, num_steps, cfg_scale)
 
   return sample_fn
 

@@ -15,9 +15,8 @@ from mf_jax import train_state as ts
 from mf_jax import train_step as step_lib
 
 
-# Key streams that no training step reaches (steps fold in their own index from 0 upwards).
+# Key stream that no training step reaches (steps fold in their own index from 0 upwards).
 INIT_STREAM = 2**31 - 1
-QUEUE_FILL_STREAM = 2**31 - 2  # Minus the batch index while filling the class queues.
 
 # ---------------------------------------------------------------------------------------------
 # Set-up shared by training, sampling and evaluation.
@@ -68,17 +67,19 @@ class PreemptionFlag:
 # Periodic actions.
 
 def write_sample_grids(config, sample_fn, state, mesh, writer, workdir, step):
-  """1-NFE and 2-NFE grids from the first EMA parameters, to TensorBoard and WORKDIR/samples/."""
+  """Grids of the method's NFE counts (Objective.grid_steps) from the first EMA parameters, to
+  TensorBoard and WORKDIR/samples/."""
+  steps_list = ts.objective(config).grid_steps
+  if not steps_list:
+    return
+  if generate.decodes_with_vae(config) and not config.data.vae_path:
+    logging.warning("No sample grid: set data.vae_path to decode latent samples.")
+    return
   params = state.ema_params[0] if state.ema_params else state.params
   n = min(config.sample.batch_size, 64)
   images = {}
-  if config.method == "mae":
-    return
-  for steps in ((1,) if config.method == "drifting" else (1, 2)):
+  for steps in steps_list:
     x, _ = generate.draw(config, sample_fn, params, mesh, n, steps, seed=config.sample.seed)
-    if generate.decodes_with_vae(config) and not config.data.vae_path:
-      logging.warning("No sample grid: set data.vae_path to decode latent samples.")
-      return
     img = generate.grid(generate.to_uint8(x, config), cols=8)
     images[f"samples_{steps}nfe"] = img[None]
     if jax.process_index() == 0:
@@ -104,88 +105,49 @@ def run_evaluators(evaluators, state, step, writer):
     writer.write_scalars(step, scalars)
 
 
-def fill_class_queues(config, state, mesh, shardings):
-  """Drifting: before the first step, pushes the stream into the queues until every class holds
-  drifting.num_pos samples (and the unconditional queue num_unc).
+def load_frozen_networks(config, state, shardings):
+  """Step 0: the values of the method's frozen networks (Objective.frozen_networks) into
+  state.aux, each from its weights file or from the newest checkpoint of its workdir."""
+  aux = dict(state.aux) if state.aux is not None else {}
+  for frozen in ts.objective(config).frozen_networks(config):
+    if frozen.workdir:
+      variables = frozen.select(restore_run_parameters(frozen.workdir_config, frozen.workdir,
+                                                      shardings.step.mesh))
+      logging.info("%s: %s.", frozen.description, frozen.workdir)
+    else:
+      variables = frozen.load_file(frozen.path)
+      logging.info("%s: %s.", frozen.description, frozen.path)
+    aux[frozen.aux_key] = jax.device_put(variables, shardings.aux[frozen.aux_key])
+  return state.replace(aux=aux) if aux else state
 
-  Waiting (rather than drawing with replacement from whatever a class has, as the official release
-  does from a host-side bank) keeps N_pos distinct positives per class from the first step - the
-  paper's ablation shows few distinct positives hurt - and costs one pass over the data at most:
-  class-ordered shards reach every class within an epoch. The wait is bounded by
-  drifting.fill_max_examples. The queues then live in the checkpoint; a resumed run does not refill.
+
+def restore_run_parameters(run_config, workdir, mesh):
+  """The EMA parameters (else the parameters) of the newest checkpoint of a run of `run_config`.
+
+  The whole run state (parameters, Adam moments, EMA: 43 GB for the release's MAE-640) is read
+  spread over the devices of `mesh`, not replicated on each; the caller places what it keeps.
   """
-  from mf_jax import class_queues
-  d = config.drifting
-  need, max_examples = d.num_pos, d.fill_max_examples
-  push = jax.jit(lambda aux, batch, key: step_lib.push_queues(
-      aux, step_lib.prepare_batch(batch, key, config), batch["label"]),
-      out_shardings=shardings.aux, donate_argnums=(0,))
-  ready = jax.jit(lambda aux: class_queues.ready(aux["queues"], need) & (
-      class_queues.ready(aux["uncond_queue"], d.num_unc) if aux.get("uncond_queue") is not None
-      else True))
-  batches = input_pipeline.train_iterator(config, 0)
-  aux = state.aux
-  batch_size = config.train.global_batch_size
-  num_batches = -(-max_examples // batch_size)
-  for i in range(num_batches + 1):
-    if bool(ready(aux)):
-      logging.info("Class queues hold >= %d samples per class after %d examples.", need,
-                   i * batch_size)
-      return state.replace(aux=aux)
-    if i == num_batches:
-      break
-    if i and i % max(1, 100_000 // batch_size) == 0:
-      counts = jax.device_get(aux["queues"].count)
-      logging.info("Filling class queues: %d examples read, %d of %d classes hold %d samples.",
-                   i * batch_size, int((counts >= need).sum()), len(counts), need)
-    batch = sharding_lib.global_batch(next(batches), mesh)
-    key = jax.random.fold_in(jax.random.key(config.seed), QUEUE_FILL_STREAM - i)
-    aux = push(aux, batch, key)
-  counts = jax.device_get(aux["queues"].count)
-  short = [c for c in range(len(counts)) if counts[c] < need]
-  raise ValueError(
-      f"drifting.fill_max_examples={max_examples}: after {num_batches * batch_size} examples "
-      f"{len(short)} of {len(counts)} classes still hold fewer than drifting.num_pos={need} samples "
-      f"(classes {short[:10]}{'...' if len(short) > 10 else ''} with counts "
-      f"{[int(counts[c]) for c in short[:10]]}). Raise drifting.fill_max_examples to cover an epoch "
-      "of the data, lower drifting.num_pos, or check data.num_classes against the labels.")
-
-
-def load_feature_encoder(config, shardings):
-  """The frozen MAE encoder for drifting: EMA parameters of the newest checkpoint in
-  drifting.feature_encoder_workdir, a run of the same config's `mae` section (method="mae")."""
-  workdir = config.drifting.feature_encoder_workdir
-  mae = config.copy_and_resolve_references()
-  mae.method = "mae"
-  model, optimizer = ts.build_model(mae), ts.make_optimizer(mae)
-  abstract = jax.eval_shape(lambda k: ts.init_state(mae, model, optimizer, k), jax.random.key(0))
-  # The whole MAE run state (parameters, Adam moments, EMA: 43 GB for MAE-640) is read spread
-  # over the run's devices, not replicated on each, and only the EMA encoder is then replicated.
-  mesh = shardings.step.mesh
-  mae_shardings = jax.tree_util.tree_map(lambda a: NamedSharding(mesh, sharding_lib.spread_spec(
+  model, optimizer = ts.build_model(run_config), ts.make_optimizer(run_config)
+  abstract = jax.eval_shape(lambda k: ts.init_state(run_config, model, optimizer, k),
+                            jax.random.key(0))
+  spread = jax.tree_util.tree_map(lambda a: NamedSharding(mesh, sharding_lib.spread_spec(
       a.shape, mesh, dims=range(a.ndim))), abstract)
   ckpt = checkpointing.Checkpointer(workdir, keep=1)
-  restored = (ckpt.restore_latest(abstract, mae_shardings) if ckpt.latest_step() is not None
-              else None)
+  restored = ckpt.restore_latest(abstract, spread) if ckpt.latest_step() is not None else None
   ckpt.close()
   if restored is None:
-    raise FileNotFoundError(f"drifting.feature_encoder_workdir={workdir} holds no MAE checkpoint: "
-                            "pretrain one with the same config's mae section and method='mae'.")
-  logging.info("Feature encoder: MAE step %d from %s.", int(restored.step), workdir)
-  params = restored.ema_params[0] if restored.ema_params else restored.params
-  return jax.device_put(ts.frozen_encoder_variables(params, ts.DTYPES[mae.mae.compute_dtype]),
-                        shardings.aux["encoder"])
+    raise FileNotFoundError(f"{workdir} holds no checkpoint of a method={run_config.method!r} run: "
+                            "train one with the same config's section into it.")
+  logging.info("Read step %d of %s.", int(restored.step), workdir)
+  return restored.ema_params[0] if restored.ema_params else restored.params
 
 
-def load_convnext(config, shardings):
-  """The frozen ConvNeXt-V2 of drifting.use_convnext from drifting.convnext_path (see
-  mf_jax/models/convnext.py for the file; config_checks has checked its shapes)."""
-  from mf_jax.models import convnext  # pylint: disable=g-import-not-at-top
-  d = config.drifting
-  variables = convnext.load_variables(d.convnext_path, ts.convnext_model(config))
-  logging.info("ConvNeXt features: %s (depths %s, dims %s).", d.convnext_path,
-               tuple(d.convnext_depths), tuple(d.convnext_dims))
-  return jax.device_put(variables, shardings.aux["convnext"])
+def prepare_first_step(config, state, mesh, shardings):
+  """Step 0 of a new run: frozen networks loaded, then the method's own host work (queues)."""
+  state = load_frozen_networks(config, state, shardings)
+  return ts.objective(config).prepare_state(
+      config, state, mesh, shardings, lambda: input_pipeline.train_iterator(config, 0),
+      step_lib.prepare_batch)
 
 
 def check_finite(state, metrics):
@@ -196,26 +158,20 @@ def check_finite(state, metrics):
 # ---------------------------------------------------------------------------------------------
 # The loop.
 
-def train_and_evaluate(config, workdir: str, objective=None):
-  """Trains until config.train.num_steps, resuming from WORKDIR's newest good checkpoint.
-
-  Returns the final state. `objective` replaces the MeanFlow loss (e.g. the drifting objective).
-  """
+def train_and_evaluate(config, workdir: str):
+  """Trains config.method until config.train.num_steps, resuming from WORKDIR's newest good
+  checkpoint. Returns the final state."""
   state, shardings, mesh, model, optimizer, ckpt = setup_state(config, workdir)
   start_step, num_steps = int(state.step), config.train.num_steps
-  if config.method == "drifting" and start_step == 0:
-    if config.drifting.feature_encoder_workdir:
-      state = state.replace(aux=dict(state.aux, encoder=load_feature_encoder(config, shardings)))
-    if config.drifting.use_convnext:
-      state = state.replace(aux=dict(state.aux, convnext=load_convnext(config, shardings)))
-    state = fill_class_queues(config, state, mesh, shardings)
+  if start_step == 0:
+    state = prepare_first_step(config, state, mesh, shardings)
   run_info.write(workdir, config, start_step)
   writer = writers.create_writer(workdir)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
 
   train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(config, model, optimizer, objective, mesh), mesh, shardings)
+      step_lib.make_train_step(config, model, optimizer, mesh), mesh, shardings)
   sample_fn = generate.make_sampler(config, model, mesh)
   evaluators = build_evaluators(config, model, mesh, sample_fn)
   batches = input_pipeline.train_iterator(config, start_step)

@@ -24,6 +24,7 @@ from input_pipeline import digits  # noqa: E402
 from mf_jax import sampling  # noqa: E402
 from mf_jax import train_state as ts  # noqa: E402
 from mf_jax import train_step as step_lib  # noqa: E402
+from mf_jax.objectives.meanflow import u_fn as meanflow_u_fn  # noqa: E402
 
 
 # The README run's U-Net; tests use TEST_UNET (one resolution, 8 channels) to keep compiles short.
@@ -66,7 +67,7 @@ def run(steps: int = 300, batch: int = 32, seed: int = 0, num_samples: int = 100
     state, metrics = train_step(state, batch_)
     return state, metrics["loss"]
 
-  sample = jax.jit(lambda p, e: sampling.meanflow_steps(ts.meanflow_u_fn(model, p), e,
+  sample = jax.jit(lambda p, e: sampling.meanflow_steps(meanflow_u_fn(model, p), e,
                                                         jnp.zeros(len(e), jnp.int32), 1))
   noise = jax.random.normal(jax.random.key(seed + 100), (num_samples, 8, 8, 1))
   fd0 = fd_to_digits(sample(state.params, noise))

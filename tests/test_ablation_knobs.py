@@ -11,6 +11,7 @@ from configs import cifar10_unet, drifting_toy, tiny
 from configs.base import meanflow_config
 from mf_jax import config_checks, meanflow
 from mf_jax import train_state as ts
+from mf_jax.objectives.meanflow import u_fn as meanflow_u_fn
 
 MU, S = 1.5, 0.5  # Data x ~ N(MU, S^2): every field of the linear path is known in closed form.
 
@@ -130,7 +131,7 @@ def test_time_conditioning_passes_exactly_the_claimed_scalars(choice, want):
   config.meanflow.time_conditioning = choice
   model = RecordingModel(ts.condition_names(config))
   r, t = jnp.array([0.125, 0.25]), jnp.array([0.5, 0.875])
-  ts.meanflow_u_fn(model, None)(jnp.zeros((2, 1)), r, t, None)
+  meanflow_u_fn(model, None)(jnp.zeros((2, 1)), r, t, None)
   assert len(model.seen) == len(want(r, t))
   for got, expected in zip(model.seen, want(r, t)):
     np.testing.assert_array_equal(got, expected)
@@ -167,7 +168,7 @@ def test_t_minus_r_network_sees_only_the_gap():
     config.meanflow.time_conditioning = choice
     model = ts.build_model(config)
     params = jax.jit(model.init)(jax.random.key(0), *ts.example_inputs(config))
-    u_fn = jax.jit(ts.meanflow_u_fn(model, params))
+    u_fn = jax.jit(meanflow_u_fn(model, params))
     outputs[choice] = [u_fn(z, r_, t_, labels) for r_, t_ in ((r, t), (r + d, t + d), (r, t + d))]
   same, shifted, wider = outputs["t-r"]
   np.testing.assert_array_equal(same, shifted)

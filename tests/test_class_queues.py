@@ -91,7 +91,7 @@ def test_fill_from_class_ordered_latent_shards(tmp_path):
   mesh = sharding_lib.make_mesh(1)
   model, opt = ts.build_model(config), ts.make_optimizer(config)
   state, shardings = ts.create_sharded_state(config, model, opt, mesh, jax.random.key(0))
-  filled = train.fill_class_queues(config, state, mesh, shardings)
+  filled = train.prepare_first_step(config, state, mesh, shardings)
   queues = jax.device_get(filled.aux["queues"])
   assert np.all(queues.count >= config.drifting.num_pos)
   pushed, step = [[] for _ in range(num_classes)], 0  # Independent replay of the fill.
@@ -109,7 +109,7 @@ def test_fill_from_class_ordered_latent_shards(tmp_path):
   config.drifting.fill_max_examples = 16
   state, _ = ts.create_sharded_state(config, model, opt, mesh, jax.random.key(0))
   with pytest.raises(ValueError, match=r"drifting.fill_max_examples=16: after 16 examples"):
-    train.fill_class_queues(config, state, mesh, shardings)
+    train.prepare_first_step(config, state, mesh, shardings)
 
 
 def test_uint8_bank_keeps_every_level_and_draws_the_pipelines_pixels():

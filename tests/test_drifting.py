@@ -9,6 +9,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import numerics
 from mf_jax import drifting, drifting_field
+from mf_jax import drifting_features
 from mf_jax.models import feature_encoder
 from mf_jax.models.mlp import MLP
 
@@ -315,7 +316,7 @@ def test_accumulation_steps_from_classes_per_device():
 
 def test_multiscale_statistics_match_loops():
   fmap = np.asarray(jax.random.normal(jax.random.key(6), (2, 8, 8, 3)))
-  stats = feature_encoder.multiscale_statistics(jnp.asarray(fmap), (2, 4), eps=0.0)
+  stats = drifting_features.multiscale_statistics(jnp.asarray(fmap), (2, 4), eps=0.0)
   assert set(stats) == {"loc", "global", "patch2", "patch4"}
   np.testing.assert_allclose(stats["loc"][1, 8 * 2 + 5], fmap[1, 2, 5], rtol=1e-6)
   np.testing.assert_allclose(stats["global"][0, 0], fmap[0].reshape(-1, 3).mean(0), rtol=1e-5)
@@ -358,7 +359,7 @@ def test_mae_loss_decreases_and_encoder_gives_feature_sets():
   assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), losses
 
   # Its feature maps as drifting feature sets (names and shapes; eval_shape compiles nothing).
-  feature_fn = feature_encoder.encoder_feature_fn(
+  feature_fn = drifting_features.encoder_feature_fn(
       lambda z: mae.apply(params, z, method=feature_encoder.MaskedAutoencoder.features), (2,))
   shapes = jax.eval_shape(feature_fn, x[:2])
   assert {name: s.shape for name, s in shapes.items()} == {
@@ -403,7 +404,7 @@ def test_drifting_loss_groups_classes_and_sets_like_a_loop():
     return [jnp.tanh(jax.lax.conv_general_dilated(z, kernels, (1, 1), "SAME",
                                                   dimension_numbers=("NHWC", "HWIO", "NHWC")))]
 
-  feature_fn = feature_encoder.encoder_feature_fn(encoder, (2, 4), include_raw=False)
+  feature_fn = drifting_features.encoder_feature_fn(encoder, (2, 4), include_raw=False)
   real = jax.random.normal(k[0], (n_c, n_pos, 4, 4, 2)) + jnp.arange(n_c)[:, None, None, None, None]
   uncond = jax.random.normal(k[1], (n_c, n_unc, 4, 4, 2)) * 3.0
   labels = jnp.array([4, 2])

@@ -16,7 +16,7 @@ import pytest
 from flax import traverse_util
 
 from configs import mae_latent_256, mae_latent_640, mae_pixel_640, tiny
-from mf_jax import config_checks, train_step
+from mf_jax import config_checks, drifting_features, networks
 from mf_jax import train_state as ts
 from mf_jax.convert.drifting import encoders
 from mf_jax.models import convnext, mae_resnet, release_features
@@ -122,10 +122,10 @@ def test_drifting_uses_the_release_feature_set():
   config = tiny.get_config()
   config.data.update(name="digits", image_size=8, channels=1, num_classes=10)
   config.mae.update(arch="release", widths=(8, 16, 16, 16), layers=(1, 2, 1, 1))
-  encoder = ts.mae_model(config)
+  encoder = networks.mae_model(config)
   x = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
   params = jax.eval_shape(encoder.init, jax.random.key(1), x, np.zeros((2, 8, 8, 1), bool))
-  feats = jax.eval_shape(lambda p, z: train_step.drifting_feature_fn(config, p)(z), params, x)
+  feats = jax.eval_shape(lambda p, z: drifting_features.drifting_feature_fn(config, p)(z), params, x)
   assert {"global", "norm_x", "conv1", "layer2_blk2_std_2", "layer4_mean"} <= set(feats)
   assert feats["layer2_blk2_std_2"].shape == (2, 4, 16)  # 4x4 map: four 2x2 windows of 16 channels.
   assert all(f.ndim == 3 and f.shape[0] == 2 for f in feats.values())
@@ -218,7 +218,7 @@ def test_release_mae_config_errors_name_the_field(overrides, message):
 def test_cli_converts_a_release_mae_into_the_workdir_drifting_reads(tmp_path, mae_golden):
   """python -m mf_jax.convert.drifting --encoder_src --encoder_workdir: the release MAE artifact
   (the golden tree in the release's msgpack layout) becomes an MAE workdir, and the drifting
-  trainer's load_feature_encoder reads back exactly the converted parameters, less the pretraining
+  trainer's load_frozen_networks reads back exactly the converted parameters, less the pretraining
   heads (decoder, classifier)."""
   from flax import serialization  # pylint: disable=import-outside-toplevel
   from mf_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
@@ -237,17 +237,17 @@ def test_cli_converts_a_release_mae_into_the_workdir_drifting_reads(tmp_path, ma
                     layers=tuple(layers), input_patch_size=patch, compute_dtype="float32")
   workdir = tmp_path / "mae_workdir"
   state, _ = cli.convert_encoder_to_workdir(str(src), config, str(workdir))
-  model = ts.mae_model(config)
+  model = networks.mae_model(config)
   want = traverse_util.flatten_dict(
-      ts.frozen_encoder_variables(encoders.convert_mae(release, model, size)), sep="/")
+      networks.frozen_encoder_variables(encoders.convert_mae(release, model, size)), sep="/")
 
   config.drifting.feature_encoder_workdir = str(workdir)
   abstract = jax.eval_shape(lambda k: ts.init_state(config, ts.build_model(config),
                                                     ts.make_optimizer(config), k),
                             jax.random.key(0))
   shardings = ts.state_shardings(sharding_lib.make_mesh(1), abstract)
-  got = traverse_util.flatten_dict(jax.device_get(train.load_feature_encoder(config, shardings)),
-                                   sep="/")
+  got = traverse_util.flatten_dict(jax.device_get(
+      train.load_frozen_networks(config, abstract, shardings).aux["encoder"]), sep="/")
   assert sorted(got) == sorted(want) and int(state.step) == 0
   for k, v in want.items():
     np.testing.assert_array_equal(got[k], np.asarray(v, np.float32))
@@ -258,7 +258,7 @@ def test_cli_converts_a_release_mae_into_the_workdir_drifting_reads(tmp_path, ma
 def test_cli_converts_hugging_face_convnext_into_the_file_drifting_reads(tmp_path):
   """python -m mf_jax.convert.drifting --convnext_src --convnext_out: a local Hugging Face folder
   (model.safetensors) becomes the weights file of drifting.convnext_path, and the trainer's
-  load_convnext reads back exactly the converted parameters."""
+  load_frozen_networks reads back exactly the converted parameters."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   from mf_jax import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
   from mf_jax import train  # pylint: disable=import-outside-toplevel
@@ -274,14 +274,15 @@ def test_cli_converts_hugging_face_convnext_into_the_file_drifting_reads(tmp_pat
                          convnext_dims=tuple(golden["config/dims"]))
   out = str(tmp_path / "convnext.npz")
   cli.convert_convnext_to_file(str(src), config, out)
-  want = traverse_util.flatten_dict(encoders.convert_convnext(release, ts.convnext_model(config)),
+  want = traverse_util.flatten_dict(encoders.convert_convnext(release, networks.convnext_model(config)),
                                     sep="/")
   config.drifting.convnext_path = out
   abstract = jax.eval_shape(lambda k: ts.init_state(config, ts.build_model(config),
                                                     ts.make_optimizer(config), k),
                             jax.random.key(0))
   shardings = ts.state_shardings(sharding_lib.make_mesh(1), abstract)
-  got = traverse_util.flatten_dict(jax.device_get(train.load_convnext(config, shardings)), sep="/")
+  got = traverse_util.flatten_dict(jax.device_get(
+      train.load_frozen_networks(config, abstract, shardings).aux["convnext"]), sep="/")
   assert sorted(got) == sorted(want)
   for k, v in want.items():
     np.testing.assert_array_equal(got[k], np.asarray(v, np.float32))
@@ -291,7 +292,7 @@ def test_cli_converts_hugging_face_convnext_into_the_file_drifting_reads(tmp_pat
 
 @pytest.mark.parametrize("arch", ["resnet", "release"])
 def test_frozen_encoder_stored_in_bfloat16_gives_the_same_features(arch):
-  """The drifting state stores a bf16 MAE's kernels in bf16 (ts.frozen_encoder_variables): the
+  """The drifting state stores a bf16 MAE's kernels in bf16 (networks.frozen_encoder_variables): the
   features equal, bit for bit, those of the float32 variables, because each convolution casts its
   kernel to bf16 anyway; the norms' parameters, used in float32, stay float32."""
   config = tiny.get_config()
@@ -301,18 +302,18 @@ def test_frozen_encoder_stored_in_bfloat16_gives_the_same_features(arch):
                     blocks_per_stage=1, groups=4, decoder_width=8)
   mae = config.copy_and_resolve_references()
   mae.method = "mae"
-  variables = ts.mae_model(mae).init(jax.random.key(0), *ts.example_inputs(mae))
+  variables = networks.mae_model(mae).init(jax.random.key(0), *ts.example_inputs(mae))
   rng = np.random.default_rng(0)  # Norm scales and biases away from 1 and 0, where bf16 would show.
   variables = jax.tree_util.tree_map(
       lambda a: np.asarray(a) + rng.normal(0, 0.3, a.shape).astype(np.float32), variables)
-  stored = ts.frozen_encoder_variables(variables, jnp.bfloat16)
+  stored = networks.frozen_encoder_variables(variables, jnp.bfloat16)
   flat = traverse_util.flatten_dict(stored["params"]["encoder"], sep="/")
   dtypes = {k: str(v.dtype) for k, v in flat.items()}
   assert {d for k, d in dtypes.items() if k.endswith("kernel")} == {"bfloat16"}
   assert {d for k, d in dtypes.items() if not k.endswith("kernel")} == {"float32"}
   x = jnp.asarray(rng.normal(size=(2, 8, 8, 4)), jnp.float32)
-  features = jax.jit(lambda v, x: train_step.drifting_feature_fn(config, v)(x))
-  want = features(ts.frozen_encoder_variables(variables), x)
+  features = jax.jit(lambda v, x: drifting_features.drifting_feature_fn(config, v)(x))
+  want = features(networks.frozen_encoder_variables(variables), x)
   got = features(stored, x)
   assert sorted(got) == sorted(want)
   for k in want:

@@ -31,7 +31,7 @@ def _one_step(config, mesh, with_hlo=False):
   """One drifting step with SGD(lr=1) after filling the queues: (params delta = -grad, loss, aux, hlo)."""
   model, opt = ts.build_model(config), optax.sgd(1.0)
   state, shardings = ts.create_sharded_state(config, model, opt, mesh, jax.random.key(0))
-  state = train.fill_class_queues(config, state, mesh, shardings)
+  state = train.prepare_first_step(config, state, mesh, shardings)
   step = step_lib.jit_train_step(step_lib.make_train_step(config, model, opt, mesh=mesh), mesh,
                                  shardings)
   batch = sharding_lib.global_batch(next(input_pipeline.train_iterator(config, 0)), mesh)

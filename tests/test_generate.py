@@ -55,6 +55,7 @@ def test_sample_sampler_euler_integrates_the_instantaneous_velocity():
   import jax
   import jax.numpy as jnp
   from mf_jax import sampling, sharding as sharding_lib, train_state as ts
+  from mf_jax.objectives.meanflow import u_fn as meanflow_u_fn
   config = tiny.get_config()
   config.model.update(name="mlp", mlp_widths=(16,))
   model = ts.build_model(config)
@@ -62,7 +63,7 @@ def test_sample_sampler_euler_integrates_the_instantaneous_velocity():
   mesh = sharding_lib.make_mesh(1)
   noise = jax.random.normal(jax.random.key(1), (16, 8, 8, 1))
   labels = jnp.arange(16, dtype=jnp.int32) % 10
-  u_fn = ts.meanflow_u_fn(model, params)
+  u_fn = meanflow_u_fn(model, params)
   out = {}
   for name, loop in (("euler", sampling.euler_steps), ("meanflow", sampling.meanflow_steps)):
     config.sample.sampler = name

@@ -25,7 +25,7 @@ from configs import base
 from configs.base import meanflow_config
 from mf_jax import generate, meanflow, train
 from mf_jax.convert import meanflow_official as convert_lib
-from mf_jax.train_state import meanflow_u_fn
+from mf_jax.objectives.meanflow import u_fn as meanflow_u_fn
 from numerics import rel_err
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")

@@ -20,7 +20,8 @@ from flax import traverse_util
 from configs import imagenet_drift_pixel_b16
 from eval import fid, stats
 from input_pipeline import prepare_imagenet
-from mf_jax import config_checks, sharding, train, train_state, train_step
+from mf_jax import config_checks, networks, objectives, sharding, train, train_state
+from mf_jax.objectives import drifting as drifting_objective
 from mf_jax.convert import meanflow_official
 from mf_jax.models import convnext
 
@@ -158,7 +159,7 @@ def test_convnext_feature_sets_join_the_pixel_loss_from_the_state(pixel_data):
   model = train_state.build_model(config)
   params = model.init(jax.random.key(0), *train_state.example_inputs(config))
   from_file = convnext.load_variables(config.drifting.convnext_path,
-                                      train_state.convnext_model(config))
+                                      networks.convnext_model(config))
   other = jax.tree_util.tree_map(lambda a: 0.5 * a, from_file)
   rng = np.random.RandomState(1)
   real = {"positives": rng.uniform(-1, 1, (CLASSES, 4, SIZE, SIZE, 3)).astype(np.float32),
@@ -166,7 +167,8 @@ def test_convnext_feature_sets_join_the_pixel_loss_from_the_state(pixel_data):
   classes = np.arange(CLASSES, dtype=np.int32)
 
   def loss_and_grads(params, aux, real, classes, key):
-    return train_step.method_value_and_grad(model, config, aux, mesh)(params, real, classes, key)
+    return drifting_objective.drifting_value_and_grad(
+        model, config, aux["encoder"], mesh, aux["convnext"])(params, real, classes, key)
 
   # XLA's backend optimisations take most of this compile and change no result checked here.
   step = jax.jit(loss_and_grads).lower(
@@ -212,12 +214,22 @@ def test_training_starts_from_the_saved_frozen_encoders(pixel_data, tmp_path):
   meanflow_official.write_workdir(saved, mae, str(tmp_path / "mae"))
   config.drifting.feature_encoder_workdir = str(tmp_path / "mae")
 
-  def stand_in_loss(params, real, classes, key):
-    del real, classes, key
-    return sum(jnp.sum(jnp.square(p)) for p in jax.tree_util.tree_leaves(params)), {}
+  class StandInLoss(drifting_objective.Drifting):
+    """Drifting's state and step-0 loading, with a cheap stand-in for the field."""
+    name = "drifting_stand_in_loss"
 
+    def make_step_grads(self, config, model, mesh):
+      def step_grads(params, aux, x, labels, augment_labels, k_loss, k_aux):
+        aux, _, _ = drifting_objective.drifting_inputs(aux, x, labels, k_aux, config)
+        loss_fn = lambda p: sum(jnp.sum(jnp.square(a)) for a in jax.tree_util.tree_leaves(p))
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        return aux, (loss, {}), grads
+      return step_grads
+
+  objectives.register(StandInLoss())
+  config.method = StandInLoss.name
   with jax.default_prng_impl("rbg"):  # Initialising both placeholders: quick to compile with rbg.
-    state = train.train_and_evaluate(config, str(tmp_path / "run"), objective=stand_in_loss)
+    state = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert int(state.step) == 1
   flat = lambda tree: traverse_util.flatten_dict(jax.device_get(tree), sep="/")
   with np.load(config.drifting.convnext_path) as f:

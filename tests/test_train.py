@@ -30,8 +30,7 @@ def run_steps(config, mesh, num_steps):
   """Builds state and step on `mesh` and runs num_steps; returns (state, [losses])."""
   model, opt = ts.build_model(config), ts.make_optimizer(config)
   state, shardings = ts.create_sharded_state(config, model, opt, mesh, jax.random.key(0))
-  if config.method == "drifting":
-    state = train.fill_class_queues(config, state, mesh, shardings)
+  state = train.prepare_first_step(config, state, mesh, shardings)
   step = step_lib.jit_train_step(step_lib.make_train_step(config, model, opt, mesh=mesh), mesh,
                                  shardings)
   batches = input_pipeline.train_iterator(config, 0)

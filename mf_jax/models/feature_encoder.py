@@ -1,10 +1,7 @@
-"""Feature space for drifting on latents: a ResNet-style encoder pretrained as a masked autoencoder.
+"""A ResNet-style encoder pretrained as a masked autoencoder: drifting's feature space on latents.
 
-The drifting field on ImageNet is computed on multi-scale statistics of the encoder's feature maps
-(REFERENCE.md section 2): for each stage's map [B, H, W, C], the per-location vectors, the global
-mean and std, and the mean and std of each 2x2 and 4x4 patch (non-overlapping p x p windows). Each
-statistic is one feature set [B, L, C] with its own distance normalisation, so a coarse statistic
-is not drowned by the many per-location vectors. The raw output is added as one more set.
+Its stage maps become drifting feature sets in mf_jax/drifting_features.py (multi-scale
+statistics, after Deng et al., "Generative Modeling via Drifting", 2026).
 
 Pretraining: random p x p patches of the latent are replaced by a learned mask token and a light
 decoder (every stage projected, upsampled to full resolution and summed) reconstructs them; the loss
@@ -15,8 +12,6 @@ from typing import Any, Callable, Mapping, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from mf_jax import drifting
 
 Array = jax.Array
 
@@ -128,43 +123,3 @@ def mae_loss(apply_fn: Callable, params, x: Array, key: Array, mask_ratio: float
   loss = jnp.sum(err * hidden) / (jnp.sum(hidden) * c)
   visible_mse = jnp.sum(err * (1 - hidden)) / (jnp.maximum(jnp.sum(1 - hidden), 1.0) * c)
   return loss, {"mae_loss": loss, "visible_mse": visible_mse}
-
-
-def multiscale_statistics(fmap: Array, patch_sizes: Sequence[int] = (2, 4),
-                          eps: float = 1e-6) -> Mapping[str, Array]:
-  """Feature sets of one map [B, H, W, C]: 'loc' [B, HW, C], 'global' [B, 2, C] (mean, std) and,
-  for each patch size p < H that divides H and W, 'patch{p}' [B, 2 (H/p)(W/p), C] (means, then
-  stds). std = sqrt(var + eps) keeps the gradient finite where a patch is constant."""
-  b, h, w, c = fmap.shape
-  fmap = fmap.astype(jnp.float32)
-  out = {"loc": fmap.reshape(b, h * w, c)}
-  mean = jnp.mean(fmap, axis=(1, 2))
-  std = jnp.sqrt(jnp.var(fmap, axis=(1, 2)) + eps)
-  out["global"] = jnp.stack([mean, std], axis=1)
-  for p in patch_sizes:
-    if p >= h or h % p or w % p:
-      continue
-    windows = fmap.reshape(b, h // p, p, w // p, p, c)
-    p_mean = jnp.mean(windows, axis=(2, 4)).reshape(b, -1, c)
-    p_std = jnp.sqrt(jnp.var(windows, axis=(2, 4)) + eps).reshape(b, -1, c)
-    out[f"patch{p}"] = jnp.concatenate([p_mean, p_std], axis=1)
-  return out
-
-
-def encoder_feature_fn(features_fn: Callable[[Array], Sequence[Array]],
-                       patch_sizes: Sequence[int] = (2, 4),
-                       include_raw: bool = True) -> drifting.FeatureFn:
-  """A drifting feature function from an encoder: x -> {'stage{s}/{stat}': [B, L, C], 'raw': ...}.
-
-  features_fn maps latents to the list of stage maps, e.g.
-  lambda x: mae.apply(frozen_params, x, method=MaskedAutoencoder.features).
-  """
-  def feature_fn(x: Array) -> Mapping[str, Array]:
-    out = {}
-    for s, fmap in enumerate(features_fn(x)):
-      for name, f in multiscale_statistics(fmap, patch_sizes).items():
-        out[f"stage{s}/{name}"] = f
-    if include_raw:
-      out.update(drifting.raw_features(x))
-    return out
-  return feature_fn
