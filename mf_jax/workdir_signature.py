@@ -64,7 +64,7 @@ def check(config, workdir: str) -> None:
   overrides = " ".join(f"--config.{name}={recorded['fields'][name]}"
                        for name, value in current["fields"].items()
                        if recorded["fields"].get(name) != value and name != "ema_decays")
-  from mf_jax.config_checks import ConfigError  # pylint: disable=g-import-not-at-top
+  from mf_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   raise ConfigError(
       f"--workdir={workdir} holds a run whose parameter shapes differ from this config's; nothing "
       f"was changed. Differing fields: {'; '.join(fields) or 'none of ' + str(SHAPE_FIELDS)} "

@@ -202,12 +202,12 @@ def test_models_that_cannot_take_a_time_conditioning_are_refused_before_compilin
   unet = cifar10_unet.get_config()
   unet.meanflow.time_conditioning = "t-r"
   with pytest.raises(config_checks.ConfigError, match=r"meanflow\.time_conditioning='t-r'.*unet"):
-    config_checks._model(unet)
+    config_checks.validate_static(unet)
   drift = drifting_toy.get_config()
   drift.meanflow.time_conditioning = "r,t"
   with pytest.raises(config_checks.ConfigError, match=r"method='meanflow' only"):
-    config_checks._model(drift)
+    config_checks.validate_static(drift)
   for choice in meanflow.TIME_CONDITIONINGS:  # Every value passes with a DiT.
     config = tiny.get_config()
     config.meanflow.time_conditioning = choice
-    config_checks._model(config)
+    config_checks.validate_static(config)
