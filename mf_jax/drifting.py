@@ -344,10 +344,3 @@ def drifting_value_and_grad(generator_apply: Callable, params, real_by_class: Ar
   metrics.update({f"loss/{name}": l for name, l in set_losses.items()})
   metrics["loss"] = sum(set_losses.values())
   return (metrics["loss"], metrics), grads
-
-
-def generate(generator_fn: GeneratorFn, key: Array, labels: Array, alpha: float,
-             noise_shape: Sequence[int]) -> Array:
-  """One-step sampling: x = f(e, alpha, label) with e ~ N(0, I) of shape [B, *noise_shape]."""
-  noise = jax.random.normal(key, (labels.shape[0],) + tuple(noise_shape))
-  return generator_fn(noise, jnp.full((labels.shape[0],), alpha, jnp.float32), labels)

@@ -242,6 +242,28 @@ def _split_pattern(tree, period: int, n: int):
   return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
 
 
+def meanflow_loss_plain(u_fn: UFn, x: Array, labels: Array, key: Array,
+                        config) -> Tuple[Array, Mapping[str, Array]]:
+  """The MeanFlow loss written out over the whole batch: the method on one screen.
+
+  The same draws and the same value as meanflow_loss below, the fast path the trainer runs
+  (tests/test_meanflow_fast_path.py checks loss and gradient agree to float64 rounding); this one
+  is slower: the jvp and the guidance calls run on every row, also where r = t.
+  """
+  k_time, k_noise, k_drop = jax.random.split(key, 3)
+  r, t = sample_times(k_time, x.shape[0], config)  # [B] each, 0 <= r <= t <= 1; t = 1 is noise.
+  e = jax.random.normal(k_noise, x.shape, x.dtype)
+  z = (1.0 - _bcast(t, x)) * x + _bcast(t, x) * e  # z_t on the straight path from x to e.
+  v = e - x  # The conditional velocity dz_t/dt.
+  dropped = class_dropout_mask(k_drop, x.shape[0], config)
+  labels = jnp.where(dropped, config.num_classes, labels)  # Null label: trains u(z, r, t | null).
+  v = guided_velocity(u_fn, z, t, v, labels, dropped, config)  # CFG folded into the target.
+  # u(z, r, t) and sg(v - (t - r) du/dt), du/dt the jvp along (v, 0, 1): the MeanFlow identity.
+  u, u_tgt = average_velocity_target(u_fn, z, r, t, v, labels, config.jvp_tangent)
+  loss, mse = adaptive_weighted_loss(u, u_tgt, config.adaptive_p, config.adaptive_c)
+  return loss, {"loss": loss, "mse": mse}
+
+
 def meanflow_loss(u_fn: UFn, x: Array, labels: Array, key: Array,
                   config) -> Tuple[Array, Mapping[str, Array]]:
   """The whole MeanFlow training loss for a batch of data x [B, ...] and labels [B].
