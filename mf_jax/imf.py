@@ -70,16 +70,20 @@ class Draws(NamedTuple):
   dropped: Array  # bool: rows trained with the null label and target e - x.
 
 
-def sample_omega(key: Array, batch_size: int, beta: float, omega_max: float) -> Array:
-  """omega ~ p(omega) ~ omega^-beta on [1, omega_max), [B], by the inverse CDF of a uniform u.
+def omega_from_uniform(u: Array, beta: float, omega_max: float) -> Array:
+  """The inverse CDF of p(omega) ~ omega^-beta on [1, omega_max) at u in [0, 1).
 
   beta = 1: omega = omega_max^u. Otherwise omega = (1 + u (omega_max^(1 - beta) - 1))^(1/(1 - beta)).
   """
-  u = jax.random.uniform(key, (batch_size,))
   if beta == 1.0:
     return jnp.exp(u * math.log(omega_max))
   a = 1.0 - beta
   return jnp.exp(jnp.log1p(u * math.expm1(a * math.log(omega_max))) / a)
+
+
+def sample_omega(key: Array, batch_size: int, beta: float, omega_max: float) -> Array:
+  """omega ~ p(omega) ~ omega^-beta on [1, omega_max), [B]."""
+  return omega_from_uniform(jax.random.uniform(key, (batch_size,)), beta, omega_max)
 
 
 def sample_interval(key: Array, r_neq_t: Array) -> Tuple[Array, Array]:

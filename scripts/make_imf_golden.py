@@ -7,9 +7,9 @@ copy is not edited) on a tiny imfDiT with random weights and writes tests/golden
   loss_*         iMeanFlow.forward on a fixed batch with chosen draws: the times (from the two
                  logit-normal normals), noise, guidance interval, omega and dropout uniforms are
                  served to the official code in place of its jax.random draws; the draws as the
-                 official code turned them into t, r, omega, t_min, t_max and dropped rows (read
-                 back by running its own draw methods on the same served values); loss, loss_u,
-                 loss_v;
+                 official code turned them into t, r, omega (and the uniform it came from),
+                 t_min, t_max and dropped rows (read back by running its own draw methods on the
+                 same served values); loss, loss_u, loss_v;
   grad/<path>    the gradient of that loss with respect to every parameter;
   sample{1,2}_*  the official `generate` (1 and 2 steps) from served noise, with the labels it
                  cycles and the (omega, t_min, t_max) chosen at sampling time.
@@ -194,7 +194,7 @@ def main():
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   squeeze = lambda a: np.asarray(a, np.float32).reshape(BATCH)
   golden.update(loss_x=x, loss_labels=labels, loss_e=e, loss_t=squeeze(t), loss_r=squeeze(r),
-                loss_omega=squeeze(omega), loss_t_min=squeeze(t_min), loss_t_max=squeeze(t_max),
+                loss_omega=squeeze(omega), loss_omega_u=squeeze(d["omega_u"]), loss_t_min=squeeze(t_min), loss_t_max=squeeze(t_max),
                 loss_dropped=np.asarray(dropped_labels) == NUM_CLASSES,
                 loss=np.asarray(loss), loss_u=np.asarray(metrics["loss_u"]),
                 loss_v=np.asarray(metrics["loss_v"]))

@@ -105,6 +105,13 @@ def test_loss_and_gradient(golden, ours):
     assert np.linalg.norm(np.asarray(flat_got[name]) - w) < RTOL_GRAD * scale, name
 
 
+def test_omega_inverse_cdf(golden):
+  """The official code's omega from its uniform draw (beta = method_cfg_beta, omega in [1, 8))."""
+  got = imf.omega_from_uniform(jnp.asarray(golden["loss_omega_u"]),
+                               float(golden["method_cfg_beta"]), imf.default_config().omega_max)
+  assert rel_err(got, golden["loss_omega"]) < RTOL
+
+
 @pytest.mark.parametrize("steps", [1, 2])
 def test_samples(golden, ours, steps):
   _, params, net_fn = ours
