@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from mf_jax import imf, imf_params
+from mf_jax import imf, imf_params, meanflow
 from mf_jax.models import dit_incontext
 from numerics import rel_err
 
@@ -103,6 +103,33 @@ def test_loss_and_gradient(golden, ours):
   flat_got = traverse_util.flatten_dict(jax.device_get(grads), sep="/")
   for name, w in traverse_util.flatten_dict(want, sep="/").items():
     assert np.linalg.norm(np.asarray(flat_got[name]) - w) < RTOL_GRAD * scale, name
+
+
+def test_split_loss_on_our_layout(golden, ours):
+  """The per-part loss on the golden batch with its rows moved to our layout (r != t rows where
+  meanflow.r_neq_t_pattern puts them): a batch mean, so the official loss and gradient."""
+  _, params, net_fn = ours
+  config = _config(golden)
+  batch = int(golden["batch"])
+  period, n = meanflow.r_neq_t_pattern(batch, config.r_neq_t_ratio)
+  ours_avg = np.flatnonzero(np.arange(batch) % period < n)
+  official_avg = np.flatnonzero(golden["loss_t"] != golden["loss_r"])
+  perm = np.empty(batch, int)
+  perm[ours_avg] = official_avg
+  perm[np.setdiff1d(np.arange(batch), ours_avg)] = np.setdiff1d(np.arange(batch), official_avg)
+  draws = imf.Draws(**{k: jnp.asarray(golden[f"loss_{k}"][perm]) for k in
+                       ("r", "t", "e", "omega", "t_min", "t_max", "dropped")})
+
+  @jax.jit
+  def loss_and_grad(p):
+    return jax.value_and_grad(lambda p_: imf.imf_loss_split_from_draws(
+        net_fn(p_), golden["loss_x"][perm], golden["loss_labels"][perm], draws, config),
+                              has_aux=True)(p)
+
+  (_, metrics), grads = loss_and_grad(params)
+  for name in ("loss", "loss_u", "loss_v"):
+    assert rel_err(metrics[name], golden[name]) < RTOL, name
+  assert rel_err(grads, imf_params.from_official(_tree(golden, "grad"))) < RTOL_GRAD
 
 
 def test_omega_inverse_cdf(golden):
