@@ -2,10 +2,14 @@
 
 Numerical parity with the official network is in tests/test_imf_golden.py.
 """
+import math
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from mf_jax.models import dit_incontext
 
@@ -81,3 +85,40 @@ def test_init_is_zero_and_inference_model_is_the_u_path():
     u2, v2 = apply({"params": params}, x, *args, y)
     assert float(jnp.abs(u2 - u).max()) > 1e-3
     assert float(jnp.abs(v2 - v).max()) > 1e-3
+
+
+def _official_init_std(name, shape, width, patch_fan_in):
+  """The initial standard deviation of each parameter under the official code's rules
+  (models/torch_models.py TorchLinear "scaled_variance", imfDiT token and label tables, the
+  patch embedding's xavier-uniform conv): 0 for biases, gates and the output layers, 1 +- 0 for
+  RMSNorm scales (returned as None)."""
+  if name.endswith("bias") or name.endswith("_scale") or re.search(r"(u|v)_final/", name):
+    return 0.0
+  if name.endswith("/scale"):
+    return None
+  if name.startswith("patch_embed"):
+    return math.sqrt(2.0 / (patch_fan_in + width))
+  if name.endswith("_tokens") or name.startswith("label_embedder"):
+    return 1.0 / math.sqrt(width)
+  constant = 0.32 if "_block_" in name else 1.0
+  return constant / math.sqrt(shape[0])
+
+
+def test_init_follows_official_rules():
+  """Each parameter's empirical std at init within 5 standard errors of the official rule."""
+  width = 64
+  model = dit_incontext.InContextDiT(**dict(TINY, hidden_size=width, num_heads=2))
+  x, (h, omega, t_min, t_max), y = _inputs()
+  params = jax.jit(model.init)(jax.random.key(0), x, h, omega, t_min, t_max, y)["params"]
+  flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  # patch 2, labels 1, four scalar embedders 4 each, tokens 5, 5 blocks of 13, two output layers 3.
+  assert len(flat) == 2 + 1 + 4 * 4 + 5 + 5 * 13 + 2 * 3
+  for name, value in flat.items():
+    want = _official_init_std(name, value.shape, width, patch_fan_in=2 * 2 * 4)
+    if want is None:
+      np.testing.assert_array_equal(value, 1.0, err_msg=name)
+    elif want == 0.0:
+      np.testing.assert_array_equal(value, 0.0, err_msg=name)
+    else:
+      got = float(np.sqrt(np.mean(np.square(value))))
+      assert abs(got / want - 1) < 5 / math.sqrt(2 * value.size), (name, got, want)
