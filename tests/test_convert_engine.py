@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
 from mf_jax.convert import __main__ as cli
 from mf_jax.convert import engine, readers
@@ -179,7 +178,7 @@ def _inception():
             "fc_kernel": sds(6, 10), "fc_bias": sds(10)}
   state = {}
   for path, s in engine.flat(target).items():
-    key, layout = inception_format.torch_key(tuple(path.split("/")))
+    key = inception_format.torch_key(tuple(path.split("/")))[0]
     state[key] = np.zeros(_torch_layout(path, s.shape)[1], np.float32)
   state["Mixed_5b.branch1x1.bn.num_batches_tracked"] = np.zeros((), np.int64)  # Dropped.
   return (lambda s: inception_format.torch_state_dict_to_flax(s, target), state,

@@ -253,7 +253,7 @@ def test_cli_converts_a_release_mae_into_the_workdir_drifting_reads(tmp_path, ma
   assert sorted(got) == sorted(want) and int(state.step) == 0
   for k, v in want.items():
     np.testing.assert_array_equal(got[k], np.asarray(v, np.float32))
-  with pytest.raises(FileExistsError, match="already holds checkpoints"):
+  with pytest.raises(engine.UserError, match="already holds checkpoints"):
     cli.convert_encoder_to_workdir(str(src), config, str(workdir))
 
 

@@ -19,10 +19,13 @@ tensors, missing parameters) is listed at once; user errors print one
 exit 2. `--config.x=y` overrides config fields as in main.py.
 """
 import dataclasses
+import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
+import ml_collections
 from absl import flags
+from ml_collections import config_flags
 
 from mf_jax.convert import engine
 
@@ -33,7 +36,7 @@ PROG = "python -m mf_jax.convert"
 class Source:
   output: str  # "workdir" or "out"
   needs_config: bool
-  run: Callable  # (src, config, output, flag values) -> summary line
+  run: Callable  # (src, config, output path, parsed flags) -> a one-line summary
 
 
 def _meanflow_official(src, config, out, fv):
@@ -96,7 +99,6 @@ SOURCES: Dict[str, Source] = {
 
 
 def _flag_values() -> flags.FlagValues:
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "This project's config of the same model.",
                                   flag_values=fv, lock_config=True)
@@ -112,42 +114,51 @@ def _flag_values() -> flags.FlagValues:
   return fv
 
 
-class _Usage(Exception):
-  def __init__(self, subject, problem, fix):
-    super().__init__(subject)
-    self.subject, self.problem, self.fix = subject, problem, fix
-
-
-def _fail(prog: str, subject: str, problem: str, fix: str = "") -> None:
-  print(f"{prog}: error: {subject}: {problem}" + (f". Fix: {fix}" if fix else ""),
-        file=sys.stderr)
+def fail(prog: str, error: engine.UserError) -> None:
+  """Prints `prog: error: <subject>: problem. Fix: ...` (then any detail lines); exits 2."""
+  # UserError's own form, also for a ConversionError (whose str() leaves the file to the caller).
+  print(f"{prog}: error: {engine.UserError.__str__(error)}", file=sys.stderr)
   sys.exit(2)
 
 
 def run(argv: Sequence[str], prog: str = PROG) -> str:
-  """Parses argv (argv[0] the program), converts; returns the summary line. Raises _Usage,
-  engine.UserError or OSError for a user's mistake."""
+  """Parses argv (argv[0] the program), converts; returns the summary line. Raises
+  engine.UserError or FileNotFoundError / FileExistsError / PermissionError for a user's mistake."""
   fv = _flag_values()
   try:
     rest = fv(list(argv))
-  except Exception as e:  # Flag and config-file errors (unknown flag, bad value, syntax error).
-    raise _Usage("flags", str(e).strip().splitlines()[-1] if str(e).strip() else repr(e),
-                 f"see {prog} --help") from e
+  except SyntaxError as e:  # The config file is parsed while the flags are.
+    raise engine.UserError(f"--config={e.filename}", f"has a syntax error at line {e.lineno} "
+                           f"({e.msg})", "correct the file") from e
+  except Exception as e:  # Flag errors (unknown flag, bad value, a --config.x override).
+    text = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+    raise engine.UserError("flags", f"a flag or --config.x override was rejected ({text})",
+                           f"see {prog} --help and the config's field names") from e
   names = ", ".join(SOURCES)
   if len(rest) != 2 or rest[1] not in SOURCES:
     got = " ".join(rest[1:]) or "nothing"
-    raise _Usage("SOURCE", f"got {got}; expected one of {names}",
-                 f"{PROG} SOURCE --src=... (--workdir=... | --out=...) [--config=...]")
+    raise engine.UserError("SOURCE", f"got {got}; expected one of {names}",
+                           f"{PROG} SOURCE --src=... (--workdir=... | --out=...) [--config=...]")
   name, source = rest[1], SOURCES[rest[1]]
   out = fv[source.output].value
   if not fv.src:
-    raise _Usage("--src", "is required", f"give the {name} checkpoint to convert")
+    raise engine.UserError("--src", "is required", f"give the {name} checkpoint to convert")
   if not out:
-    raise _Usage(f"--{source.output}", f"is required for {name}",
-                 f"give the {'empty workdir' if source.output == 'workdir' else 'file'} to write")
+    raise engine.UserError(f"--{source.output}", f"is required for {name}", "give the "
+                           f"{'empty workdir' if source.output == 'workdir' else 'file'} to write")
   if source.needs_config and fv.config is None:
-    raise _Usage("--config", f"is required for {name}", "give this project's config of the "
-                 "same model, e.g. --config=configs/imagenet_b4.py")
+    raise engine.UserError("--config", f"is required for {name}", "give this project's config "
+                           "of the same model, e.g. --config=configs/imagenet_b4.py")
+  if source.needs_config and not isinstance(fv.config, ml_collections.ConfigDict):
+    path = fv["config"].config_filename
+    if not os.path.isfile(path):
+      raise engine.UserError(f"--config={path}", "does not exist",
+                             "give an existing config file, e.g. configs/imagenet_b4.py")
+    try:  # config_flags defers a file's load error to the first use of the config.
+      getattr(fv.config, "method")
+    except Exception as e:  # pylint: disable=broad-except
+      raise engine.UserError(f"--config={path}", f"cannot be loaded ({e})",
+                             "give an existing config file, e.g. configs/imagenet_b4.py") from e
   return source.run(fv.src, fv.config, out, fv)
 
 
@@ -156,22 +167,20 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> None:
   if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
     print(__doc__)
     sys.exit(0)
+  src = argv_value(argv, "--src")
   try:
     summary = run(argv, prog)
-  except _Usage as e:
-    _fail(prog, e.subject, e.problem, e.fix)
   except engine.ConversionError as e:
-    _fail(prog, e.subject if e.subject != "the source" else argv_value(argv, "--src"),
-          str(e.args[0]).split("\nFix: ")[0], e.fix)
+    e.subject = src  # The one file every problem of the list is about.
+    fail(prog, e)
   except engine.UserError as e:
-    _fail(prog, e.subject, e.problem, e.fix)
-  except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
-          NotADirectoryError) as e:
-    text = str(e)
-    subject, _, problem = text.partition(": ") if text.startswith("--") else (
-        e.filename or argv_value(argv, "--src"), "", e.strerror or text)
-    problem, _, fix = problem.partition(". Fix: ")
-    _fail(prog, subject, problem.rstrip("."), fix)
+    fail(prog, e)
+  except (FileNotFoundError, FileExistsError, PermissionError) as e:
+    # Raised with a complete sentence by the formats (the Inception and VAE loaders keep these
+    # types for their other callers) or by the OS (then with its file name).
+    subject = e.filename or src
+    problem = e.strerror if e.filename else str(e)
+    fail(prog, engine.UserError(subject, problem.rstrip(".")))
   print(f"{prog}: converted {summary}")
 
 

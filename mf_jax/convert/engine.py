@@ -24,11 +24,16 @@ from flax import traverse_util
 
 
 class UserError(ValueError):
-  """A user's mistake: `subject` (a file or flag) has `problem`; `fix` says the way out."""
+  """A user's mistake: `subject` (a file or flag) has `problem`; `fix` says the way out;
+  `details`: further lines (the problem list of a source that does not fit)."""
 
-  def __init__(self, subject: str, problem: str, fix: str = ""):
-    self.subject, self.problem, self.fix = subject, problem, fix
-    super().__init__(f"{subject}: {problem}" + (f". Fix: {fix}" if fix else ""))
+  def __init__(self, subject: str, problem: str, fix: str = "", details: Sequence[str] = ()):
+    self.subject, self.problem, self.fix, self.details = subject, problem, fix, list(details)
+    super().__init__(subject, problem, fix)
+
+  def __str__(self):
+    return (f"{self.subject}: {self.problem}" + (f". Fix: {self.fix}" if self.fix else "")
+            + "".join(f"\n  {line}" for line in self.details))
 
 
 class SourceError(UserError):
@@ -36,14 +41,17 @@ class SourceError(UserError):
 
 
 class ConversionError(UserError):
-  """A source that does not fit its target: `problems` holds one line per problem."""
+  """A source that does not fit its target: `problems` holds one line per problem. The source's
+  file is known to the caller (the CLI names it), so str() leads with the headline."""
 
-  def __init__(self, headline: str, problems: Sequence[str], fix: str = "", subject: str = ""):
-    self.headline, self.problems = headline, list(problems)
-    problem = (f"{headline}; {len(self.problems)} problem(s):\n  " + "\n  ".join(self.problems))
-    super().__init__(subject or "the source", problem, fix)
-    # The message a caller sees leads with the problems (the subject is known to the CLI only).
-    self.args = (problem + (f"\nFix: {fix}" if fix else ""),)
+  def __init__(self, headline: str, problems: Sequence[str], fix: str = ""):
+    self.problems = list(problems)
+    super().__init__("the source", f"{headline}; {len(self.problems)} problem(s)", fix,
+                     self.problems)
+
+  def __str__(self):
+    return (f"{self.problem}:" + "".join(f"\n  {line}" for line in self.details)
+            + (f"\nFix: {self.fix}" if self.fix else ""))
 
 
 # ---------------------------------------------------------------------------------------- layouts

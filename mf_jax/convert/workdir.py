@@ -13,6 +13,7 @@ import numpy as np
 
 from mf_jax import checkpointing
 from mf_jax import train_state as ts
+from mf_jax.convert import engine
 
 
 def zeros(abstract):
@@ -42,12 +43,12 @@ def fresh_state(config, params, step: int = 0, ema_params: Optional[Sequence[Any
 
 def write(state: ts.TrainState, config, workdir: str) -> str:
   """Saves `state` as the workdir's checkpoint at its step; returns the checkpoint folder.
-  FileExistsError if the workdir already holds a checkpoint (nothing is overwritten)."""
+  engine.UserError if the workdir already holds a checkpoint (nothing is overwritten)."""
   ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints, async_save=False)
   if ckpt.latest_step() is not None:
     ckpt.close()
-    raise FileExistsError(f"--workdir={workdir}: already holds checkpoints (step "
-                          f"{ckpt.latest_step()}). Fix: convert into an empty workdir")
+    raise engine.UserError(f"--workdir={workdir}", f"already holds checkpoints (step "
+                           f"{ckpt.latest_step()})", "convert into an empty workdir")
   ckpt.save(int(state.step), state)
   ckpt.wait()
   ckpt.close()

@@ -7,6 +7,7 @@ Several pairs in one call convert one after the other.
 """
 import sys
 
+from mf_jax.convert import engine
 from mf_jax.convert.formats.convnext import (  # pylint: disable=unused-import
     convert_convnext_to_file, read_hf_state_dict)
 from mf_jax.convert.formats.drifting_generator import (  # pylint: disable=unused-import
@@ -29,12 +30,14 @@ def main(argv):
            if a.partition("=")[0] in pair_flags}
   todo = [job for job in JOBS if job[1] in given or job[2] in given]
   if not todo:
-    cli._fail(PROG, "flags", "no source given", "give --src and --workdir (generator), "  # pylint: disable=protected-access
-              "--encoder_src and --encoder_workdir (MAE encoder), or --convnext_src and "
-              "--convnext_out (ConvNeXt-V2 of the pixel configs)")
+    cli.fail(PROG, engine.UserError(
+        "flags", "no source given", "give --src and --workdir (generator), --encoder_src and "
+        "--encoder_workdir (MAE encoder), or --convnext_src and --convnext_out (ConvNeXt-V2 of "
+        "the pixel configs)"))
   for source, src, out, new_out in todo:
     if not (given.get(src) and given.get(out)):
-      cli._fail(PROG, f"{src} / {out}", f"the {source} needs both", "give both flags")  # pylint: disable=protected-access
+      cli.fail(PROG, engine.UserError(f"{src} / {out}", f"the {source} needs both",
+                                      "give both flags"))
     cli.main([argv[0], source, f"--src={given[src]}", f"{new_out}={given[out]}", *shared], PROG)
 
 
