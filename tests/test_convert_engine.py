@@ -277,3 +277,27 @@ def test_old_entry_point_names_a_missing_file_before_asking_for_torch(tmp_path):
   assert run.returncode == 2, run.stderr
   assert run.stderr == (f"python -m mf_jax.convert.cifar_unet_torch: error: {nope}: does not "
                         "exist (a PyTorch checkpoint). Fix: give the .pth/.bin file\n")
+
+
+def test_cli_checks_a_vae_and_writes_float32_safetensors_that_load_alike(tmp_path, capsys):
+  """sd_vae: a diffusers folder (config.json + .safetensors) -> a checked float32 .safetensors
+  whose parameters equal those of the folder itself (same keys, same numbers)."""
+  import json  # pylint: disable=import-outside-toplevel
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  _, state, *_ = _sd_vae()
+  rng = np.random.RandomState(0)
+  state = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in state.items()}
+  folder = tmp_path / "vae"
+  folder.mkdir()
+  save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
+  (folder / "config.json").write_text(json.dumps(
+      {"block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4}))
+  out = str(tmp_path / "out" / "vae.safetensors")
+  cli.main(["prog", "sd_vae", f"--src={folder}", f"--out={out}"])
+  assert "converted VAE" in capsys.readouterr().out
+  config, want, _ = sd_vae.load_vae(str(folder))
+  _, got, _ = sd_vae.load_vae(out, config=config)
+  assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+  np.testing.assert_array_equal(np.asarray(got["encoder"]["conv_in"]["kernel"]),
+                                state["encoder.conv_in.weight"].transpose(2, 3, 1, 0))
