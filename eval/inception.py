@@ -299,12 +299,14 @@ def load_inception(path: str, sha256: Any = "auto", preprocess: str = "tf1"):
 
   path: pytorch-fid's pt_inception-2015-12-05-6726825d.pth or torch-fidelity's
   weights-inception-2015-12-05-6726825d.pth (needs torch to read), or the .npz that
-  `python -m eval.inception_convert` makes from either (no torch needed). sha256: full hex digest
-  or prefix to check; "auto" checks the prefix embedded in a torch-hub style file name
+  `python -m mf_jax.convert inception` makes from either (no torch needed). sha256: full hex
+  digest or prefix to check; "auto" checks the prefix embedded in a torch-hub style file name
   (NAME-HEXPREFIX.pth); None skips.
   """
-  from eval import inception_convert  # Local import: conversion code is only needed here.
-  params = inception_convert.load_flax_params(path, sha256=sha256)
+  # The table (mf_jax/convert/formats/inception.py) takes this network's shapes as an argument,
+  # so it imports nothing from eval/ and no import circle forms.
+  from mf_jax.convert.formats import inception as inception_format  # pylint: disable=g-import-not-at-top
+  params = inception_format.load_flax_params(path, param_shapes(), sha256=sha256)
   return make_apply_fn(preprocess), params
 
 

@@ -18,6 +18,7 @@ from flax import traverse_util
 from configs import mae_latent_256, mae_latent_640, mae_pixel_640, tiny
 from mf_jax import config_checks, drifting_features, networks
 from mf_jax import train_state as ts
+from mf_jax.convert import engine
 from mf_jax.convert.drifting import encoders
 from mf_jax.models import convnext, mae_resnet, release_features
 
@@ -113,9 +114,10 @@ def test_converter_names_missing_and_misshaped_keys(mae_golden):
   with pytest.raises(ValueError) as err:
     encoders.convert_mae(params, model, 8)
   message = str(err.value)
-  assert "missing 1 key(s)" in message and "encoder/stage1_block0/skip_norm/scale" in message
-  assert "decoder/up43/proj/conv/kernel (3, 3, 5, 128)" in message
-  assert "unexpected 1 key(s)" in message and "encoder/extra/kernel" in message
+  assert "3 problem(s)" in message
+  assert "missing: encoder/stage1_block0/skip_norm/scale" in message
+  assert "misshaped: decoder/up43/proj/conv/kernel (3, 3, 5, 128)" in message
+  assert "unmapped: encoder/extra/kernel" in message
 
 
 def test_drifting_uses_the_release_feature_set():
@@ -251,7 +253,7 @@ def test_cli_converts_a_release_mae_into_the_workdir_drifting_reads(tmp_path, ma
   assert sorted(got) == sorted(want) and int(state.step) == 0
   for k, v in want.items():
     np.testing.assert_array_equal(got[k], np.asarray(v, np.float32))
-  with pytest.raises(FileExistsError, match="already holds checkpoints"):
+  with pytest.raises(engine.UserError, match="already holds checkpoints"):
     cli.convert_encoder_to_workdir(str(src), config, str(workdir))
 
 
@@ -286,7 +288,7 @@ def test_cli_converts_hugging_face_convnext_into_the_file_drifting_reads(tmp_pat
   assert sorted(got) == sorted(want)
   for k, v in want.items():
     np.testing.assert_array_equal(got[k], np.asarray(v, np.float32))
-  with pytest.raises(FileNotFoundError, match="holds neither model.safetensors nor pytorch_model"):
+  with pytest.raises(engine.SourceError, match="holds neither model.safetensors nor pytorch_model"):
     cli.convert_convnext_to_file(str(tmp_path), config, out)
 
 

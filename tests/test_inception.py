@@ -105,13 +105,13 @@ def test_converter_maps_every_parameter(random_weights):
 def test_converter_rejects_broken_state_dicts(random_weights):
   _, state, _ = random_weights
   missing = {k: v for k, v in state.items() if k != "Mixed_6b.branch7x7_2.conv.weight"}
-  with pytest.raises(ValueError, match=r"1 missing keys: Mixed_6b\.branch7x7_2\.conv\.weight"):
+  with pytest.raises(ValueError, match=r"missing: Mixed_6b/branch7x7_2/conv/kernel"):
     inception_convert.torch_state_dict_to_flax(missing)
   extra = dict(state, **{"AuxLogits.fc.weight": torch.zeros(3)})
-  with pytest.raises(ValueError, match=r"unexpected keys: AuxLogits\.fc\.weight"):
+  with pytest.raises(ValueError, match=r"unmapped: AuxLogits\.fc\.weight"):
     inception_convert.torch_state_dict_to_flax(extra)
   reshaped = dict(state, **{"fc.weight": torch.zeros(1000, 2048)})
-  with pytest.raises(ValueError, match=r"shape mismatches: fc\.weight"):
+  with pytest.raises(ValueError, match=r"misshaped: fc\.weight"):
     inception_convert.torch_state_dict_to_flax(reshaped)
 
 

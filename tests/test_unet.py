@@ -81,7 +81,7 @@ def test_converter_names_missing_and_unused_tensors():
   broken = dict(state)
   del broken["map_layer0.weight"]
   broken["extra.weight"] = np.zeros((2, 2))
-  with pytest.raises(ValueError, match=r"extra\.weight.*map_layer0/kernel"):
+  with pytest.raises(ValueError, match=r"(?s)unmapped: extra\.weight.*missing: map_layer0/kernel"):
     cifar_unet_torch.to_flax(broken, expected)
 
 
@@ -115,8 +115,14 @@ def test_release_style_checkpoint_converts_into_a_workdir(tmp_path):
     cifar_unet_torch.read_checkpoint(path, "net_ema2")
 
 
-def test_reading_a_checkpoint_without_torch_says_how_to_fix_it(monkeypatch):
+def test_reading_a_checkpoint_without_torch_says_how_to_fix_it(monkeypatch, tmp_path):
+  """A missing file is named before torch is asked for; an existing one asks for torch."""
   import sys
   monkeypatch.setitem(sys.modules, "torch", None)
-  with pytest.raises(ImportError, match="pip install torch"):
-    cifar_unet_torch.read_checkpoint("model.pth")
+  absent = str(tmp_path / "model.pth")
+  with pytest.raises(ValueError, match=f"{absent}: does not exist"):
+    cifar_unet_torch.read_checkpoint(absent)
+  with open(absent, "wb") as f:
+    f.write(b"not empty")
+  with pytest.raises(ValueError, match=f"{absent}: is a PyTorch file.*pip install torch"):
+    cifar_unet_torch.read_checkpoint(absent)

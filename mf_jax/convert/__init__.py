@@ -1,1 +1,2 @@
-"""Converters from foreign checkpoint formats into this project's workdir layout (one module each)."""
+"""Converters from foreign checkpoint formats: one engine (engine.py, readers.py, workdir.py), one
+rule table per format (formats/), one CLI (`python -m mf_jax.convert SOURCE ...`, __main__.py)."""

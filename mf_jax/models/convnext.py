@@ -17,7 +17,6 @@ the map is standardised over channels per location, y = (x - mean_c) / (std_c + 
   of y over locations [N, 1, C]; global_mean: the head LayerNorm of the last stage's (raw) location
   mean; global_std: std over locations of the last stage's y. Stds are sqrt(var + 1e-6), in at least float32.
 """
-import zipfile
 from typing import Any, Mapping, Sequence, Tuple
 
 import flax.linen as nn
@@ -26,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+# The weights-file helpers below check shapes with the converter engine (numpy/jax/flax only).
+from mf_jax.convert import engine, readers
 from mf_jax.models.release_features import at_least_f32, safe_std
 
 Array = jax.Array
@@ -133,34 +134,19 @@ def save_variables(path: str, variables) -> None:
 
 def file_shapes(path: str) -> Mapping[str, Tuple[int, ...]]:
   """{name: shape} of a weights file, from the .npy headers only (no array is read)."""
-  shapes = {}
-  with zipfile.ZipFile(path) as z:
-    for name in z.namelist():
-      with z.open(name) as f:
-        version = np.lib.format.read_magic(f)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, _, _ = read_header(f)
-      shapes[name[:-len(".npy")] if name.endswith(".npy") else name] = tuple(shape)
-  return shapes
+  return readers.npz_shapes(path)
 
 
 def fit_problems(shapes: Mapping[str, Tuple[int, ...]], model: ConvNeXtV2) -> str:
-  """'' when `shapes` are exactly model's parameters, else the missing, unexpected and misshaped
-  names (nothing is allocated: jax.eval_shape)."""
-  expected = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(jax.eval_shape(
-      lambda: model.init(jax.random.key(0), example_input()))["params"], sep="/").items()}
-  missing = sorted(set(expected) - set(shapes))
-  unexpected = sorted(set(shapes) - set(expected))
-  misshaped = [f"{k} {shapes[k]} (needs {expected[k]})" for k in sorted(set(shapes) & set(expected))
-               if tuple(shapes[k]) != expected[k]]
-  problems = [f"{what} {len(keys)}: {keys[:8]}{'...' if len(keys) > 8 else ''}"
-              for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                 ("misshaped", misshaped)) if keys]
+  """'' when `shapes` are exactly model's parameters, else every unmapped, misshaped and missing
+  name (nothing is allocated: jax.eval_shape)."""
+  expected = engine.abstract_params(lambda: model.init(jax.random.key(0), example_input()))
+  problems = engine.shape_problems(shapes, expected)
   if not problems:
     return ""
-  return (f"the weights do not fit depths={tuple(model.depths)}, dims={tuple(model.dims)}: " +
-          "; ".join(problems))
+  return (f"the weights do not fit depths={tuple(model.depths)}, dims={tuple(model.dims)}; "
+          f"{len(problems)} problem(s): " + "; ".join(problems[:8])
+          + (f"; ... ({len(problems) - 8} more)" if len(problems) > 8 else ""))
 
 
 def load_variables(path: str, model: ConvNeXtV2):
@@ -168,7 +154,7 @@ def load_variables(path: str, model: ConvNeXtV2):
   ValueError naming every missing, unexpected and misshaped parameter."""
   problems = fit_problems(file_shapes(path), model)
   if problems:
-    raise ValueError(problems)
-  with np.load(path) as f:
-    flat = {k: f[k].astype(np.float32) for k in f.files}
+    raise engine.SourceError(path, problems, "set drifting.convnext_depths/convnext_dims to the "
+                             "file's size, or convert the matching checkpoint")
+  flat = {k: v.astype(np.float32) for k, v in readers.read_npz(path).items()}
   return {"params": traverse_util.unflatten_dict(flat, sep="/")}

@@ -1,1 +1,1 @@
-"""Converters from the Drifting Models release's checkpoint format (github.com/lambertae/drifting)."""
+"""Aliases of the Drifting release's formats (mf_jax/convert/formats/drifting_*.py, convnext.py)."""
