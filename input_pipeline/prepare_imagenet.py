@@ -41,7 +41,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from input_pipeline import records
-from mf_jax.models import vae, vae_convert
+from mf_jax.models import vae
+from mf_jax.convert.formats import sd_vae as vae_convert
 
 CROP_RULE = ("ADM center crop: while min side >= 2*size halve with BOX; BICUBIC resize so the "
              "min side == size; center crop size x size")

@@ -412,6 +412,18 @@ def _training_data(config):
                         "them to the records' shape, or prepare with that --image_size.")
 
 
+def _frozen_network_files(config):
+  """Training reads the weights files of the method's frozen networks: each must fit its module."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  for frozen in ts.objective(config).frozen_networks(config):
+    if not frozen.path:
+      continue
+    fmt = importlib.import_module(f"mf_jax.convert.formats.{frozen.file_format}")
+    problems = fmt.file_problems(frozen.path, frozen.module)
+    if problems:
+      raise ConfigError(f"{frozen.field}={frozen.path!r}: {problems}. Fix: {frozen.fix}.")
+
+
 def _evaluation(config, mode):
   if config.eval.every_steps or mode == "eval":
     from eval import evaluators  # pylint: disable=g-import-not-at-top
@@ -501,6 +513,7 @@ def validate(config, workdir: str = None, mode: str = "train") -> None:
   if mode == "train":
     _training_data(config)
     ts.objective(config).validate_files(config)
+    _frozen_network_files(config)
   _evaluation(config, mode)
   if workdir is not None:
     if mode != "train":

@@ -95,7 +95,8 @@ def decodes_with_vae(config) -> bool:
 @functools.lru_cache(maxsize=2)
 def load_decoder(vae_path: str, scale: float):
   """Jitted latents -> images in [-1, 1] through the SD-VAE at `vae_path` (loaded once)."""
-  from mf_jax.models import vae, vae_convert
+  from mf_jax.models import vae
+  from mf_jax.convert.formats import sd_vae as vae_convert
   vae_config, params, _ = vae_convert.load_vae(vae_path)
   return jax.jit(lambda z: vae.decode_latents(vae_config, params, z / scale))
 

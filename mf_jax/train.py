@@ -1,4 +1,5 @@
 """Training loop: set-up, resume, the step loop with its periodic actions, preemption, final save."""
+import importlib
 import os
 import signal
 import threading
@@ -115,10 +116,15 @@ def load_frozen_networks(config, state, shardings):
                                                       shardings.step.mesh))
       logging.info("%s: %s.", frozen.description, frozen.workdir)
     else:
-      variables = frozen.load_file(frozen.path)
+      variables = weights_format(frozen).load_variables(frozen.path, frozen.module)
       logging.info("%s: %s.", frozen.description, frozen.path)
     aux[frozen.aux_key] = jax.device_put(variables, shardings.aux[frozen.aux_key])
   return state.replace(aux=aux) if aux else state
+
+
+def weights_format(frozen):
+  """The converter format module that reads a frozen network's weights file."""
+  return importlib.import_module(f"mf_jax.convert.formats.{frozen.file_format}")
 
 
 def restore_run_parameters(run_config, workdir, mesh):

@@ -24,6 +24,7 @@ from mf_jax import config_checks, networks, objectives, sharding, train, train_s
 from mf_jax.objectives import drifting as drifting_objective
 from mf_jax.convert import meanflow_official
 from mf_jax.models import convnext
+from mf_jax.convert.formats import convnext as convnext_format
 
 SIZE, CLASSES, PER_CLASS = 16, 2, 8
 
@@ -55,7 +56,7 @@ def pixel_data(tmp_path_factory):
       lambda a: (0.3 * rng.normal(size=a.shape)).astype(np.float32),
       jax.eval_shape(model.init, jax.random.key(3), convnext.example_input()))
   weights = str(root / "convnext_tiny.npz")
-  convnext.save_variables(weights, variables)
+  convnext_format.save_variables(weights, variables)
   return out, ref, weights
 
 
@@ -159,7 +160,7 @@ def test_convnext_feature_sets_join_the_pixel_loss_from_the_state(pixel_data):
   mesh = sharding.make_mesh(devices=jax.devices()[:1])
   model = train_state.build_model(config)
   params = model.init(jax.random.key(0), *train_state.example_inputs(config))
-  from_file = convnext.load_variables(config.drifting.convnext_path,
+  from_file = convnext_format.load_variables(config.drifting.convnext_path,
                                       networks.convnext_model(config))
   other = jax.tree_util.tree_map(lambda a: 0.5 * a, from_file)
   rng = np.random.RandomState(1)

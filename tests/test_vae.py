@@ -8,7 +8,8 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from mf_jax.models import vae, vae_convert
+from mf_jax.models import vae
+from mf_jax.convert.formats import sd_vae as vae_convert
 import numerics
 
 

@@ -17,16 +17,12 @@ the map is standardised over channels per location, y = (x - mean_c) / (std_c + 
   of y over locations [N, 1, C]; global_mean: the head LayerNorm of the last stage's (raw) location
   mean; global_std: std over locations of the last stage's y. Stds are sqrt(var + 1e-6), in at least float32.
 """
-from typing import Any, Mapping, Sequence, Tuple
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import traverse_util
 
-# The weights-file helpers below check shapes with the converter engine (numpy/jax/flax only).
-from mf_jax.convert import engine, readers
 from mf_jax.models.release_features import at_least_f32, safe_std
 
 Array = jax.Array
@@ -123,38 +119,3 @@ def convnext_feature_fn(model: ConvNeXtV2, variables) -> Any:
 
 def example_input():
   return jnp.zeros((1, 224, 224, 3), jnp.float32)
-
-
-def save_variables(path: str, variables) -> None:
-  """Writes variables {"params": tree} as the weights file of the module docstring."""
-  flat = traverse_util.flatten_dict(variables["params"], sep="/")
-  with open(path, "wb") as f:
-    np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
-
-
-def file_shapes(path: str) -> Mapping[str, Tuple[int, ...]]:
-  """{name: shape} of a weights file, from the .npy headers only (no array is read)."""
-  return readers.npz_shapes(path)
-
-
-def fit_problems(shapes: Mapping[str, Tuple[int, ...]], model: ConvNeXtV2) -> str:
-  """'' when `shapes` are exactly model's parameters, else every unmapped, misshaped and missing
-  name (nothing is allocated: jax.eval_shape)."""
-  expected = engine.abstract_params(lambda: model.init(jax.random.key(0), example_input()))
-  problems = engine.shape_problems(shapes, expected)
-  if not problems:
-    return ""
-  return (f"the weights do not fit depths={tuple(model.depths)}, dims={tuple(model.dims)}; "
-          f"{len(problems)} problem(s): " + "; ".join(problems[:8])
-          + (f"; ... ({len(problems) - 8} more)" if len(problems) > 8 else ""))
-
-
-def load_variables(path: str, model: ConvNeXtV2):
-  """The weights file at `path` as variables {"params": tree} of `model` (host float32 arrays);
-  ValueError naming every missing, unexpected and misshaped parameter."""
-  problems = fit_problems(file_shapes(path), model)
-  if problems:
-    raise engine.SourceError(path, problems, "set drifting.convnext_depths/convnext_dims to the "
-                             "file's size, or convert the matching checkpoint")
-  flat = {k: v.astype(np.float32) for k, v in readers.read_npz(path).items()}
-  return {"params": traverse_util.unflatten_dict(flat, sep="/")}

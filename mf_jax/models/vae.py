@@ -1,7 +1,7 @@
 """Flax port of the Stable Diffusion VAE (diffusers `AutoencoderKL`), channels last.
 
 Layout (diffusers names, mirrored one to one in the Flax parameter tree so that the converter in
-`vae_convert.py` is a rename plus a transpose):
+`mf_jax/convert/formats/sd_vae.py` is a rename plus a transpose):
   encoder: conv_in -> down_blocks_i (resnets_j, downsamplers_0 except the last block) -> mid_block
            (resnets_0, attentions_0, resnets_1) -> conv_norm_out -> SiLU -> conv_out (2 * latent)
   quant_conv (1x1) -> moments = (mean, logvar); logvar clipped to [-30, 20]; std = exp(logvar / 2)

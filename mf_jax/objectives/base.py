@@ -30,17 +30,22 @@ class FrozenNetwork:
 
   The state is created with zeros of the right shapes (`placeholder`); at step 0 the trainer loads
   the values once (train.load_frozen_networks), and checkpoints carry them from then on. Exactly one
-  source: `path` (a weights file read by `load_file(path) -> variables`), or `workdir` (the newest
-  checkpoint of a run of `workdir_config`, whose EMA parameters pass through `select(params)`).
+  source: `path`, a weights file of converter format `file_format` (mf_jax/convert/formats/<name>.py:
+  its `load_variables(path, module)` and `file_problems(path, module)`), checked before training
+  starts; or `workdir`, the newest checkpoint of a run of `workdir_config`, whose EMA parameters
+  pass through `select(params)`.
   """
   aux_key: str
   placeholder: Callable[[Array], Any]  # key -> variables of zeros (nothing is initialised).
+  description: str = ""
   path: str = ""
-  load_file: Optional[Callable[[str], Any]] = None
+  file_format: str = ""
+  module: Any = None  # The Flax module the file's variables are for.
+  field: str = ""  # The config field that names the file, for error messages.
+  fix: str = ""  # How to make the file, for error messages.
   workdir: str = ""
   workdir_config: Any = None
   select: Callable[[Any], Any] = lambda params: params
-  description: str = ""
 
 
 class Objective:

@@ -22,8 +22,8 @@ from mf_jax.objectives import mae as mae_objective
 QUEUE_FILL_STREAM = 2**31 - 2
 PIXEL_DATA = ("imagenet_pixels", "cifar10")  # Samples x = v / 127.5 - 1 of 8-bit levels v.
 CONVNEXT_HOWTO = ("convert facebook/convnextv2-base-22k-224 (a local Hugging Face folder) with "
-                  "`python -m mf_jax.convert.drifting --config=CONFIG --convnext_src=HF_DIR "
-                  "--convnext_out=FILE.npz`")
+                  "`python -m mf_jax.convert convnext --src=HF_DIR --out=FILE.npz "
+                  "--config=CONFIG`")
 
 
 def mae_run_config(config):
@@ -128,10 +128,12 @@ class Drifting(base.Objective):
     if d.use_convnext:
       model = networks.convnext_model(config)
       frozen.append(base.FrozenNetwork(
-          aux_key="convnext", path=d.convnext_path,
+          aux_key="convnext", path=d.convnext_path, file_format="convnext", module=model,
+          field="drifting.convnext_path",
+          fix=("set drifting.convnext_depths/convnext_dims to the file's size, or "
+               f"{CONVNEXT_HOWTO}"),
           placeholder=lambda key: networks.frozen_placeholder(model.init, key,
                                                               convnext.example_input()),
-          load_file=lambda path: convnext.load_variables(path, model),
           description=(f"ConvNeXt-V2 features (depths {tuple(d.convnext_depths)}, dims "
                        f"{tuple(d.convnext_dims)})")))
     return tuple(frozen)
@@ -248,7 +250,8 @@ class Drifting(base.Objective):
                         "(3, 3, 27, 3) and (128, 256, 512, 1024) (ConvNeXt-V2-Base).")
 
   def validate_files(self, config):
-    """Training with ConvNeXt features reads its weights (sampling and evaluation do not)."""
+    """Training with ConvNeXt features reads its weights (sampling and evaluation do not); the
+    file's fit is checked with every frozen network's (config_checks)."""
     d = config.drifting
     if not d.use_convnext:
       return
@@ -259,16 +262,6 @@ class Drifting(base.Objective):
     if not os.path.isfile(d.convnext_path):
       raise ConfigError(f"drifting.convnext_path={d.convnext_path!r} is not a file: "
                         f"{CONVNEXT_HOWTO}, or set drifting.use_convnext=False.")
-    import zipfile  # pylint: disable=g-import-not-at-top
-    try:
-      problems = convnext.fit_problems(convnext.file_shapes(d.convnext_path),
-                                       networks.convnext_model(config))
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-      problems = f"not a weights file ({e})"
-    if problems:
-      raise ConfigError(f"drifting.convnext_path={d.convnext_path!r}: {problems}. Set "
-                        "drifting.convnext_depths/convnext_dims to the file's size, or "
-                        f"{CONVNEXT_HOWTO}.")
 
   def check_devices(self, config, num_devices):
     try:

@@ -4,12 +4,14 @@ Two sources: the Drifting release's own Flax ConvNextV2 tree (CONVNEXT_RULES, sa
 the Hugging Face PyTorch checkpoint the release builds it from, facebook/convnextv2-base-22k-224
 (HF_CONVNEXT_RULES: conv OIHW -> HWIO, linear [out, in] -> [in, out]; its ImageNet-22k classifier
 is dropped: the features do not use it). The result is saved as the .npz that
-drifting.convnext_path names (mf_jax/models/convnext.py save_variables / load_variables).
+drifting.convnext_path names (save_variables / load_variables below).
 """
 import os
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Tuple
 
 import jax
+import numpy as np
+from flax import traverse_util
 
 from mf_jax.convert import engine, readers
 from mf_jax.convert.formats.drifting_mae import to_variables, unwrap
@@ -98,8 +100,52 @@ def read_hf_state_dict(src: str):
 def convert_convnext_to_file(src: str, config, out: str):
   """Hugging Face ConvNeXt-V2 checkpoint at `src` -> this project's weights file `out` for
   drifting.convnext_path (size from config.drifting.convnext_depths/convnext_dims)."""
-  from mf_jax import train_state as ts  # pylint: disable=g-import-not-at-top
-  variables = convert_convnext_hf(read_hf_state_dict(src), ts.convnext_model(config))
+  from mf_jax import networks  # pylint: disable=g-import-not-at-top
+  variables = convert_convnext_hf(read_hf_state_dict(src), networks.convnext_model(config))
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   convnext.save_variables(out, variables)
   return variables, out
+
+
+def save_variables(path: str, variables) -> None:
+  """Writes variables {"params": tree} as the weights file of the module docstring."""
+  flat = traverse_util.flatten_dict(variables["params"], sep="/")
+  with open(path, "wb") as f:
+    np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
+
+
+def file_shapes(path: str) -> Mapping[str, Tuple[int, ...]]:
+  """{name: shape} of a weights file, from the .npy headers only (no array is read)."""
+  return readers.npz_shapes(path)
+
+
+def fit_problems(shapes: Mapping[str, Tuple[int, ...]], model: convnext.ConvNeXtV2) -> str:
+  """'' when `shapes` are exactly model's parameters, else every unmapped, misshaped and missing
+  name (nothing is allocated: jax.eval_shape)."""
+  expected = engine.abstract_params(lambda: model.init(jax.random.key(0), convnext.example_input()))
+  problems = engine.shape_problems(shapes, expected)
+  if not problems:
+    return ""
+  return (f"the weights do not fit depths={tuple(model.depths)}, dims={tuple(model.dims)}; "
+          f"{len(problems)} problem(s): " + "; ".join(problems[:8])
+          + (f"; ... ({len(problems) - 8} more)" if len(problems) > 8 else ""))
+
+
+def load_variables(path: str, model: convnext.ConvNeXtV2):
+  """The weights file at `path` as variables {"params": tree} of `model` (host float32 arrays);
+  ValueError naming every missing, unexpected and misshaped parameter."""
+  problems = fit_problems(file_shapes(path), model)
+  if problems:
+    raise engine.SourceError(path, problems, "set drifting.convnext_depths/convnext_dims to the "
+                             "file's size, or convert the matching checkpoint")
+  flat = {k: v.astype(np.float32) for k, v in readers.read_npz(path).items()}
+  return {"params": traverse_util.unflatten_dict(flat, sep="/")}
+
+
+def file_problems(path: str, model: convnext.ConvNeXtV2) -> str:
+  """'' when the weights file at `path` fits `model`, else what is wrong (read from headers)."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  try:
+    return fit_problems(file_shapes(path), model)
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    return f"not a weights file ({e})"
