@@ -5,7 +5,7 @@ Defaults follow the paper's ImageNet recipe (REFERENCE.md section 1) where one e
 """
 import ml_collections
 
-from mf_jax import augment, drifting
+from mf_jax import augment, drifting, imf
 
 
 def meanflow_config(num_classes=1000) -> ml_collections.ConfigDict:
@@ -72,6 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
       # Attention (rotary angles, logits, softmax, value product) in float32; False: in
       # compute_dtype, as the release's latent SOTA configs (attn_fp32: false).
       attn_fp32=True,
+      head_depth=8,  # name="dit_incontext" only (iMF): blocks per head after the shared trunk.
       unet=ml_collections.ConfigDict(dict(  # name="unet" only (DDPM++ U-Net, mf_jax/models/unet.py).
           channels=128,
           channel_mult=(2, 2, 2),
@@ -83,6 +84,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.meanflow = meanflow_config()
   config.meanflow.num_classes = num_classes
+  # Improved MeanFlow (method="imf"): guidance as a condition, u and v heads (mf_jax/imf.py).
+  config.imf = imf.default_config()
+  config.imf.num_classes = num_classes
   # EDM augmentation in the train step, labels fed to the network (mf_jax/augment.py; U-Net only).
   config.augment = augment.default_config()
 
@@ -169,6 +173,9 @@ def get_config() -> ml_collections.ConfigDict:
       use_ema=True,
       ema_index=0,
       seed=1,
+      cfg_scale=1.0,  # Sampling-time guidance scale (iMF: omega); 1.0 = none.
+      # (t_min, t_max): the guidance interval of methods that condition on one (iMF); () = [0, 1].
+      guidance_interval=(),
   ))
   config.eval = ml_collections.ConfigDict(dict(
       every_steps=0,  # Sample-quality evaluation every N steps and at the end; 0 disables.
@@ -181,6 +188,9 @@ def get_config() -> ml_collections.ConfigDict:
       # Non-empty: score every listed scale instead of cfg_scale (fd_..._cfg<s>) and report the
       # best as fd_<k>nfe, its scale as best_cfg_<k>nfe (the Drifting release's CFG sweep).
       cfg_scales=(),
+      # Guidance intervals (t_min, t_max) to score, each with every scale (iMF); () = the
+      # sampler's own (sample.guidance_interval). The best is reported as in cfg_scales.
+      guidance_intervals=(),
       use_ema=True,
       ema_index=0,  # Which of ema_decays to evaluate.
       features="inception",  # "inception" (FID, IS) | "pixels" (Frechet distance of raw pixels).

@@ -268,7 +268,7 @@ class SampleQualityEvaluator:
     ev = self.config.eval
     return state.ema_params[ev.ema_index] if ev.use_ema else state.params
 
-  def statistics(self, params, num_steps: int, cfg_scale: float = None):
+  def statistics(self, params, num_steps: int, cfg_scale: float = None, interval=None):
     """(StatsAccumulator of all num_samples features, [num_samples, K] logits or None,
     [num_samples, D] features when num_samples <= D else None)."""
     ev = self.config.eval
@@ -282,7 +282,7 @@ class SampleQualityEvaluator:
       key = jax.random.fold_in(jax.random.key(ev.seed), i)
       noise, labels, mask = self._chunk_inputs(key, start)
       scale = float(ev.cfg_scale if cfg_scale is None else cfg_scale)
-      x = self.sample_fn(params, noise, labels, num_steps, scale)
+      x = self.sample_fn(params, noise, labels, num_steps, scale, interval)
       images = self._to_images(self._decode(x))
       feats, chunk_logits = self.features.extract(self.features.params, images)
       count, mean, m2 = fid.sharded_moments(feats, self.mesh, sharding_lib.BATCH_AXES, mask)
@@ -307,23 +307,31 @@ class SampleQualityEvaluator:
     f = self.features
     scalars = {}
     sweep = tuple(float(s) for s in self.config.eval.get("cfg_scales", ()))
+    intervals = tuple(tuple(float(v) for v in i) for i in self.config.eval.guidance_intervals)
+    settings = [(s, i) for s in (sweep or (None,)) for i in (intervals or (None,))]
     for k in self.num_steps:
       best = None
-      for scale in sweep or (None,):
-        acc, logits, features = self.statistics(params, k, scale)
+      for scale, interval in settings:
+        acc, logits, features = self.statistics(params, k, scale, interval)
         if features is not None:
           fd = frechet_distance_from_samples(features, f.ref_mu, f.ref_sigma)
         else:
           fd = fid.frechet_distance(acc.mean, acc.cov, f.ref_mu, f.ref_sigma)
-        suffix = "" if scale is None else f"_cfg{scale:g}"
+        suffix = ("" if scale is None else f"_cfg{scale:g}") + (
+            "" if interval is None else f"_t{interval[0]:g}-{interval[1]:g}")
         scalars[f"{f.scalar_prefixes['fd']}_{k}nfe{suffix}"] = fd
         if logits is not None:
           splits = IS_SPLITS if len(logits) >= 2 * IS_SPLITS else 1
           scalars[f"{f.scalar_prefixes['is']}_{k}nfe{suffix}"] = fid.inception_score(logits, splits)[0]
-        if scale is not None and (best is None or fd < best[0]):
-          best = (fd, scale)
-      if best is not None:  # The sweep's best, under the name a single scale would have.
-        scalars[f"{f.scalar_prefixes['fd']}_{k}nfe"], scalars[f"best_cfg_{k}nfe"] = best
+        if suffix and (best is None or fd < best[0]):
+          best = (fd, scale, interval)
+      if best is not None:  # The sweep's best, under the name a single setting would have.
+        fd, scale, interval = best
+        scalars[f"{f.scalar_prefixes['fd']}_{k}nfe"] = fd
+        if scale is not None:
+          scalars[f"best_cfg_{k}nfe"] = scale
+        if interval is not None:
+          scalars[f"best_t_min_{k}nfe"], scalars[f"best_t_max_{k}nfe"] = interval
     return scalars
 
 

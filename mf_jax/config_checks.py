@@ -96,6 +96,21 @@ def number_tuple(lo=None, hi=None, lo_open=False, hi_open=False) -> Rule:
       _in_range(x, lo, hi, lo_open, hi_open) for x in v) else message)
 
 
+def interval_tuple(v):
+  """(t_min, t_max) with 0 <= t_min <= t_max <= 1, or ()."""
+  if isinstance(v, (tuple, list)) and (not v or (len(v) == 2 and all(
+      _in_range(x, 0.0, 1.0, False, False) for x in v) and v[0] <= v[1])):
+    return None
+  return "must be () or a pair (t_min, t_max) with 0 <= t_min <= t_max <= 1"
+
+
+def interval_tuples(v):
+  if isinstance(v, (tuple, list)) and all(
+      isinstance(i, (tuple, list)) and i and interval_tuple(i) is None for i in v):
+    return None
+  return "must be a tuple of pairs (t_min, t_max), each with 0 <= t_min <= t_max <= 1"
+
+
 POSITIVE = integer(lo=1)
 NON_NEGATIVE = integer(lo=0)
 FRACTION = number(0.0, 1.0)
@@ -115,7 +130,7 @@ FIELDS = {
     "data.vae_path": (text(), "a local diffusers AutoencoderKL folder, or '' (no decoding)"),
     "data.random_flip": (boolean(), "True or False"),
     "data.random_crop_min_area": (FRACTION, "0.0 (no crop), or 0.2 (the release's pixel configs)"),
-    "model.name": (choice("dit", "dit_modern", "mlp", "unet"),
+    "model.name": (choice("dit", "dit_modern", "dit_incontext", "mlp", "unet"),
                    "dit for images, dit_modern for the Drifting release's generator, mlp for small "
                    "vectors, unet for CIFAR-10 (unconditional)"),
     "model.variant": (text(), "NAME/PATCH, e.g. 'B/2'"),
@@ -132,6 +147,7 @@ FIELDS = {
     "model.noise_coords": (POSITIVE, "32 (the Drifting release)"),
     "model.attn_fp32": (boolean(), "True (float32 attention), False for attention in "
                                    "model.compute_dtype (the release's latent SOTA configs)"),
+    "model.head_depth": (NON_NEGATIVE, "8 (iMF: blocks per head), at most the depth"),
     "model.unet.channels": (POSITIVE, "128 (official CIFAR-10 U-Net)"),
     "model.unet.channel_mult": (int_tuple(), "(2, 2, 2)"),
     "model.unet.num_blocks": (POSITIVE, "4"),
@@ -159,6 +175,20 @@ FIELDS = {
                              "v,0,1 (paper); the others are Table 1b ablations"),
     "meanflow.time_conditioning": (choice(*meanflow.TIME_CONDITIONINGS),
                                    "t,t-r (paper); the others are Table 1c ablations"),
+    "imf.num_classes": (NON_NEGATIVE, "leave it linked to data.num_classes"),
+    "imf.time_sampler": (choice("logit_normal", "uniform"), "logit_normal (iMF)"),
+    "imf.time_mu": (number(), "-0.4 (iMF)"),
+    "imf.time_sigma": (number(0.0, lo_open=True), "1.0 (iMF)"),
+    "imf.time_mu_r": (optional(number()), "None (as time_mu)"),
+    "imf.time_sigma_r": (optional(number(0.0, lo_open=True)), "None (as time_sigma)"),
+    "imf.time_pairing": (choice(*meanflow.TIME_PAIRINGS), "sort (iMF)"),
+    "imf.r_neq_t_ratio": (FRACTION, "0.5 (iMF: half the batch has r = t)"),
+    "imf.omega_beta": (number(0.0), "1.0 (iMF: p(omega) ~ 1/omega)"),
+    "imf.omega_max": (number(1.0, lo_open=True), "8.0 (iMF)"),
+    "imf.class_dropout": (number(0.0, 1.0, hi_open=True), "0.1 (iMF)"),
+    "imf.class_dropout_rows": (choice(*meanflow.DROPOUT_ROWS), "r_eq_t_first (official layout)"),
+    "imf.adaptive_p": (number(0.0), "1.0 (iMF)"),
+    "imf.adaptive_c": (number(0.0, lo_open=True), "0.01 (iMF)"),
     "drifting.temperatures": (number_tuple(0.0, lo_open=True), "e.g. (0.02, 0.05, 0.2)"),
     "drifting.normalize_distances": (boolean(), "True (paper)"),
     "drifting.normalize_drift": (boolean(), "True (paper)"),
@@ -239,7 +269,8 @@ FIELDS = {
     "sample.use_ema": (boolean(), "True"),
     "sample.ema_index": (NON_NEGATIVE, "an index into ema_decays, e.g. 0"),
     "sample.seed": (integer(), "any integer"),
-    "sample.cfg_scale": (number(0.0, lo_open=True), "1.0 (none)"),
+    "sample.cfg_scale": (number(0.0, lo_open=True), "1.0 (none); iMF: omega, e.g. 8.0"),
+    "sample.guidance_interval": (interval_tuple, "() ([0, 1]), or e.g. (0.4, 0.65) (iMF B/2)"),
     "eval.every_steps": (NON_NEGATIVE, "0 (off) or a step count"),
     "eval.num_samples": (integer(lo=2), "50000 (FID-50K)"),
     "eval.batch_size": (POSITIVE, "a multiple of the device count, e.g. 256"),
@@ -253,6 +284,7 @@ FIELDS = {
     "eval.seed": (integer(), "any integer"),
     "eval.cfg_scales": (number_tuple(0.0, lo_open=True), "() (use eval.cfg_scale), or e.g. "
                                                         "(1.0, 1.5, 2.0) to report the best"),
+    "eval.guidance_intervals": (interval_tuples, "() (the sampler's), or e.g. ((0.4, 0.65),)"),
     "eval.label_sampling": (choice(*generate.LABEL_SAMPLING), "cycle, or uniform (official)"),
     "eval.uint8_rounding": (choice(*generate.UINT8_ROUNDING), "half_even, or half_up (official)"),
 }
@@ -360,6 +392,12 @@ def _model(config):
 def _objective(config):
   """The method's own cross-field rules (Objective.validate)."""
   ts.objective(config).validate(config)
+  intervals = {"sample.guidance_interval": tuple(config.sample.guidance_interval),
+               "eval.guidance_intervals": tuple(config.eval.guidance_intervals)}
+  for name, value in intervals.items():
+    if value and not ts.objective(config).samples_with_interval:
+      raise ConfigError(f"{name}={value}: method={config.method!r} samples without a guidance "
+                        f"interval (iMF conditions on one): set --config.{name}=().")
 
 
 def _vae_file(config):

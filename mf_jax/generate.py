@@ -17,18 +17,22 @@ from mf_jax.sampling import guided_u_fn  # noqa: F401  (sampling-time guidance; 
 
 
 def make_sampler(config, model, mesh):
-  """Returns sample_fn(params, noise, labels, num_steps, cfg_scale=1.0) -> samples, jitted over
-  the mesh (None for a method that does not sample); what a step is belongs to config.method
-  (Objective.make_sample_fn)."""
+  """Returns sample_fn(params, noise, labels, num_steps, cfg_scale=1.0, interval=None) -> samples,
+  jitted over the mesh (None for a method that does not sample); what a step is belongs to
+  config.method (Objective.make_sample_fn). cfg_scale is the method's guidance scale (MeanFlow's
+  CFG scale, Drifting's alpha, iMF's omega); interval, a (t_min, t_max) guidance interval, only
+  for methods that condition on one (Objective.samples_with_interval)."""
   batch = sharding_lib.batch_sharding(mesh)
   sample = objectives.get(config.method).make_sample_fn(config, model)
   if sample is None:  # A method without samples (e.g. MAE pretraining).
     return None
 
-  @functools.partial(jax.jit, static_argnames=("num_steps", "cfg_scale"),
+  @functools.partial(jax.jit, static_argnames=("num_steps", "cfg_scale", "interval"),
                      in_shardings=(None, batch, batch), out_shardings=batch)
-  def sample_fn(params, noise, labels, num_steps, cfg_scale=1.0):
-    return sample(params, noise, labels, num_steps, cfg_scale)
+  def sample_fn(params, noise, labels, num_steps, cfg_scale=1.0, interval=None):
+    if interval is None:
+      return sample(params, noise, labels, num_steps, cfg_scale)
+    return sample(params, noise, labels, num_steps, cfg_scale, interval)
 
   return sample_fn
 
@@ -59,7 +63,7 @@ def sample_inputs(key, start: int, batch_size: int, shape, num_classes: int,
 
 
 def draw(config, sample_fn, params, mesh, num_samples: int, num_steps: int, seed: int,
-         cfg_scale: float = 1.0):
+         cfg_scale: float = 1.0, interval=None):
   """Samples in batches of config.sample.batch_size; labels cycle through the classes.
 
   Returns (samples float32 [N, H, W, C] in data space, labels int32 [N]) on every host.
@@ -75,7 +79,7 @@ def draw(config, sample_fn, params, mesh, num_samples: int, num_steps: int, seed
     noise, labels = sample_inputs(key, start, bs, (d.image_size, d.image_size, d.channels),
                                   d.num_classes)
     put = lambda a: jax.device_put(a, sharding_lib.batch_sharding(mesh))
-    x = sample_fn(params, put(noise), put(labels), num_steps, cfg_scale)
+    x = sample_fn(params, put(noise), put(labels), num_steps, cfg_scale, interval)
     outs.append(np.asarray(multihost_utils.process_allgather(x, tiled=True)))
     labels_all.append(np.asarray(labels))
   return np.concatenate(outs)[:num_samples], np.concatenate(labels_all)[:num_samples]

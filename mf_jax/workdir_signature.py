@@ -21,7 +21,7 @@ SHAPE_FIELDS = ("method", "data.image_size", "data.channels", "data.num_classes"
                 "drifting.bank_dtype", "drifting.feature_encoder_workdir", "mae.compute_dtype",
                 "mae.widths", "mae.blocks_per_stage",
                 "mae.groups", "mae.decoder_width", "mae.arch", "mae.layers",
-                "mae.input_patch_size", "meanflow.time_conditioning")
+                "mae.input_patch_size", "meanflow.time_conditioning", "model.head_depth")
 
 
 def _get(config, name):

@@ -62,6 +62,8 @@ class Objective:
   reads_sections: Tuple[str, ...] = ()
   # The network gets EDM augmentation labels (augment.enabled; the CIFAR-10 U-Net recipe).
   takes_augment_labels: bool = False
+  # The sampler takes a guidance interval (t_min, t_max) as a sixth argument (iMF).
+  samples_with_interval: bool = False
 
   # --- The network.
   def condition_names(self, config) -> Tuple[str, ...]:
