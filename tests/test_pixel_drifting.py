@@ -134,7 +134,7 @@ def test_tiny_pixel_drifting_trains_samples_and_scores_without_a_vae(pixel_data,
   weights = config.drifting.convnext_path
   config.drifting.convnext_path = ""
   with pytest.raises(ValueError, match=r"drifting\.use_convnext=True but drifting\.convnext_path "
-                                       r"is empty: convert .*--convnext_out"):
+                                       r"is empty: convert .*python -m mf_jax.convert convnext"):
     config_checks.validate(config)
   config.drifting.convnext_path = weights + ".missing"
   with pytest.raises(ValueError, match=r"drifting\.convnext_path=.*\.missing' is not a file"):
