@@ -35,10 +35,7 @@ class ToyFlowMatching(base.Objective):
       value = jnp.mean(jnp.square(v - (e - x)))
       return value, {"toy_fm_loss": value}
 
-    def step_grads(params, aux, x, labels, augment_labels, k_loss, k_aux):
-      del augment_labels, k_aux
-      return aux, *jax.value_and_grad(loss, has_aux=True)(params, x, labels, k_loss)
-    return step_grads
+    return base.loss_step_grads(loss)
 
   def make_sample_fn(self, config, model):
     def sample(params, noise, labels, num_steps, cfg_scale):

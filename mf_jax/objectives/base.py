@@ -48,6 +48,15 @@ class FrozenNetwork:
   select: Callable[[Any], Any] = lambda params: params
 
 
+def loss_step_grads(loss: Callable[..., Tuple[Array, Dict[str, Array]]]) -> StepGrads:
+  """The StepGrads of a method with no state of its own: the gradient of
+  loss(params, x, labels, key) -> (loss, metrics) with the step's loss key."""
+  def step_grads(params, aux, x, labels, augment_labels, k_loss, k_aux):
+    del augment_labels, k_aux
+    return aux, *jax.value_and_grad(loss, has_aux=True)(params, x, labels, k_loss)
+  return step_grads
+
+
 class Objective:
   """One training method: its network's conditions, its step, its sampler, its state and checks.
 

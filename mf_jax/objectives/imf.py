@@ -5,7 +5,6 @@ DiT of mf_jax/models/dit_incontext.py (model.name="dit_incontext"). Guidance is 
 sampling time: omega is the sampler's cfg_scale (sample.cfg_scale, eval.cfg_scale/cfg_scales),
 the interval [t_min, t_max] is sample.guidance_interval / eval.guidance_intervals (() = [0, 1]).
 """
-import jax
 import jax.numpy as jnp
 
 from mf_jax import imf, networks
@@ -57,13 +56,8 @@ class IMF(base.Objective):
 
   def make_step_grads(self, config, model, mesh):
     del mesh
-    def loss(params, x, labels, key):
-      return imf.imf_loss(net_fn(model, params), x, labels, key, config.imf)
-
-    def step_grads(params, aux, x, labels, augment_labels, k_loss, k_aux):
-      del augment_labels, k_aux
-      return aux, *jax.value_and_grad(loss, has_aux=True)(params, x, labels, k_loss)
-    return step_grads
+    return base.loss_step_grads(lambda params, x, labels, key: imf.imf_loss(
+        net_fn(model, params), x, labels, key, config.imf))
 
   def make_sample_fn(self, config, model):
     def sample(params, noise, labels, num_steps, cfg_scale, interval=None):

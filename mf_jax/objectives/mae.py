@@ -4,7 +4,6 @@ The network is config.mae's encoder (mf_jax/models/feature_encoder.py, or the Dr
 MAE ResNet, mf_jax/models/mae_resnet.py); a drifting run reads the EMA parameters of such a run
 through drifting.feature_encoder_workdir.
 """
-import jax
 import jax.numpy as jnp
 
 from mf_jax import networks
@@ -55,11 +54,7 @@ class MAE(base.Objective):
 
   def make_step_grads(self, config, model, mesh):
     del mesh
-    def step_grads(params, aux, x, labels, augment_labels, k_loss, k_aux):
-      del augment_labels, k_aux
-      return aux, *jax.value_and_grad(self.loss_fn(config, model), has_aux=True)(
-          params, x, labels, k_loss)
-    return step_grads
+    return base.loss_step_grads(self.loss_fn(config, model))
 
   def validate(self, config):
     if config.mae.arch == "release":
