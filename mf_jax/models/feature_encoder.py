@@ -1,7 +1,7 @@
 """Feature space for drifting on latents: a ResNet-style encoder pretrained as a masked autoencoder.
 
 The drifting field on ImageNet is computed on multi-scale statistics of the encoder's feature maps
-(REFERENCE.md section 2): for each stage's map [B, H, W, C], the per-location vectors, the global
+(docs/drifting.md): for each stage's map [B, H, W, C], the per-location vectors, the global
 mean and std, and the mean and std of each 2x2 and 4x4 patch (non-overlapping p x p windows). Each
 statistic is one feature set [B, L, C] with its own distance normalisation, so a coarse statistic
 is not drowned by the many per-location vectors. The raw output is added as one more set.
