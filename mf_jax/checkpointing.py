@@ -135,8 +135,13 @@ class Checkpointer:
         max_to_keep=keep, create=not self.reading, enable_async_checkpointing=async_save,
         async_options=ocp.AsyncOptions(post_finalization_callback=self._record_sums)
         if async_save else None)
-    self._load_sums()  # A damaged sums file stops the start here, before any work.
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    try:
+      self._load_sums()  # A damaged sums file stops the start here, before any work.
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
+    except BaseException:
+      if self._locked:
+        workdir_lock.release(workdir)
+      raise
 
   # --- Saving --------------------------------------------------------------------------------
 
