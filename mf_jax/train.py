@@ -260,7 +260,7 @@ def train_and_evaluate(config, workdir: str, objective=None):
     writer.flush()
     ckpt.wait()
     ckpt.close()
-  logging.info("Finished at step %d; parameter checksum %.9e; state sha256 %s", int(state.step),
+  logging.info("Finished at step %d; parameter checksum %.9e and state sha256 %s", int(state.step),
                ts.params_checksum(state.params), checksum.state_sha256(state))
   return state
 
