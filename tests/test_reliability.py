@@ -185,27 +185,31 @@ def test_lock_of_a_killed_process_is_free_and_a_live_one_is_named(tmp_path):
 # --- 3. Checksums recorded as each save finishes; a byte-level state hash --------------------------
 
 def test_killed_runs_newest_checkpoint_is_verified_on_resume(tmp_path):
+  """Killed right after its first save, long before the next one: the sums of that save must
+  already be recorded, so a byte flipped in it afterwards is caught on resume."""
   workdir = str(tmp_path / "killed")
   proc = launch(workdir, "--config.train.num_steps=100000", "--config.train.log_every=1",
-                "--config.train.checkpoint_every=2")
+                "--config.train.checkpoint_every=20")
   try:
     deadline = time.time() + 300
-    while len(checkpoint_steps(workdir)) < 2:
+    while not checkpoint_steps(workdir):
       assert proc.poll() is None and time.time() < deadline
-      time.sleep(0.2)
+      time.sleep(0.05)
   finally:
     proc.kill()  # SIGKILL: no handler, no final wait() that would record pending sums.
     proc.wait()
-  steps = checkpoint_steps(workdir)
+  assert checkpoint_steps(workdir) == [20]
   with open(os.path.join(workdir, checkpointing.SUMS_FILE)) as f:
-    assert str(steps[-1]) in json.load(f)  # Recorded as that save finished, not at the next one.
+    assert "20" in json.load(f)  # Recorded as that save finished, not at the next save.
   ckpt = checkpointing.Checkpointer(workdir, keep=3)
-  assert ckpt.verify(steps[-1]) is None
+  assert ckpt.verify(20) is None
   ckpt.close()
-  flip_one_bit(os.path.join(workdir, "checkpoints", str(steps[-1])))
-  state = train.train_and_evaluate(tiny_config(num_steps=steps[-1]), workdir)
-  assert int(state.step) == steps[-1]  # Retrained from the older one, not the damaged one.
-  assert os.path.isdir(os.path.join(workdir, checkpointing.ASIDE, str(steps[-1])))
+  flip_one_bit(os.path.join(workdir, "checkpoints", "20"))
+  before = snapshot(workdir)
+  with pytest.raises(checkpointing.CheckpointError, match=r"step 20: integrity check failed"):
+    train.train_and_evaluate(tiny_config(num_steps=21), workdir)
+  assert {k: v for k, v in snapshot(workdir).items() if k != "train.lock"} == {
+      k: v for k, v in before.items() if k != "train.lock"}  # Refused, nothing moved.
 
 
 def test_checkpoint_without_sums_is_unverified_and_refused_by_reading_modes(workdir):
