@@ -1,4 +1,5 @@
-"""Orbax checkpoints: periodic and final saves, keep-K, integrity sums, resume from the newest good one.
+"""Orbax checkpoints: periodic and final saves, keep-K, integrity sums, resume from the newest good
+one.
 
 Orbax writes each step into a temporary folder and renames it when complete, so a save interrupted
 half way is never listed as a checkpoint (its N.orbax-checkpoint-tmp-* folder is removed at the next
@@ -9,8 +10,8 @@ synchronous save killed in between, a deleted sums file) is "unverified": traini
 a warning naming it, reading modes refuse it unless eval.allow_unverified_checkpoint.
 
 Training (mode="train") holds the workdir lock (mf_jax/workdir_lock.py) from here to close(). A
-checkpoint that fails its check or fails to read is set aside to WORKDIR/checkpoints_unreadable/ (one
-log line) only when an older one restores, which shows the fault is the checkpoint's and not the
+checkpoint that fails its check or fails to read is set aside to WORKDIR/checkpoints_unreadable/
+(one log line) only when an older one restores, which shows the fault is the checkpoint's and not the
 config's; when none restores, nothing moves and the run stops, so a run never restarts from step 0
 while checkpoints exist. Reading modes (mode="sample"/"eval") never move anything: they restore
 exactly eval.checkpoint_step (-1: the newest) or stop naming it, unless eval.allow_older_checkpoint
@@ -176,7 +177,8 @@ class Checkpointer:
     final = os.path.join(self.directory, str(step))
     if os.path.isdir(final):
       return final
-    tmp = sorted(glob.glob(os.path.join(self.directory, f"{step}{TMP_MARK}*")), key=os.path.getmtime)
+    tmp = sorted(glob.glob(os.path.join(self.directory, f"{step}{TMP_MARK}*")),
+                 key=os.path.getmtime)
     return tmp[-1] if tmp else None
 
   def _record_sums(self) -> None:

@@ -56,7 +56,8 @@ def note_changes(folder: str, config) -> list:
   """Logs (one warning) the NOTED_FIELDS whose value differs from the previous start's config;
   returns the differences as "field: old -> new"."""
   from absl import logging  # pylint: disable=g-import-not-at-top
-  previous = sorted(n for n in os.listdir(folder) if n.startswith("config_") and n.endswith(".json"))
+  previous = sorted(n for n in os.listdir(folder)
+                    if n.startswith("config_") and n.endswith(".json"))
   if not previous:
     return []
   try:

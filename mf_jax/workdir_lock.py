@@ -79,8 +79,8 @@ def acquire(workdir: str) -> bool:
     except OSError:
       f.close()
       raise WorkdirBusy(  # pylint: disable=raise-missing-from
-          f"--workdir={os.path.dirname(path)} is being trained by another process ({_describe(path)}; "
-          f"lock {path}); nothing was changed. Fix: wait for it to finish or stop it, or use "
+          f"--workdir={os.path.dirname(path)} is being trained by another process "
+          f"({_describe(path)}; lock {path}); nothing was changed. Fix: wait for it to finish or stop it, or use "
           "another --workdir.")
     f.seek(0)
     f.truncate()

@@ -14,8 +14,9 @@ are skipped, so an interrupted study resumes by running the same command again. 
 persistent XLA compilation cache (DIR/.xla_cache unless JAX_COMPILATION_CACHE_DIR is set), so the
 seeds of an arm compile once. After every run DIR/results.csv, DIR/results.md and
 DIR/<headline>.png are rewritten. Several runners started on one study share its runs (a runner
-holds a run's workdir lock, mf_jax/workdir_lock.py, while it trains), e.g. two on a 2-core machine. `--print_commands` gives the equivalent `main.py` command per run
-(a cluster's job array); `--collect_only` later gathers whatever they finished.
+holds a run's workdir lock, mf_jax/workdir_lock.py, while it trains), e.g. two on a 2-core machine.
+`--print_commands` gives the equivalent `main.py` command per run (a cluster's job array);
+`--collect_only` later gathers whatever they finished.
 """
 import argparse
 import json

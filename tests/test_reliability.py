@@ -95,7 +95,7 @@ def checkpoint_steps(workdir):
   return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
 
 
-# --- 1. Reading modes use exactly the checkpoint asked for -------------------------------------
+# --- 1. Reading modes use exactly the checkpoint asked for ----------------------------------------
 
 def test_eval_with_damaged_newest_checkpoint_exits_3_naming_it_and_moves_nothing(workdir):
   flip_one_bit(os.path.join(workdir, "checkpoints", "4"))
@@ -132,7 +132,7 @@ def test_reading_mode_restores_exactly_the_step_asked_for(workdir):
     train.restore_trained(config, workdir, "eval")
 
 
-# --- 2. One trainer per workdir ------------------------------------------------------------------
+# --- 2. One trainer per workdir -------------------------------------------------------------------
 
 def test_second_trainer_refuses_and_the_first_finishes(tmp_path):
   workdir = str(tmp_path / "shared")
@@ -182,7 +182,7 @@ def test_lock_of_a_killed_process_is_free_and_a_live_one_is_named(tmp_path):
   assert workdir_lock.holder(str(tmp_path)) is None
 
 
-# --- 3. Checksums recorded as each save finishes; a byte-level state hash --------------------------
+# --- 3. Checksums recorded as each save finishes; a byte-level state hash -------------------------
 
 def test_killed_runs_newest_checkpoint_is_verified_on_resume(tmp_path):
   """Killed right after its first save, long before the next one: the sums of that save must
@@ -248,7 +248,7 @@ def test_state_hash_sees_changes_the_float_checksum_is_blind_to(trained):
   assert checksum.state_sha256(state.replace(ema_params=ema)) != reference
 
 
-# --- 4. Damaged workdir files are named, with the way out ------------------------------------------
+# --- 4. Damaged workdir files are named, with the way out -----------------------------------------
 
 def test_garbage_sums_file_is_named_with_the_fix(workdir):
   with open(os.path.join(workdir, checkpointing.SUMS_FILE), "w") as f:
@@ -266,7 +266,7 @@ def test_empty_state_signature_exits_3_naming_the_file(workdir):
   assert "Traceback" not in proc.stderr
 
 
-# --- 5. The smaller ones ----------------------------------------------------------------------------
+# --- 5. The smaller ones --------------------------------------------------------------------------
 
 def test_fewer_steps_than_the_workdir_holds_stops_and_writes_nothing(workdir):
   from mf_jax import config_checks, workdir_lock
@@ -299,7 +299,8 @@ def test_metrics_of_a_step_are_appended_once(tmp_path):
   again.write_scalars(4, {"loss": 0.5})  # Other metrics of the same step are new.
   again.write_scalars(6, {"fd_1nfe": 1.2})
   rows = [json.loads(l) for l in open(path)]
-  assert rows == [{"step": 4, "fd_1nfe": 1.5}, {"step": 4, "loss": 0.5}, {"step": 6, "fd_1nfe": 1.2}]
+  assert rows == [{"step": 4, "fd_1nfe": 1.5}, {"step": 4, "loss": 0.5},
+                  {"step": 6, "fd_1nfe": 1.2}]
 
 
 def test_read_only_workdir_is_refused_before_any_work(workdir, monkeypatch):
