@@ -18,6 +18,7 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for mu
 flags.DEFINE_integer("num_processes", None, "Process count, with --coordinator_address.")
 flags.DEFINE_integer("process_id", None, "This process's index, with --coordinator_address.")
 flags.mark_flags_as_required(["config", "workdir"])
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
 
 
 def init_distributed():
@@ -53,6 +54,12 @@ def parse_flags(argv):
   and the closest valid names (ml_collections raises a bare KeyError/AttributeError for it)."""
   try:
     return FLAGS(argv)
+  except SystemExit as e:  # absl's --help exits 1 after printing the help; asking is no error.
+    sys.exit(0 if e.code == 1 and any(a in HELP_FLAGS for a in argv[1:]) else e.code)
+  except SyntaxError as e:  # A config file that is not valid Python.
+    sys.stderr.write(f"main.py: error: {e.filename}:{e.lineno}: invalid Python in the config file "
+                     f"({e.msg}). Fix: correct that line.\n")
+    sys.exit(2)
   except (KeyError, AttributeError) as e:
     message = None
     try:
@@ -91,12 +98,16 @@ def main(argv):
   from mf_jax import train
   logging.info("JAX process %d of %d; %d local / %d global devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
-  from mf_jax import checkpointing, config_checks
+  from mf_jax import checkpointing, config_checks, workdir_lock
   try:  # Bad fields, a mismatched workdir: one line naming the field and the fix, exit status 2.
     config_checks.validate(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    checkpointing.check_writable(FLAGS.workdir, FLAGS.mode)
   except (ValueError, OSError) as e:
     sys.stderr.write(f"main.py: error: {e}\n")
     sys.exit(2)
+  except checkpointing.CheckpointError as e:  # A damaged workdir file (e.g. state_signature.json).
+    sys.stderr.write(f"main.py: error: {e}\n")
+    sys.exit(3)
   run = {"train": train.train_and_evaluate, "sample": train.sample_to_files,
          "eval": train.evaluate_checkpoint}[FLAGS.mode]
   try:
@@ -104,6 +115,9 @@ def main(argv):
   except checkpointing.CheckpointError as e:
     sys.stderr.write(f"main.py: error: {e}\n")
     sys.exit(3)
+  except (config_checks.ConfigError, workdir_lock.WorkdirBusy, PermissionError) as e:
+    sys.stderr.write(f"main.py: error: {e}\n")  # Found only once the run starts: exit 2 too.
+    sys.exit(2)
 
 
 if __name__ == "__main__":

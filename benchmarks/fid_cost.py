@@ -91,4 +91,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from mf_jax import cli  # pylint: disable=g-import-not-at-top
+  with cli.user_errors("benchmarks.fid_cost"):
+    main()

@@ -104,4 +104,6 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  from mf_jax import cli  # pylint: disable=g-import-not-at-top
+  with cli.user_errors("benchmarks.input_pipeline"):
+    main()

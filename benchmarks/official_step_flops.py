@@ -5,7 +5,7 @@
 
 The official code stays outside this repository: it is copied to a temporary folder and patched
 there for current JAX (jnp.clip's a_min/a_max -> min/max, jax.tree_map -> jax.tree_util.tree_map,
-REFERENCE.md section 4). Its MeanFlow.forward loss, value_and_grad, Adam (betas 0.9, 0.95) and an
+docs/measurements.md). Its MeanFlow.forward loss, value_and_grad, Adam (betas 0.9, 0.95) and an
 EMA update are compiled for one CPU device with abstract inputs, unguided (guidance_eq='') and
 guided as released (omega 1, kappa 0.5, class dropout 0.1). The batch is the per-device batch of
 batch 256 on 8 devices, so the figures compare with scale.py's at 8 devices. Prints JSON.
@@ -20,7 +20,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import optax
-from absl import app, flags
+from absl import flags
 
 from benchmarks import scale, xla_accounting
 
@@ -92,4 +92,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from mf_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run_absl(main, "benchmarks.official_step_flops")

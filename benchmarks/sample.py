@@ -12,7 +12,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from mf_jax import generate
@@ -65,4 +65,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from mf_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run_absl(main, "benchmarks.sample")

@@ -66,7 +66,7 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from mf_jax import config_checks, generate  # noqa: E402
@@ -422,4 +422,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from mf_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run_absl(main, "benchmarks.scale")

@@ -14,7 +14,7 @@ import statistics
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 import input_pipeline
@@ -108,4 +108,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from mf_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run_absl(main, "benchmarks.train_step")

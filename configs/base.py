@@ -1,7 +1,7 @@
 """The one config schema every run shares; other configs start here and override fields.
 
 Sections: data, model, meanflow (the objective), optim, train, sharding, sample, eval.
-Defaults follow the paper's ImageNet recipe (REFERENCE.md section 1) where one exists.
+Defaults follow the paper's ImageNet recipe (docs/meanflow.md) where one exists.
 """
 import ml_collections
 
@@ -197,5 +197,11 @@ def get_config() -> ml_collections.ConfigDict:
       inception_path="",  # FID Inception .pth/.npz; "" = eval.fid's default path; "random": tests.
       ref_stats="",  # .npz with mu/sigma; required for inception, optional for pixels (held-out).
       seed=2,
+      # --mode=eval and --mode=sample use exactly this checkpoint step (-1: the newest) or stop
+      # naming it; they never move a checkpoint. The two below allow, explicitly, an older good
+      # checkpoint when that one is damaged, and one saved without recorded sha256 (unverified).
+      checkpoint_step=-1,
+      allow_older_checkpoint=False,
+      allow_unverified_checkpoint=False,
   ))
   return config

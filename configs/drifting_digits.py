@@ -1,6 +1,6 @@
 """Drifting Models on scikit-learn's digits: a one-step MLP generator on raw pixels, CPU.
 
-REFERENCE.md section 4: a 4x512 SiLU MLP, 10 classes x 64 real + 64 generated per step,
+docs/measurements.md: a 4x512 SiLU MLP, 10 classes x 64 real + 64 generated per step,
 tau in {0.02, 0.05, 0.2}, 4000 steps. No guidance negatives (alpha = 1), so it compares directly
 with the MeanFlow default (configs/default.py) on the same data.
   python main.py --config=configs/drifting_digits.py --workdir=/tmp/drift_digits

@@ -1,6 +1,6 @@
 """Drifting Models on a 2-D checkerboard: an MLP generator, raw coordinates as features, CPU.
 
-REFERENCE.md section 2 (toy): MLP 3x256 SiLU, Adam 1e-3, 2048 real + 2048 generated per step,
+docs/drifting.md (toy): MLP 3x256 SiLU, Adam 1e-3, 2048 real + 2048 generated per step,
 tau = 0.05; here 512 + 512 per step (about a minute on 2 CPU cores) and the default temperatures
 with distance normalisation (without it the field vanishes far from the data). Points are stored
 as 1x1 images with 2 channels.

@@ -1,4 +1,4 @@
-"""ImageNet 256 on SD-VAE latents (32x32x4), the paper's recipe (REFERENCE.md section 1).
+"""ImageNet 256 on SD-VAE latents (32x32x4), the paper's recipe (docs/meanflow.md).
 
 240 epochs at batch 256, Adam lr 1e-4 constant, betas (0.9, 0.95), no weight decay or warmup,
 EMA 0.9999, logit-normal(-0.4, 1) times, 25% r != t, adaptive weighting p = 1.

@@ -1,6 +1,6 @@
 """Drifting Models ablation recipe on ImageNet 256 latents: DiT-B/2 generator, MAE-256 features.
 
-Mirrors the official release's latent ablation config (REFERENCE.md section 2; official FID-50K
+Mirrors the official release's latent ablation config (docs/drifting.md; official FID-50K
 8.46 paper / 8.49 repo after 30k steps, EMA, best CFG scale 2.0):
   per step N_c = 64 classes x (N_pos = 64 real, N_neg = 64 generated, N_unc = 16 guidance negatives
   from a bank of the 1000 most recent real samples); per-class banks of 128; 1024 real samples

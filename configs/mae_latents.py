@@ -5,7 +5,7 @@
       --config.drifting.feature_encoder_workdir=$MAE --config.data.path=/data/latents/train
 
 ResNet-style encoder (widths 128-256-512-512, 2 blocks per stage), 2x2 latent patches, 75% hidden.
-The paper's exact MAE recipe is not in REFERENCE.md; these settings are this codebase's choice.
+The paper does not give its exact MAE recipe (docs/drifting.md); these settings are this codebase's choice.
 """
 from configs import imagenet_base
 

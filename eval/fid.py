@@ -385,4 +385,6 @@ def _check_feature_tag(path: str, name: str) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from mf_jax import cli  # pylint: disable=g-import-not-at-top
+  with cli.user_errors("eval.fid"):
+    main()

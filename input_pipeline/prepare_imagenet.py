@@ -354,16 +354,14 @@ def parse_args(argv: Sequence[str]):
 
 def main(argv: Sequence[str]) -> int:
   args = parse_args(argv)
-  if args.verify:
-    print(json.dumps(records.verify(args.out)))
+  if args.verify:  # The manifest of --out itself (records.verify reads a missing folder's parent).
+    print(json.dumps(records.verify(os.path.join(args.out, records.MANIFEST))))
     return 0
   prepare(args)
   return 0
 
 
 if __name__ == "__main__":
-  try:
+  from mf_jax import cli  # pylint: disable=g-import-not-at-top
+  with cli.user_errors("prepare_imagenet"):
     sys.exit(main(sys.argv[1:]))
-  except (ValueError, FileNotFoundError) as e:
-    print(f"prepare_imagenet: error: {e}", file=sys.stderr)
-    sys.exit(2)

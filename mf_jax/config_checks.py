@@ -287,6 +287,9 @@ FIELDS = {
     "eval.guidance_intervals": (interval_tuples, "() (the sampler's), or e.g. ((0.4, 0.65),)"),
     "eval.label_sampling": (choice(*generate.LABEL_SAMPLING), "cycle, or uniform (official)"),
     "eval.uint8_rounding": (choice(*generate.UINT8_ROUNDING), "half_even, or half_up (official)"),
+    "eval.checkpoint_step": (integer(lo=-1), "-1 (the newest) or a step in WORKDIR/checkpoints"),
+    "eval.allow_older_checkpoint": (boolean(), "False (stop if that checkpoint is damaged)"),
+    "eval.allow_unverified_checkpoint": (boolean(), "False (refuse checkpoints without sha256)"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The Drifting Models objective (Deng et al. 2026, REFERENCE.md section 2) as pure JAX functions.
+"""The Drifting Models objective (Deng et al. 2026, docs/drifting.md) as pure JAX functions.
 
 A one-step generator x = f(e, alpha, class) is trained so that its samples follow a drifting field V
 that vanishes when the generated distribution q equals the data distribution p: V moves each

@@ -1,4 +1,4 @@
-"""The drifting field V of Drifting Models (REFERENCE.md section 2): pure, stop-gradient JAX.
+"""The drifting field V of Drifting Models (docs/drifting.md): pure, stop-gradient JAX.
 
 The field below is the one of the released JAX code (lambertae/drifting, commit accd0cf0; parity is
 checked against golden files made by scripts/make_drifting_golden.py). For one group - a class and

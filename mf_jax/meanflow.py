@@ -1,6 +1,6 @@
 """The MeanFlow objective as pure functions of a network `u_fn(z, r, t, labels) -> u`.
 
-Conventions (Geng et al. 2025, REFERENCE.md section 1):
+Conventions (Geng et al. 2025, docs/meanflow.md):
   * t = 0 is data and t = 1 is noise: z_t = (1 - t) x + t e, conditional velocity v = e - x.
   * u(z_t, r, t) is the average velocity over [r, t] with r <= t; u(z, t, t) is the instantaneous v.
   * Times r, t have shape [B]; z, x, e, v, u have shape [B, ...]; labels have shape [B] (int32).

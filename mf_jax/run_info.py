@@ -39,6 +39,41 @@ def package_versions() -> dict:
   return out
 
 
+# Fields a resumed run may change, but whose change a reader of the log should see.
+NOTED_FIELDS = ("seed", "optim.learning_rate", "optim.schedule", "optim.warmup_steps",
+                "train.global_batch_size")
+
+
+def _field(config: dict, name: str):
+  for part in name.split("."):
+    if not isinstance(config, dict) or part not in config:
+      return None
+    config = config[part]
+  return config
+
+
+def note_changes(folder: str, config) -> list:
+  """Logs (one warning) the NOTED_FIELDS whose value differs from the previous start's config;
+  returns the differences as "field: old -> new"."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  previous = sorted(n for n in os.listdir(folder)
+                    if n.startswith("config_") and n.endswith(".json"))
+  if not previous:
+    return []
+  try:
+    with open(os.path.join(folder, previous[-1])) as f:
+      old = json.load(f)
+  except (OSError, ValueError):
+    return []
+  new = json.loads(config.to_json_best_effort())
+  changes = [f"{name}: {_field(old, name)!r} -> {_field(new, name)!r}" for name in NOTED_FIELDS
+             if _field(old, name) != _field(new, name)]
+  if changes:
+    logging.warning("This start changes %s against the previous start (%s); the run continues "
+                    "with the new values.", "; ".join(changes), previous[-1])
+  return changes
+
+
 def write(workdir: str, config, start_step: int) -> str:
   if jax.process_index() != 0:
     return ""
@@ -55,6 +90,7 @@ def write(workdir: str, config, start_step: int) -> str:
       "process_count": jax.process_count(),
       "argv": sys.argv,
   }
+  note_changes(folder, config)
   # A second start at the same step (a run stopped before its first checkpoint) keeps the first's.
   tag, n = f"{start_step:09d}", 1
   while os.path.exists(os.path.join(folder, f"start_{tag}.json")):

@@ -11,6 +11,7 @@ from clu import periodic_actions
 
 import input_pipeline
 from mf_jax import checkpointing, config_checks, generate, run_info, workdir_signature, writers
+from mf_jax import checksum
 from mf_jax import sharding as sharding_lib
 from mf_jax import train_state as ts
 from mf_jax import train_step as step_lib
@@ -34,7 +35,7 @@ def setup_state(config, workdir: str, mode: str = "train"):
   optimizer = ts.make_optimizer(config)
   init_key = jax.random.fold_in(jax.random.key(config.seed), INIT_STREAM)
   state, shardings = ts.create_sharded_state(config, model, optimizer, mesh, init_key)
-  ckpt = checkpointing.Checkpointer(workdir, config.train.keep_checkpoints)
+  ckpt = checkpointing.for_mode(config, workdir, mode)  # Training holds the workdir lock.
   restored = ckpt.restore_latest(state, shardings)
   if restored is not None:
     state = restored
@@ -221,8 +222,8 @@ def train_and_evaluate(config, workdir: str):
     writer.flush()
     ckpt.wait()
     ckpt.close()
-  logging.info("Finished at step %d; parameter checksum %.9e", int(state.step),
-               ts.params_checksum(state.params))
+  logging.info("Finished at step %d; parameter checksum %.9e and state sha256 %s", int(state.step),
+               ts.params_checksum(state.params), checksum.state_sha256(state))
   return state
 
 

@@ -90,4 +90,4 @@ def nonfinite_error(state: TrainState, metrics) -> FloatingPointError:
   what = " and ".join(names) or "loss or grad_norm"
   return FloatingPointError(
       f"non-finite {what} at step {step}: training stopped; the update of that step was not applied "
-      "and the last good checkpoint is left intact. Lower optim.learning_rate or set optim.grad_clip.")
+      "and nothing from it on was saved. Lower optim.learning_rate or set optim.grad_clip.")

@@ -48,10 +48,11 @@ def path(workdir: str) -> str:
 
 def check(config, workdir: str) -> None:
   """Raises ValueError naming the differing fields when the workdir was trained with other shapes."""
-  if not os.path.isfile(path(workdir)):
+  from mf_jax.checkpointing import read_json  # pylint: disable=g-import-not-at-top
+  recorded = read_json(path(workdir), f"move it away (e.g. mv {path(workdir)} {path(workdir)}.bad); "
+                       "the next training start writes it again from the config.")
+  if recorded is None:
     return
-  with open(path(workdir)) as f:
-    recorded = json.load(f)
   current = compute(config)
   old, new = recorded.get("shapes", {}), current["shapes"]
   if old == new:

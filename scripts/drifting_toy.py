@@ -1,6 +1,6 @@
 """Drifting model on a 2-D toy: an MLP maps 32-d noise to points, raw coordinates are the features.
 
-REFERENCE.md section 2 toy recipe: MLP 3x256 SiLU from 32-d noise, Adam 1e-3, 2000 steps of 2048 real
+docs/drifting.md toy recipe: MLP 3x256 SiLU from 32-d noise, Adam 1e-3, 2000 steps of 2048 real
 and 2048 generated samples, tau 0.05. The defaults here are smaller (512 + 512, three temperatures)
 so that a run takes well under a minute on two CPU cores.
 

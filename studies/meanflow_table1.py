@@ -4,17 +4,17 @@
 
 Scale: the paper trains DiT-B/4 for 80 epochs on ImageNet 256 latents and reports FID-50K at 1-NFE.
 Here every arm is the class-conditional MeanFlow loss of configs/default.py on 8x8 digits, with the
-network of REFERENCE.md section 4 (a 4x512 SiLU MLP that sees the two times through sinusoidal
+network of docs/measurements.md (a 4x512 SiLU MLP that sees the two times through sinusoidal
 features), 1000 steps of batch 128, and the Frechet distance in pixel space of 1000 samples against
 the 297 held-out digits at 1 and 2 NFE. 66 runs took 58 min wall on the shared 2-core CPU
 machine with 3-5 runners started on the same workdir (docs/studies/meanflow_table1.md). The
 baseline - ratio 25%, tangent (v, 0, 1), conditioning (t, t - r), logit-normal(-0.4, 1.0), p = 1,
-omega = 1 - is one arm shown in every table. Paper numbers are those REFERENCE.md section 1 lists
+omega = 1 - is one arm shown in every table. Paper numbers are those docs/meanflow.md lists
 (FID-50K, 1-NFE, B/4); arms it gives no number for are left blank.
 """
 from studies.spec import Row, Study, Table
 
-# configs/default.py with the 4x512 MLP of REFERENCE.md section 4, 1000 steps (studies/methods.py
+# configs/default.py with the 4x512 MLP of docs/measurements.md, 1000 steps (studies/methods.py
 # starts from the same runs).
 DIGITS_MLP = {
     "model.name": "mlp",
@@ -90,6 +90,6 @@ def get_study() -> Study:
       seeds=(0, 1, 2),
       metrics=("fd_pixels_1nfe", "fd_pixels_2nfe"),
       headline="fd_pixels_1nfe",
-      paper_metric="FID-50K at 1-NFE, DiT-B/4, ImageNet 256, 80 epochs (REFERENCE.md section 1)",
+      paper_metric="FID-50K at 1-NFE, DiT-B/4, ImageNet 256, 80 epochs (docs/meanflow.md)",
       lower_is_better=True,
   )

@@ -2,12 +2,12 @@
 
   nice -n 5 python -m studies.run --study=studies/methods.py --workdir=/tmp/study_methods
 
-Every method trains the same network, the 4x512 SiLU MLP of studies/meanflow_table1.py (REFERENCE.md
-section 4), from configs/default.py, and is scored by the pixel Frechet distance of 1000 samples
+Every method trains the same network, the 4x512 SiLU MLP of studies/meanflow_table1.py
+(docs/measurements.md), from configs/default.py, and is scored by the pixel Frechet distance of 1000 samples
 against the 297 held-out digits.
 
 How compute is equated: by network evaluations per training run, counted in forward-equivalents F
-per sample (a backward pass = 2F), the measure of REFERENCE.md section 4's XLA counts:
+per sample (a backward pass = 2F), the measure of docs/measurements.md's XLA counts:
   * MeanFlow, 25% of rows with r != t: 3.26F per image (forward and backward, plus the jvp's
     tangent pass on a quarter of the batch); 1000 steps x 128 images = 417k F.
   * Flow matching (r = t everywhere, no jvp): 3F per image; 1087 steps x 128 = 417k F.
@@ -19,7 +19,7 @@ Drifting's EMA decay is 0.977 = 0.995^(1000/217): the same horizon, relative to 
 parameters after 217 steps). Flow matching is sampled with Euler steps of its instantaneous velocity u(z, t, t)
 (sample.sampler="euler") at 1, 2, 4 and 8 steps; MeanFlow with its own k-step rule at the same
 NFEs; the drifting generator is one-step only. The reference column holds the longer runs of
-REFERENCE.md section 4 (MeanFlow and flow matching 6000 steps x 256 - 50 Euler steps for flow
+docs/measurements.md (MeanFlow and flow matching 6000 steps x 256 - 50 Euler steps for flow
 matching's multi-step figure is not among our columns - and drifting 4000 steps), for scale.
 """
 from studies import meanflow_table1
@@ -52,6 +52,6 @@ def get_study() -> Study:
       metrics=("fd_pixels_1nfe",),
       extra_metrics=tuple(f"fd_pixels_{k}nfe" for k in NFES[1:]),
       headline="fd_pixels_1nfe",
-      paper_metric="REFERENCE.md section 4, 1-NFE pixel FD of longer runs (MeanFlow, one-step "
+      paper_metric="docs/measurements.md, 1-NFE pixel FD of longer runs (MeanFlow, one-step "
                    "flow matching: 6000 x 256; drifting: 4000 steps), for scale only",
   )

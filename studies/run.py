@@ -13,9 +13,10 @@ they are paid once. A run is finished when its final metrics are in its metrics.
 are skipped, so an interrupted study resumes by running the same command again. Runs share a
 persistent XLA compilation cache (DIR/.xla_cache unless JAX_COMPILATION_CACHE_DIR is set), so the
 seeds of an arm compile once. After every run DIR/results.csv, DIR/results.md and
-DIR/<headline>.png are rewritten. Several runners started on one study share its runs (a run's
-workdir holds study.lock with its runner's pid while it trains), e.g. two on a 2-core machine. `--print_commands` gives the equivalent `main.py` command per run
-(a cluster's job array); `--collect_only` later gathers whatever they finished.
+DIR/<headline>.png are rewritten. Several runners started on one study share its runs (a runner
+holds a run's workdir lock, mf_jax/workdir_lock.py, while it trains), e.g. two on a 2-core machine.
+`--print_commands` gives the equivalent `main.py` command per run (a cluster's job array);
+`--collect_only` later gathers whatever they finished.
 """
 import argparse
 import json
@@ -25,9 +26,9 @@ import sys
 import threading
 import time
 
+from mf_jax import workdir_lock
 from studies import results, spec
 
-LOCK = "study.lock"  # In a run's workdir while a runner trains it: that runner's pid.
 RECORD = "study_run.json"  # The run's config file and overrides, written at its first start.
 
 
@@ -123,48 +124,21 @@ def train_one(study: spec.Study, run: spec.Run) -> None:
 
 
 def _lock_holder(run: spec.Run):
-  """The pid of the live runner training `run`, or None."""
-  try:
-    with open(os.path.join(run.workdir, LOCK)) as f:
-      pid = int(f.read().strip() or 0)
-    os.kill(pid, 0)
-    return pid
-  except (OSError, ValueError):
-    return None
+  """Who trains `run` now (a live process holding its workdir lock), or None."""
+  return workdir_lock.holder(run.workdir)
 
 
 def claim(run: spec.Run) -> bool:
-  """Takes the run's lock (WORKDIR/study.lock holding our pid) unless a live process holds it, so
-  several runners started on one study share its runs instead of training one twice."""
-  os.makedirs(run.workdir, exist_ok=True)
-  path = os.path.join(run.workdir, LOCK)
-  for _ in range(2):
-    try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-      try:
-        with open(path) as f:
-          os.kill(int(f.read().strip() or 0), 0)
-        return False  # Held by a live runner.
-      except (ProcessLookupError, ValueError, FileNotFoundError):
-        try:  # A runner that died without releasing it: take over.
-          os.remove(path)
-        except FileNotFoundError:
-          pass
-        continue
-      except PermissionError:
-        return False
-    with os.fdopen(fd, "w") as f:
-      f.write(str(os.getpid()))
-    return True
-  return False
+  """Takes the run's workdir lock (mf_jax.workdir_lock, the trainer's own) unless a live process
+  holds it, so several runners started on one study share its runs instead of training one twice."""
+  try:
+    return workdir_lock.acquire(run.workdir) or True
+  except workdir_lock.WorkdirBusy:
+    return False
 
 
 def release(run: spec.Run) -> None:
-  try:
-    os.remove(os.path.join(run.workdir, LOCK))
-  except FileNotFoundError:
-    pass
+  workdir_lock.release(run.workdir)
 
 
 def execute(study, workdir, arm_list, runs, todo, report_every: float) -> int:
@@ -246,6 +220,9 @@ def main(argv=None) -> int:
   parser.add_argument("--report_every", type=float, default=60.0,
                       help="Seconds between progress lines while a run trains.")
   args = parser.parse_args(argv)
+  if not os.path.isfile(args.study):
+    raise FileNotFoundError(f"--study={args.study}: no such file. Fix: pass a study file that "
+                            "defines get_study(), e.g. --study=studies/meanflow_table1.py.")
 
   study = spec.select_tables(spec.load_study(args.study),
                              [k for k in args.tables.split(",") if k])
@@ -273,4 +250,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from mf_jax import cli  # pylint: disable=g-import-not-at-top
+  with cli.user_errors("studies.run"):
+    sys.exit(main())

@@ -70,6 +70,8 @@ def test_two_processes_on_localhost_agree(tmp_path):
   sums = [float(re.search(r"parameter checksum (\S+)", t).group(1)) for t in texts]
   assert "4 global devices" in texts[0] or "4 global" in texts[0]
   assert sums[0] == sums[1]  # Both processes hold the same replicated parameters.
+  hashes = [re.search(r"state sha256 ([0-9a-f]{64})", t).group(1) for t in texts]
+  assert hashes[0] == hashes[1]  # The byte-level hash gathers the whole state on every process.
   # And the 2 x 2-device run matches one process with 8 devices on the same global batches.
   single = train.train_and_evaluate(tiny.get_config(), str(tmp_path / "single"))
   np.testing.assert_allclose(sums[0], train.ts.params_checksum(single.params), rtol=1e-5)

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from configs import tiny
-from mf_jax import checkpointing, config_checks, train, workdir_signature
+from mf_jax import checkpointing, config_checks, train, workdir_lock, workdir_signature
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,11 +39,14 @@ def workdir(trained, tmp_path):
 
 
 def snapshot(folder):
-  """{relative path: sha256} of every file, plus the folder list: equal means untouched."""
+  """{relative path: sha256} of every file, plus the folder list: equal means untouched. The
+  workdir lock's record is left out: a refused training start still held the lock, naming itself."""
   out = {}
   for root, dirs, files in os.walk(folder):
     out[os.path.relpath(root, folder) + "/"] = sorted(dirs)
     for name in files:
+      if name == workdir_lock.FILE and root == folder:
+        continue
       with open(os.path.join(root, name), "rb") as f:
         out[os.path.relpath(os.path.join(root, name), folder)] = hashlib.sha256(f.read()).hexdigest()
   return out

@@ -1,7 +1,7 @@
 """A ResNet-style encoder pretrained as a masked autoencoder: drifting's feature space on latents.
 
 Its stage maps become drifting feature sets in mf_jax/drifting_features.py (multi-scale
-statistics, after Deng et al., "Generative Modeling via Drifting", 2026).
+statistics; docs/drifting.md).
 
 Pretraining: random p x p patches of the latent are replaced by a learned mask token and a light
 decoder (every stage projected, upsampled to full resolution and summed) reconstructs them; the loss
