@@ -35,7 +35,7 @@ from mf_jax.checksum import file_sha256
 SUMS_FILE = "checkpoint_sha256.json"
 ASIDE = "checkpoints_unreadable"
 TMP_MARK = ".orbax-checkpoint-tmp"
-READING_MODES = ("sample", "eval")
+READING_MODES = ("sample", "eval", "frozen")  # "frozen": another run reads it (train.py).
 
 
 class CheckpointError(RuntimeError):
@@ -257,8 +257,9 @@ class Checkpointer:
     if self.step is None or self.step < 0:
       fixes.insert(0, "to use the newest good older checkpoint instead, pass "
                    "--config.eval.allow_older_checkpoint=True")
+    reader = f"--mode={self.mode}" if self.mode != "frozen" else "a frozen network's workdir"
     return CheckpointError(
-        f"--mode={self.mode}: the {which}checkpoint {os.path.join(self.directory, str(step))} "
+        f"{reader}: the {which}checkpoint {os.path.join(self.directory, str(step))} "
         f"cannot be used: {problem}. Nothing was moved, sampled or evaluated. Fix: "
         + "; or ".join(fixes) + ".")
 

@@ -139,7 +139,8 @@ def restore_run_parameters(run_config, workdir, mesh):
                             jax.random.key(0))
   spread = jax.tree_util.tree_map(lambda a: NamedSharding(mesh, sharding_lib.spread_spec(
       a.shape, mesh, dims=range(a.ndim))), abstract)
-  ckpt = checkpointing.Checkpointer(workdir, keep=1)
+  # Read only: exactly the newest checkpoint, nothing in the other run's workdir is moved.
+  ckpt = checkpointing.Checkpointer(workdir, keep=1, mode="frozen", allow_unverified=True)
   restored = ckpt.restore_latest(abstract, spread) if ckpt.latest_step() is not None else None
   ckpt.close()
   if restored is None:
