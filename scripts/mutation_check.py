@@ -153,8 +153,10 @@ def run_pytest(tree: str, tests, env, timeout: float):
                           timeout=timeout)
   except subprocess.TimeoutExpired:
     return "timeout", time.time() - start, ""
-  tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
-  return proc.returncode, time.time() - start, tail
+  lines = (proc.stdout + proc.stderr).strip().splitlines()
+  # The test that caught the mutant (pytest's short summary), else the last lines of output.
+  failed = [l for l in lines if l.startswith(("FAILED ", "ERROR "))]
+  return proc.returncode, time.time() - start, "\n".join(failed[:1] or lines[-3:])
 
 
 def main(argv=None) -> int:
@@ -214,8 +216,7 @@ def main(argv=None) -> int:
       verdict = {0: "MISSED", 1: "caught", 2: "caught"}.get(status, f"ERROR (pytest {status})")
       results.append((m, verdict, secs))
       print(f"{m.id:36s} {m.area:10s} {verdict:8s} {secs:6.0f} s", flush=True)
-      if verdict != "caught":
-        print("    " + tail.replace("\n", "\n    "))
+      print("    " + tail.replace("\n", "\n    "), flush=True)
   caught = sum(v == "caught" for _, v, _ in results)
   print(f"score: {caught}/{len(results)} mutants caught")
   return 0 if caught == len(results) else 1
