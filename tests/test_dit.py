@@ -43,20 +43,29 @@ def test_shapes_and_zero_output_at_init(patch):
   np.testing.assert_array_equal(out, 0.0)  # adaLN-Zero: the network starts as zero.
 
 
-def test_jit_and_jvp_through_dit():
-  model = _tiny()
+def test_labels_per_sample_and_the_gap_t_minus_r_reach_the_output(x64):
+  """The network the objective calls, train_state.meanflow_u_fn, feeds (t, t - r): it equals the
+  DiT applied to (t, t - r), and moving r at fixed t changes u. Labels act per sample.
+  (The value of the jvp through the DiT is checked against finite differences in test_meanflow.)"""
+  from mf_jax import train_state as ts
+  model = _tiny(dtype=jnp.float64, param_dtype=jnp.float64)
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-  t, r = jnp.array([0.3, 0.9]), jnp.array([0.1, 0.2])
+  t, r = jnp.array([0.75, 0.5]), jnp.array([0.25, 0.125])
   labels = jnp.array([1, 2])
-  params = model.init(jax.random.key(1), x, (t, t - r), labels)
-  params = jax.tree_util.tree_map(lambda p: p + 0.05, params)  # Leave the zero-init point.
-  f = jax.jit(lambda z, r, t: model.apply(params, z, (t, t - r), labels))
-  out, tangent = jax.jvp(f, (x, r, t), (jnp.ones_like(x), jnp.zeros_like(r), jnp.ones_like(t)))
-  assert out.shape == tangent.shape == x.shape
-  assert np.all(np.isfinite(tangent)) and float(jnp.abs(tangent).max()) > 0
+  params = jax.jit(model.init)(jax.random.key(1), x, (t, t - r), labels)
+  leaves, tree = jax.tree_util.tree_flatten(params)  # Leave the zero-init point.
+  params = tree.unflatten([p + 0.1 * jax.random.normal(jax.random.key(i), p.shape, p.dtype)
+                           for i, p in enumerate(leaves)])
+  u_fn = jax.jit(ts.meanflow_u_fn(model, params))
+  out = u_fn(x, r, t, labels)
+  want = jax.jit(model.apply)(params, x, (t, t - r), labels)
+  assert numerics.rel_err(out, want) < 1e-12
+  moved = u_fn(x, jnp.zeros_like(r), t, labels)  # Same t, another gap.
+  assert numerics.rel_err(moved[0], out[0]) > 1e-3 and numerics.rel_err(moved[1], out[1]) > 1e-3
   # The class embedding is used, per sample.
-  out2 = model.apply(params, x, (t, t - r), jnp.array([3, 2]))
-  assert not np.allclose(out2[0], out[0]) and np.allclose(out2[1], out[1], atol=1e-6)
+  out2 = u_fn(x, r, t, jnp.array([3, 2]))
+  assert numerics.rel_err(out2[0], out[0]) > 1e-3
+  assert numerics.rel_err(out2[1], out[1]) < 1e-12
 
 
 def test_attention_implementations_agree_in_value_jvp_and_vjp():

@@ -368,9 +368,11 @@ def test_mae_loss_decreases_and_encoder_gives_feature_sets():
       "raw": (2, 1, 256)}
 
 
-def test_mlp_conditions_labels_and_meanflow_signature():
+def test_mlp_conditions_labels_and_meanflow_signature(x64):
+  """In float64, so the jvp's du/dt meets its central difference at the rule's precision
+  (truncation h^2 = 1e-8 relative; rounding 1e-16 / h = 1e-12)."""
   model = MLP(out_dim=2, hidden_widths=(16, 16), condition_names=("t", "t_minus_r"),
-              num_classes=3, embed_dim=8)
+              num_classes=3, embed_dim=8, dtype=jnp.float64)
   z = jax.random.normal(jax.random.key(8), (5, 2))
   t, r = jnp.full((5,), 0.7), jnp.full((5,), 0.2)
   labels = jnp.array([0, 1, 2, 3, 0])  # 3 is the null label.
@@ -383,9 +385,10 @@ def test_mlp_conditions_labels_and_meanflow_signature():
   # The MeanFlow target's du/dt (a jvp through the MLP) against a central difference along (v, 0, 1).
   v = jax.random.normal(jax.random.key(10), (5, 2))
   _, dudt = jax.jvp(lambda z_, t_: u_fn(z_, r, t_, labels), (z, t), (v, jnp.ones_like(t)))
-  h = 1e-2
+  h = 1e-4
   fd = (u_fn(z + h * v, r, t + h, labels) - u_fn(z - h * v, r, t - h, labels)) / (2 * h)
-  np.testing.assert_allclose(dudt, fd, rtol=2e-2, atol=2e-3)
+  assert dudt.dtype == jnp.float64 and float(jnp.abs(fd).max()) > 1e-2
+  np.testing.assert_allclose(dudt, fd, rtol=1e-6, atol=1e-9)
   with pytest.raises(ValueError, match="conditions"):
     model.apply(params, z, (t,), labels)
 

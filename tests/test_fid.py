@@ -257,7 +257,28 @@ def test_cli_inception_statistics_with_random_weights(tmp_path):
   np.testing.assert_allclose(mu, pool.mean(0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(sigma, np.cov(pool.astype(np.float64), rowvar=False), rtol=1e-4,
                              atol=1e-6)
-  assert logits.shape == (2, 1008) and stats.inception_score(logits, splits=1)[0] >= 1.0
+  assert logits.shape == (2, 1008)
+  np.testing.assert_allclose(stats.inception_score(logits, splits=1)[0],
+                             inception_score_by_entropies(logits), rtol=1e-10)
+
+
+def inception_score_by_entropies(logits) -> float:
+  """IS = exp(H(p(y)) - mean_x H(p(y|x))), the entropy form of exp(E_x KL(p(y|x) || p(y))), in
+  float64 from a plain softmax: an independent route to eval.stats.inception_score (one split)."""
+  logits = np.asarray(logits, np.float64)
+  p = np.exp(logits - logits.max(axis=1, keepdims=True))
+  p /= p.sum(axis=1, keepdims=True)
+  entropy = lambda q: -np.sum(np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0), axis=-1)
+  return float(np.exp(entropy(p.mean(axis=0)) - entropy(p).mean()))
+
+
+def test_inception_score_between_the_limits():
+  """Two classes predicted 3:1 and 1:3 (uniform marginal): IS = exp(log 2 - H(3/4, 1/4)), a value
+  strictly between the limits that test_inception_score_limits checks."""
+  mixed = np.log([[0.75, 0.25], [0.25, 0.75]])  # H(marginal) = log 2, H(p(y|x)) = H(3/4, 1/4).
+  h = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+  assert stats.inception_score(mixed, splits=1)[0] == pytest.approx(np.exp(np.log(2) - h), rel=1e-12)
+  assert inception_score_by_entropies(mixed) == pytest.approx(np.exp(np.log(2) - h), rel=1e-12)
 
 
 def test_pixel_features_scaling():

@@ -46,8 +46,9 @@ def test_identity_recovers_analytic_average_velocity():
     t, r = jnp.maximum(a, b), jnp.minimum(a, b)
     z = jax.random.normal(k3, (256, 1)) * 2.0
     u, u_tgt = meanflow.average_velocity_target(analytic_u, z, r, t, analytic_v(z, t[:, None]), None)
-    np.testing.assert_allclose(u_tgt, analytic_u(z, r, t), atol=1e-5)
-    np.testing.assert_allclose(u, analytic_u(z, r, t), atol=1e-12)
+    # Float64 exactness (tests/README.md): the identity holds to rounding (measured 1.8e-15).
+    np.testing.assert_allclose(u_tgt, analytic_u(z, r, t), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(u, analytic_u(z, r, t), rtol=1e-12, atol=1e-12)
 
 
 def test_tangent_order_is_v_0_1(x64):
@@ -160,17 +161,28 @@ def test_guided_velocity_formula_dropout_and_interval(x64):
   np.testing.assert_allclose(out[2:], v[2:], rtol=1e-12)
 
 
-def test_guidance_enters_the_jvp_tangent():
-  """The loss with guidance uses v_tilde as tangent: a z-dependent net sees a different target."""
+def test_guidance_enters_the_jvp_tangent(x64):
+  """The guided loss, from given draws, against its formula written out by hand: the tangent of the
+  jvp is v_tilde = omega v + kappa u(z, t, t | c) + (1 - omega - kappa) u(z, t, t | null), so with
+  u = sin(z) (1 + t - r) + y / 10 the target is v_tilde - (t - r) (cos(z) v_tilde (1 + t - r) + sin(z))."""
   cfg = meanflow_config(num_classes=10)
-  cfg.class_dropout, cfg.r_neq_t_ratio = 0.0, 1.0
-  x = jax.random.normal(jax.random.key(0), (64, 3))
-  labels = jnp.arange(64) % 10
-  u_fn = lambda z, r, t, y: jnp.sin(z) * (1 + t - r)[:, None] + y[:, None] * 0.1
-  plain = meanflow.meanflow_loss(u_fn, x, labels, jax.random.key(5), cfg)[1]["mse"]
+  cfg.class_dropout, cfg.r_neq_t_ratio, cfg.adaptive_p = 0.0, 1.0, 0.0
   cfg.guidance_omega, cfg.guidance_kappa = 2.0, 0.3
-  guided = meanflow.meanflow_loss(u_fn, x, labels, jax.random.key(5), cfg)[1]["mse"]
-  assert abs(float(plain) - float(guided)) > 1e-3
+  k = jax.random.split(jax.random.key(0), 4)
+  x, e = jax.random.normal(k[0], (8, 3)), jax.random.normal(k[1], (8, 3))
+  a, b = jax.random.uniform(k[2], (8,)), jax.random.uniform(k[3], (8,))
+  t, r = jnp.maximum(a, b), jnp.minimum(a, b)
+  labels = jnp.arange(8) % 10
+  u_fn = lambda z, r, t, y: jnp.sin(z) * (1 + t - r)[:, None] + y[:, None] * 0.1
+  mse = meanflow.meanflow_loss_from_draws(u_fn, x, labels, r, t, e, jnp.zeros(8, bool), cfg)[1]["mse"]
+  x, e, t, r, y = (np.asarray(q, np.float64) for q in (x, e, t[:, None], r[:, None], labels[:, None]))
+  z, v = (1 - t) * x + t * e, e - x
+  v_tilde = 2.0 * v + 0.3 * (np.sin(z) + y / 10) + (1 - 2.0 - 0.3) * (np.sin(z) + 1.0)
+  u = np.sin(z) * (1 + t - r) + y / 10
+  target = v_tilde - (t - r) * (np.cos(z) * v_tilde * (1 + t - r) + np.sin(z))
+  np.testing.assert_allclose(mse, np.mean((u - target) ** 2), rtol=1e-12)
+  unguided = v - (t - r) * (np.cos(z) * v * (1 + t - r) + np.sin(z))
+  assert abs(np.mean((u - unguided) ** 2) / float(mse) - 1) > 0.1  # Guidance matters here.
 
 
 # --- Loss ----------------------------------------------------------------------------------
@@ -221,6 +233,31 @@ def test_gradient_flows_only_through_primal_u(x64):
     _, tgt = meanflow.average_velocity_target(u_fn(theta), z, r, t, v, labels)
     return jnp.mean(jnp.sum((u_fn(th)(z, r, t, labels) - tgt) ** 2, axis=1))
   np.testing.assert_allclose(g, jax.grad(frozen)(theta), rtol=1e-10)
+
+
+def test_gradient_of_a_nonlinear_net_matches_the_hand_derived_first_order_form(x64):
+  """A second, independent check of the stop-gradient on the target: for u = th z^2 + th^2 t the
+  loss gradient is mean_i sum_j 2 (u - tgt) (z^2 + 2 th t), derived by hand; differentiating through
+  the target as well would add -2 (u - tgt) d tgt / d th, with d tgt / d th = -(t - r)(2 z v + 2 th)."""
+  cfg = meanflow_config(num_classes=0)
+  cfg.class_dropout, cfg.adaptive_p, cfg.r_neq_t_ratio = 0.0, 0.0, 1.0
+  k = jax.random.split(jax.random.key(7), 4)
+  x, e = jax.random.normal(k[0], (8, 2)), jax.random.normal(k[1], (8, 2))
+  a, b = jax.random.uniform(k[2], (8,)), jax.random.uniform(k[3], (8,))
+  t, r = jnp.maximum(a, b), jnp.minimum(a, b)
+  labels, dropped = jnp.zeros(8, jnp.int32), jnp.zeros(8, bool)
+  u_fn = lambda th: (lambda z, r_, t_, y: th * z ** 2 + th ** 2 * t_[:, None])
+  theta = 0.7
+  g = jax.grad(lambda th: meanflow.meanflow_loss_from_draws(u_fn(th), x, labels, r, t, e, dropped,
+                                                            cfg)[0])(theta)
+  x, e, t, r = (np.asarray(q, np.float64) for q in (x, e, t[:, None], r[:, None]))
+  z, v = (1 - t) * x + t * e, e - x
+  u = theta * z ** 2 + theta ** 2 * t
+  target = v - (t - r) * (2 * theta * z * v + theta ** 2)  # du/dt along (v, 0, 1).
+  want = np.mean(np.sum(2 * (u - target) * (z ** 2 + 2 * theta * t), axis=1))
+  np.testing.assert_allclose(g, want, rtol=1e-12)
+  through_target = np.mean(np.sum(2 * (u - target) * (t - r) * (2 * z * v + 2 * theta), axis=1))
+  assert abs(through_target) > 1e-2 * abs(want)  # The term a missing stop-gradient would add.
 
 
 # --- Bad input ---------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ class MLP(nn.Module):
     if len(conditions) != len(self.condition_names):
       raise ValueError(f"MLP expects conditions {tuple(self.condition_names)}, got "
                        f"{len(conditions)} arrays.")
-    parts = [x.reshape(x.shape[0], -1).astype(jnp.float32)]
+    parts = [x.reshape(x.shape[0], -1).astype(jnp.promote_types(self.dtype, jnp.float32))]
     parts += [timestep_features(jnp.reshape(c, (-1,)), self.embed_dim) for c in conditions]
     if self.num_classes > 0:
       if labels is None:
