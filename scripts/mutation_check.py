@@ -99,7 +99,7 @@ MUTANTS = (
            "d ** every * e + (1.0 - d ** every) * p", "d * e + (1.0 - d) * p",
            ["tests/test_cifar_recipe.py::test_ema_every_k_steps_with_decay_to_the_k"]),
     # --- Sampling-time guidance ----------------------------------------------------------------
-    Mutant("cfg_anchor_cond", "guidance", "mf_jax/generate.py",
+    Mutant("cfg_anchor_cond", "guidance", "mf_jax/sampling.py",
            "return null + cfg_scale * (cond - null)", "return cond + cfg_scale * (cond - null)",
            ["tests/test_guidance_sampling.py"]),
     # --- Checkpoint integrity ------------------------------------------------------------------
