@@ -42,7 +42,7 @@ def make_sampler(config, model, mesh):
       alpha = jnp.full((noise.shape[0],), cfg_scale, noise.dtype)
       return generator_fn(model, params)(noise, alpha, labels)
     u_fn = guided_u_fn(meanflow_u_fn(model, params), cfg_scale, config.data.num_classes)
-    steps = (sampling.euler_steps if config.sample.get("sampler", "meanflow") == "euler"
+    steps = (sampling.euler_steps if config.sample.sampler == "euler"
              else sampling.meanflow_steps)
     return steps(u_fn, noise, labels, num_steps)
 
@@ -145,7 +145,7 @@ def quantize_uint8(x, rounding: str = "half_even"):
 def to_uint8(x, config) -> np.ndarray:
   """Data-space samples -> uint8 images [N, H, W, C] (decoded first for latent models), rounded as
   config.eval.uint8_rounding says, so sample files and pixel reference statistics match the evaluator."""
-  return np.asarray(quantize_uint8(decode(x, config), config.eval.get("uint8_rounding", "half_even")))
+  return np.asarray(quantize_uint8(decode(x, config), config.eval.uint8_rounding))
 
 
 def grid(images: np.ndarray, cols: int = 8, upscale: int = 1) -> np.ndarray:

@@ -64,7 +64,7 @@ def build_model(config) -> nn.Module:
                      condition_names=conditions, depth=m.depth, hidden_size=m.hidden_size,
                      num_heads=m.num_heads, cls_tokens=m.cls_tokens, noise_classes=m.noise_classes,
                      noise_coords=m.noise_coords, remat=m.remat,
-                     attn_fp32=m.get("attn_fp32", True), dtype=DTYPES[m.compute_dtype],
+                     attn_fp32=m.attn_fp32, dtype=DTYPES[m.compute_dtype],
                      param_dtype=jnp.float64 if m.compute_dtype == "float64" else jnp.float32)
   if m.name != "dit":
     raise ValueError(f"model.name={m.name!r}: allowed values are ['dit', 'dit_modern', 'mlp', "
@@ -81,7 +81,7 @@ def condition_names(config) -> Tuple[str, ...]:
   meanflow.time_conditioning names (default ("t", "t_minus_r"); others are Table 1c ablations)."""
   if config.method == "drifting":
     return ("alpha",)
-  return meanflow.TIME_CONDITIONINGS[config.meanflow.get("time_conditioning", "t,t-r")]
+  return meanflow.TIME_CONDITIONINGS[config.meanflow.time_conditioning]
 
 
 def unet_model(config) -> SongUNet:
@@ -117,7 +117,7 @@ def mae_model(config) -> nn.Module:
   e = config.mae
   if e.compute_dtype not in DTYPES:
     raise ValueError(f"mae.compute_dtype={e.compute_dtype!r}: allowed values are {sorted(DTYPES)}.")
-  if e.get("arch", "resnet") == "release":
+  if e.arch == "release":
     return MAEResNet(channels=config.data.channels, widths=tuple(e.widths), layers=tuple(e.layers),
                      input_patch_size=e.input_patch_size,
                      num_classes=max(config.data.num_classes, 1), remat=e.remat,
@@ -181,7 +181,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, o.learning_rate, warmup), schedule], [warmup])
   chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-  if o.get("name", "adamw") == "adam":
+  if o.name == "adam":
     chain.append(optax.adam(schedule, b1=o.b1, b2=o.b2))
   else:
     chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
@@ -191,7 +191,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
 def warmup_steps(config) -> int:
   """optim.warmup_steps, or optim.warmup_epochs epochs of data.num_train_examples when set."""
   o = config.optim
-  if o.get("warmup_epochs", 0.0):
+  if o.warmup_epochs:
     per_epoch = config.data.num_train_examples / config.train.global_batch_size
     return int(round(o.warmup_epochs * per_epoch))
   return o.warmup_steps
@@ -233,7 +233,7 @@ def init_state(config, model, optimizer, key) -> TrainState:
            "uncond_queue": (class_queues.init(1, config.drifting.uncond_queue_len, shape, bank)
                             if uses_uncond_queue(config) else None),
            "encoder": encoder}
-    if config.drifting.get("use_convnext", False):  # A placeholder too; see train.py.
+    if config.drifting.use_convnext:  # A placeholder too; see train.py.
       aux["convnext"] = frozen_placeholder(convnext_model(config).init, key,
                                            convnext_lib.example_input())
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),

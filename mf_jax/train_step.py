@@ -66,7 +66,7 @@ def drifting_feature_fn(config, encoder_params, convnext_variables=None):
       return drifting.raw_features
     return release_features.release_feature_fn(None, extra_fns=extra)
   encoder = mae_model(config)
-  if config.mae.get("arch", "resnet") == "release":  # The release's feature-key set.
+  if config.mae.arch == "release":  # The release's feature-key set.
     return release_features.release_feature_fn(
         lambda x: encoder.apply(encoder_params, x, method=encoder.activations),
         every_k_block=config.mae.every_k_block, extra_fns=extra)
@@ -123,7 +123,7 @@ def mae_objective(model, config):
   """(params, x, labels, key) -> (loss, metrics): masked-autoencoder pretraining of the encoder."""
   def loss_fn(params, x, labels, key):
     del labels
-    if config.mae.get("arch", "resnet") == "release":
+    if config.mae.arch == "release":
       return mae_resnet.mae_loss(model, params, x, key, config.mae.mask_ratio, config.mae.patch_size)
     return feature_encoder.mae_loss(model.apply, params, x, key, config.mae.mask_ratio,
                                     config.mae.patch_size)
@@ -197,7 +197,7 @@ def make_train_step(config, model, optimizer, objective=None, mesh=None):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = update_ema(state.ema_params, params, config.ema_decays, state.step + 1,
-                            config.get("ema_every", 1))
+                            config.ema_every)
 
     # A non-finite step is not applied, and no later one is: the last good values survive.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
