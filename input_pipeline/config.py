@@ -18,7 +18,8 @@ CONFIG = dict(
     channels=Field(4, POSITIVE, "4 for SD-VAE latents, 3 for RGB, 1 for digits", shape=True),
     # Null label = num_classes; 0 = unconditional.
     num_classes=Field(1000, NON_NEGATIVE, "0 for unconditional, else the label count", shape=True),
-    latent_scale=Field(0.18215, number(0.0, lo_open=True), "0.18215 for SD-VAE latents"),  # Latents only.
+    # SD-VAE scale; latents only.
+    latent_scale=Field(0.18215, number(0.0, lo_open=True), "0.18215 for SD-VAE latents"),
     # Local diffusers AutoencoderKL weights, to decode latent samples.
     vae_path=Field("", text(), "a local diffusers AutoencoderKL folder, or '' (no decoding)"),
     random_flip=Field(True, boolean(), "True or False"),

@@ -3,7 +3,7 @@ that configs/base.py builds the config from and that the field checks and the wo
 are derived from. A new section is declared in its owner and added here, nowhere else."""
 import ml_collections
 
-import input_pipeline.config
+from input_pipeline import config as data_config
 from eval import config as eval_config
 from mf_jax import (augment, config_fields, drifting_config, meanflow, optim_config,
                     trainer_config)
@@ -11,7 +11,7 @@ from mf_jax.models import config as model_config
 
 SCHEMA = {
     **trainer_config.TOP,                  # seed, method
-    "data": input_pipeline.config.CONFIG,
+    "data": data_config.CONFIG,
     "model": model_config.MODEL,
     "meanflow": meanflow.CONFIG,
     # EDM augmentation in the train step, labels fed to the network (U-Net only).

@@ -45,19 +45,21 @@ CONFIG = dict(
     accum_classes_per_device=Field(0, NON_NEGATIVE, "0 (one pass), or a divisor of the classes "
                                                     "each device holds, e.g. 4"),
     # Lower bound of every pair's affinity A_ij (times w_j); 0 = none. The released code uses
-    # drifting.RELEASED_AFFINITY_FLOOR = 1e-3 (ImageNet configs set it). Against the uniform affinity
-    # 1/sqrt(N (P + N + U)) it weighs more the larger the batch: ~1% at 64 x 144, but at the toy's
-    # 512 x 1024 it swamps the kernel (checkerboard energy distance 0.97 instead of 0.004).
+    # drifting.RELEASED_AFFINITY_FLOOR = 1e-3 (ImageNet configs set it). Against the uniform
+    # affinity 1/sqrt(N (P + N + U)) it weighs more the larger the batch: ~1% at 64 x 144, but at
+    # the toy's 512 x 1024 it swamps the kernel (checkerboard energy distance 0.97 instead of 0.004).
     affinity_floor=Field(0.0, number(0.0), "0.0, or 1e-3 (released ImageNet configs)"),
     # N_c classes per step, each with num_pos real and num_neg generated.
     classes_per_step=Field(64, POSITIVE, "at most data.num_classes, e.g. 64"),
     num_pos=Field(64, POSITIVE, "at most drifting.queue_len, e.g. 64"),
-    queue_len=Field(128, POSITIVE, "e.g. 128", shape=True),  # Real samples kept per class on device.
+    # Real samples kept per class on device.
+    queue_len=Field(128, POSITIVE, "e.g. 128", shape=True),
     # How the queues store samples: "float32", or "uint8" for 8-bit pixel data (imagenet_pixels,
     # cifar10): 4x less memory; every 8-bit level is kept, and a draw is within 2^-24 of the
     # float32 bank's (mf_jax/class_queues.py).
     bank_dtype=Field("float32", choice(*STORAGE_DTYPES),
-                     "float32, or uint8 for 8-bit pixel data (imagenet_pixels, cifar10)", shape=True),
+                     "float32, or uint8 for 8-bit pixel data (imagenet_pixels, cifar10)",
+                     shape=True),
     # Guidance negatives (num_unc per class) are drawn from the most recent uncond_queue_len real
     # samples of any class; 0 draws them from the other classes of the step instead.
     uncond_queue_len=Field(1000, NON_NEGATIVE, "1000 (released); 0 = guidance negatives from the "

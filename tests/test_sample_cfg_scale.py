@@ -45,7 +45,7 @@ def _cli_config(name, shrink, *overrides):
 
 
 def _sample(name, shrink, workdir, *overrides):
-  """--mode=sample as main.py runs it: validate once, then train.sample_to_files; the uint8 images."""
+  """--mode=sample as main.py runs it (validate, then train.sample_to_files): the uint8 images."""
   config = _cli_config(name, shrink, *overrides)
   config_checks.validate(config, workdir, "sample", hand_over=True)
   return np.load(train.sample_to_files(config, workdir))["arr_0"]

@@ -20,7 +20,8 @@ MODEL = dict(
     num_heads=Field(None, optional(POSITIVE), "None (the variant's) or a divisor of hidden_size",
                     shape=True, field_type=int),
     # "bfloat16": bf16 matmuls with fp32 parameters.
-    compute_dtype=Field("float32", choice(*COMPUTE_DTYPES), "float32, or bfloat16 for bf16 matmuls"),
+    compute_dtype=Field("float32", choice(*COMPUTE_DTYPES),
+                        "float32, or bfloat16 for bf16 matmuls"),
     # "einsum" (jvp-friendly everywhere) | "fused" (jax.nn.dot_product_attention).
     attention_impl=Field("einsum", choice(*ATTENTION_IMPLS), "einsum works everywhere"),
     # Rematerialise DiT blocks in the backward pass: less memory, ~1/3 more compute.
@@ -55,9 +56,11 @@ MAE = dict(
     # every_k_block apply; blocks_per_stage, groups and decoder_width do not).
     arch=Field("resnet", choice("resnet", "release"),
                "resnet (this codebase's), or release (MAE-256/640)", shape=True),
-    layers=Field((3, 4, 6, 3), int_tuple(), "(3, 4, 6, 3) (release)", shape=True),  # arch="release".
+    # Blocks per stage, arch="release".
+    layers=Field((3, 4, 6, 3), int_tuple(), "(3, 4, 6, 3) (release)", shape=True),
     # arch="release": p x p pixels folded into channels first (pixels: 8).
-    input_patch_size=Field(1, POSITIVE, "1 for latents, 8 for 256x256 pixels (release)", shape=True),
+    input_patch_size=Field(1, POSITIVE, "1 for latents, 8 for 256x256 pixels (release)",
+                           shape=True),
     # arch="release": features also from every k-th block of a stage; 0 = none.
     every_k_block=Field(2, NON_NEGATIVE, "2 (release); 0 = stage outputs only"),
     widths=Field((128, 256, 512, 512), int_tuple(), "e.g. (128, 256, 512, 512)", shape=True),
