@@ -3,8 +3,8 @@ that configs/base.py builds the config from and that the field checks and the wo
 are derived from. A new section is declared in its owner and added here, nowhere else."""
 import ml_collections
 
-from input_pipeline import config as data_config
 from eval import config as eval_config
+from input_pipeline import config as data_config
 from mf_jax import (augment, config_fields, drifting_config, meanflow, optim_config,
                     trainer_config)
 from mf_jax.models import config as model_config
