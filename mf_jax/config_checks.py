@@ -172,9 +172,6 @@ def check_unet_and_augment(config) -> None:
   if size % 2 ** (levels - 1):
     raise ConfigError(f"data.image_size={size} must be divisible by 2^(len(model.unet.channel_mult)"
                      f" - 1) = {2 ** (levels - 1)}.")
-  if config.method == "meanflow" and config.data.num_classes != 0:
-    raise ConfigError(f"model.name='unet' is unconditional, but data.num_classes="
-                     f"{config.data.num_classes}: set data.num_classes=0.")
 
 
 def _drifting_devices(config):

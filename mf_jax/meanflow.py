@@ -112,6 +112,9 @@ def check_config(config) -> None:
   if config.meanflow.num_classes != config.data.num_classes:
     raise ConfigError(f"meanflow.num_classes={config.meanflow.num_classes} differs from "
                       f"data.num_classes={config.data.num_classes}; leave it linked to data.")
+  if config.model.name == "unet" and config.data.num_classes != 0:
+    raise ConfigError(f"model.name='unet' is unconditional, but data.num_classes="
+                      f"{config.data.num_classes}: set data.num_classes=0.")
 
 
 def validate_labels(labels, num_classes: int) -> None:
