@@ -100,7 +100,7 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
   from mf_jax import checkpointing, config_checks, workdir_lock
   try:  # Bad fields, a mismatched workdir: one line naming the field and the fix, exit status 2.
-    config_checks.validate(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    config_checks.validate(FLAGS.config, FLAGS.workdir, FLAGS.mode, hand_over=True)
     checkpointing.check_writable(FLAGS.workdir, FLAGS.mode)
   except (ValueError, OSError) as e:
     sys.stderr.write(f"main.py: error: {e}\n")

@@ -29,11 +29,12 @@ from jax.experimental import multihost_utils
 
 import input_pipeline
 from eval import fid, stats
-from mf_jax import generate
+from eval import config as eval_config
+from eval.config import FEATURES
+from mf_jax import config_fields, generate
 from mf_jax.generate import quantize_uint8  # The rounding every sample path shares.
 from mf_jax import sharding as sharding_lib
 
-FEATURES = ("pixels", "inception")
 RANDOM_INCEPTION = "random"  # eval.inception_path value that selects random weights (tests only).
 IS_SPLITS = 10  # The standard Inception Score splits; one split below 2 * IS_SPLITS samples.
 PROGRESS_LINES = 10  # Progress log lines per k-NFE pass, at most (plus the last chunk).
@@ -54,30 +55,15 @@ def num_steps_tuple(ev) -> tuple:
 def validate_config(config) -> None:
   """Raises ValueError / FileNotFoundError naming the bad config.eval field and the fix."""
   ev = config.eval
-  if ev.features not in FEATURES:
-    raise ValueError(f"eval.features={ev.features!r}: allowed values are {list(FEATURES)}.")
-  if ev.every_steps < 0:
-    raise ValueError(f"eval.every_steps={ev.every_steps} must be >= 0 (0 turns evaluation off).")
-  if ev.num_samples < 2:
-    raise ValueError(f"eval.num_samples={ev.num_samples} must be >= 2 (a covariance needs two).")
+  config_fields.check(eval_config.CONFIG, ev, "eval.")  # Each field's rule (eval/config.py).
   devices = jax.device_count()
-  if ev.batch_size <= 0 or ev.batch_size % devices:
+  if ev.batch_size % devices:
     raise ValueError(f"eval.batch_size={ev.batch_size} must be a positive multiple of the device "
                      f"count ({devices}), e.g. {devices * max(1, ev.batch_size // devices)}.")
-  steps = num_steps_tuple(ev)
-  if not steps or any(not isinstance(k, int) or k < 1 for k in steps):
-    raise ValueError(f"eval.num_steps={ev.num_steps!r} must be a non-empty tuple of positive "
-                     "integers (sampling steps = NFE), e.g. (1, 2).")
-  if ev.get("label_sampling", "cycle") not in generate.LABEL_SAMPLING:
-    raise ValueError(f"eval.label_sampling={ev.label_sampling!r}: allowed values are "
-                     f"{list(generate.LABEL_SAMPLING)}.")
-  if ev.get("uint8_rounding", "half_even") not in generate.UINT8_ROUNDING:
-    raise ValueError(f"eval.uint8_rounding={ev.uint8_rounding!r}: allowed values are "
-                     f"{list(generate.UINT8_ROUNDING)}.")
   if ev.cfg_scale != 1.0 and config.data.num_classes < 1:
     raise ValueError(f"eval.cfg_scale={ev.cfg_scale} needs a class-conditional model; "
                      "data.num_classes is 0. Use eval.cfg_scale=1.0.")
-  if tuple(ev.get("cfg_scales", ())) and config.data.num_classes < 1:
+  if ev.cfg_scales and config.data.num_classes < 1:
     raise ValueError(f"eval.cfg_scales={tuple(ev.cfg_scales)} needs a class-conditional model; "
                      "data.num_classes is 0. Use eval.cfg_scales=().")
   if ev.use_ema and not 0 <= ev.ema_index < len(config.ema_decays):
@@ -245,8 +231,8 @@ class SampleQualityEvaluator:
     batch = sharding_lib.batch_sharding(mesh)
     shape = (self.batch_size, d.image_size, d.image_size, d.channels)
     bs, n = self.batch_size, self.num_samples
-    label_sampling = ev.get("label_sampling", "cycle")
-    rounding = ev.get("uint8_rounding", "half_even")
+    label_sampling = ev.label_sampling
+    rounding = ev.uint8_rounding
 
     @functools.partial(jax.jit, out_shardings=(batch, batch, batch))
     def chunk_inputs(key, start):
@@ -306,7 +292,7 @@ class SampleQualityEvaluator:
     params = self._params(state)
     f = self.features
     scalars = {}
-    sweep = tuple(float(s) for s in self.config.eval.get("cfg_scales", ()))
+    sweep = tuple(float(s) for s in self.config.eval.cfg_scales)
     intervals = tuple(tuple(float(v) for v in i) for i in self.config.eval.guidance_intervals)
     settings = [(s, i) for s in (sweep or (None,)) for i in (intervals or (None,))]
     for k in self.num_steps:

@@ -16,31 +16,33 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mf_jax import config_fields
+from mf_jax.config_fields import FRACTION, Field, boolean, number
+
 LABEL_DIM = 6
 
 
+# The `augment` config section (EDM's CIFAR-10 settings; off by default).
+CONFIG = dict(
+    # On: augment in the train step and feed the labels to the network (U-Net only).
+    enabled=Field(False, boolean(), "False; True for the CIFAR-10 U-Net recipe"),
+    p=Field(0.12, number(0.0), "0.12 (EDM CIFAR-10)"),  # Overall probability multiplier.
+    # Probability multipliers per transform (xflip * p >= 1: every image may flip).
+    xflip=Field(1e8, number(0.0), "1e8 (every image may flip)"),
+    scale=Field(1.0, number(0.0), "1.0"),
+    aniso=Field(1.0, number(0.0), "1.0"),
+    translate=Field(1.0, number(0.0), "1.0"),
+    scale_std=Field(0.2, number(0.0), "0.2"),  # log2 std of isotropic scaling.
+    aniso_std=Field(0.2, number(0.0), "0.2"),  # log2 std of anisotropic scaling.
+    # Probability that the anisotropic axis is rotated.
+    aniso_rotate_prob=Field(0.5, FRACTION, "0.5"),
+    # Translation std relative to the image size.
+    translate_std=Field(0.125, number(0.0), "0.125"),
+)
+
+
 def default_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      enabled=False,  # On: augment in the train step and feed the labels to the network (U-Net only).
-      p=0.12,  # Overall probability multiplier.
-      xflip=1e8,  # Probability multipliers per transform (xflip * p >= 1: every image may flip).
-      scale=1.0,
-      aniso=1.0,
-      translate=1.0,
-      scale_std=0.2,  # log2 std of isotropic scaling.
-      aniso_std=0.2,  # log2 std of anisotropic scaling.
-      aniso_rotate_prob=0.5,  # Probability that the anisotropic axis is rotated.
-      translate_std=0.125,  # Translation std relative to the image size.
-  ))
-
-
-def validate_config(config) -> None:
-  for name in ("p", "xflip", "scale", "aniso", "translate", "scale_std", "aniso_std",
-               "translate_std"):
-    if config[name] < 0:
-      raise ValueError(f"augment.{name}={config[name]}: must be >= 0.")
-  if not 0.0 <= config.aniso_rotate_prob <= 1.0:
-    raise ValueError(f"augment.aniso_rotate_prob={config.aniso_rotate_prob}: must lie in [0, 1].")
+  return config_fields.section(CONFIG)
 
 
 def _draw(key, batch: int, config):

@@ -70,9 +70,9 @@ def for_mode(config, workdir: str, mode: str) -> "Checkpointer":
   check_writable(workdir, mode)
   e = config.eval
   return Checkpointer(workdir, config.train.keep_checkpoints, mode=mode,
-                      num_steps=config.train.num_steps, step=e.get("checkpoint_step", -1),
-                      allow_older=e.get("allow_older_checkpoint", False),
-                      allow_unverified=e.get("allow_unverified_checkpoint", False))
+                      num_steps=config.train.num_steps, step=e.checkpoint_step,
+                      allow_older=e.allow_older_checkpoint,
+                      allow_unverified=e.allow_unverified_checkpoint)
 
 
 # Orbax writes these step-level records (commit time stamps, a success marker) as it renames the

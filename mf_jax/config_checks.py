@@ -1,307 +1,28 @@
 """Checks a run config and workdir before anything is written or compiled; errors name the field.
 
-Every field a user can set has one row in FIELDS: (rule, fix). A rule maps the value to None (good)
-or to what is wrong with it and the allowed values. A field added to configs/base.py gets a row
-here (tests/test_bad_input.py fails and lists it otherwise). Checks that involve several fields,
-the device count or files are in CROSS_CHECKS, each a function of the config that raises.
+Every field's rule and fix are declared with its default by the module that owns its section
+(mf_jax/config_fields.py; the sections are listed in mf_jax/config_schema.py): FIELDS is derived
+from those declarations. Here: checks that involve several fields, the device count or files
+(CROSS_CHECKS, and per method METHOD_CHECKS), each a function of the config that raises, and
+`validate`, which runs everything once per start.
 """
-import difflib
-import glob
-import numbers
 import os
 import tempfile
-from typing import Callable, Optional
 
 import jax
 
 import input_pipeline
-from mf_jax import class_queues, generate, meanflow, objectives, workdir_signature
+from input_pipeline.config import check_training_files
+from mf_jax import config_fields, config_schema, generate, workdir_signature
 from mf_jax import train_state as ts
+from mf_jax.config_fields import field_names, unknown_field_message  # pylint: disable=unused-import
 from mf_jax.errors import ConfigError
-from mf_jax.models.dit import ATTENTION_IMPLS, DiT, parse_variant
+from mf_jax.models.dit import DiT, parse_variant
 from mf_jax.models.dit_modern import ModernDiT
 from mf_jax.models.unet import SongUNet
-from mf_jax.networks import DTYPES
 
 MODES = ("train", "sample", "eval")
-
-
-# ---------------------------------------------------------------------------------------------
-# Rules: value -> None, or what is wrong ("must be ...", with the allowed values).
-
-Rule = Callable[[object], Optional[str]]
-
-
-def _is_int(v):
-  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def integer(lo=None, hi=None) -> Rule:
-  def rule(v):
-    if not _is_int(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
-      bounds = " and ".join(s for s in (lo is not None and f">= {lo}", hi is not None and f"<= {hi}")
-                            if s)
-      return f"must be an integer{' ' + bounds if bounds else ''}"
-    return None
-  return rule
-
-
-def _span(lo, hi, lo_open, hi_open) -> str:
-  if lo is not None and hi is not None:
-    return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-  if lo is not None:
-    return f"{'>' if lo_open else '>='} {lo}"
-  return "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
-
-
-def _in_range(v, lo, hi, lo_open, hi_open) -> bool:
-  if not isinstance(v, numbers.Real) or isinstance(v, bool) or v != v:  # v != v: NaN.
-    return False
-  return ((lo is None or (v > lo if lo_open else v >= lo))
-          and (hi is None or (v < hi if hi_open else v <= hi)))
-
-
-def number(lo=None, hi=None, lo_open=False, hi_open=False) -> Rule:
-  message = f"must be a number {_span(lo, hi, lo_open, hi_open)}".strip()
-  return lambda v: None if _in_range(v, lo, hi, lo_open, hi_open) else message
-
-
-def choice(*options) -> Rule:
-  return lambda v: None if v in options else f"allowed values are {list(options)}"
-
-
-def boolean() -> Rule:
-  return lambda v: None if isinstance(v, bool) else "must be True or False"
-
-
-def text() -> Rule:
-  return lambda v: None if isinstance(v, str) else "must be a string"
-
-
-def optional(rule: Rule) -> Rule:
-  return lambda v: None if v is None else rule(v)
-
-
-def int_tuple(lo=1, allow_empty=False) -> Rule:
-  def rule(v):
-    if isinstance(v, (tuple, list)) and (v or allow_empty) and all(_is_int(x) and x >= lo for x in v):
-      return None
-    return f"must be a {'' if allow_empty else 'non-empty '}tuple of integers >= {lo}"
-  return rule
-
-
-def number_tuple(lo=None, hi=None, lo_open=False, hi_open=False) -> Rule:
-  message = f"must be a tuple of numbers, each {_span(lo, hi, lo_open, hi_open)}"
-  return lambda v: (None if isinstance(v, (tuple, list)) and all(
-      _in_range(x, lo, hi, lo_open, hi_open) for x in v) else message)
-
-
-def interval_tuple(v):
-  """(t_min, t_max) with 0 <= t_min <= t_max <= 1, or ()."""
-  if isinstance(v, (tuple, list)) and (not v or (len(v) == 2 and all(
-      _in_range(x, 0.0, 1.0, False, False) for x in v) and v[0] <= v[1])):
-    return None
-  return "must be () or a pair (t_min, t_max) with 0 <= t_min <= t_max <= 1"
-
-
-def interval_tuples(v):
-  if isinstance(v, (tuple, list)) and all(
-      isinstance(i, (tuple, list)) and i and interval_tuple(i) is None for i in v):
-    return None
-  return "must be a tuple of pairs (t_min, t_max), each with 0 <= t_min <= t_max <= 1"
-
-
-POSITIVE = integer(lo=1)
-NON_NEGATIVE = integer(lo=0)
-FRACTION = number(0.0, 1.0)
-
-FIELDS = {
-    "seed": (integer(), "any integer, e.g. 0"),
-    "method": (lambda v: None if v in objectives.names() else
-               f"allowed values are {list(objectives.names())}",
-               "meanflow (default), drifting, mae (drifting's encoder), or a registered method"),
-    "data.name": (choice(*input_pipeline.DATASETS), "a data set this codebase reads"),
-    "data.path": (text(), "the folder of prepared records (latents, pixels) or the TFDS data_dir "
-                          "(cifar10)"),
-    "data.image_size": (POSITIVE, "the stored image/latent side, e.g. 32 for ImageNet latents"),
-    "data.channels": (POSITIVE, "4 for SD-VAE latents, 3 for RGB, 1 for digits"),
-    "data.num_classes": (NON_NEGATIVE, "0 for unconditional, else the label count"),
-    "data.latent_scale": (number(0.0, lo_open=True), "0.18215 for SD-VAE latents"),
-    "data.vae_path": (text(), "a local diffusers AutoencoderKL folder, or '' (no decoding)"),
-    "data.random_flip": (boolean(), "True or False"),
-    "data.random_crop_min_area": (FRACTION, "0.0 (no crop), or 0.2 (the release's pixel configs)"),
-    "model.name": (choice("dit", "dit_modern", "dit_incontext", "mlp", "unet"),
-                   "dit for images, dit_modern for the Drifting release's generator, mlp for small "
-                   "vectors, unet for CIFAR-10 (unconditional)"),
-    "model.variant": (text(), "NAME/PATCH, e.g. 'B/2'"),
-    "model.depth": (optional(POSITIVE), "None (the variant's) or a block count"),
-    "model.hidden_size": (optional(POSITIVE), "None (the variant's) or a width divisible by "
-                                              "num_heads and 4"),
-    "model.num_heads": (optional(POSITIVE), "None (the variant's) or a divisor of hidden_size"),
-    "model.compute_dtype": (choice(*DTYPES), "float32, or bfloat16 for bf16 matmuls"),
-    "model.attention_impl": (choice(*ATTENTION_IMPLS), "einsum works everywhere"),
-    "model.remat": (boolean(), "True trades compute for memory"),
-    "model.mlp_widths": (int_tuple(), "hidden widths, e.g. (512, 512, 512, 512)"),
-    "model.cls_tokens": (NON_NEGATIVE, "16 (the Drifting release)"),
-    "model.noise_classes": (NON_NEGATIVE, "64 (the Drifting release), or 0 for no noise labels"),
-    "model.noise_coords": (POSITIVE, "32 (the Drifting release)"),
-    "model.attn_fp32": (boolean(), "True (float32 attention), False for attention in "
-                                   "model.compute_dtype (the release's latent SOTA configs)"),
-    "model.head_depth": (NON_NEGATIVE, "8 (iMF: blocks per head), at most the depth"),
-    "model.unet.channels": (POSITIVE, "128 (official CIFAR-10 U-Net)"),
-    "model.unet.channel_mult": (int_tuple(), "(2, 2, 2)"),
-    "model.unet.num_blocks": (POSITIVE, "4"),
-    "model.unet.attn_resolutions": (int_tuple(allow_empty=True), "(16,)"),
-    "model.unet.dropout": (number(0.0, 1.0, hi_open=True), "0.2 (official)"),
-    "data.num_train_examples": (NON_NEGATIVE, "0, or 50000 for CIFAR-10 with optim.warmup_epochs"),
-    "meanflow.num_classes": (NON_NEGATIVE, "leave it linked to data.num_classes"),
-    "meanflow.time_sampler": (choice("logit_normal", "uniform"), "logit_normal (paper)"),
-    "meanflow.time_mu": (number(), "-0.4 (paper)"),
-    "meanflow.time_sigma": (number(0.0, lo_open=True), "1.0 (paper)"),
-    "meanflow.time_mu_r": (optional(number()), "None (as time_mu), or e.g. -4.0 (CIFAR-10 v1)"),
-    "meanflow.time_sigma_r": (optional(number(0.0, lo_open=True)), "None (as time_sigma), or 1.6"),
-    "meanflow.time_pairing": (choice(*meanflow.TIME_PAIRINGS), "sort (paper), or min_r (v1)"),
-    "meanflow.r_neq_t_ratio": (FRACTION, "0.25 (paper); 0 is flow matching"),
-    "meanflow.adaptive_p": (number(0.0), "1.0 (paper); 0 is plain L2"),
-    "meanflow.adaptive_c": (number(0.0, lo_open=True), "1e-3 (paper)"),
-    "meanflow.guidance_omega": (number(0.0, lo_open=True), "1.0 (no guidance) or e.g. 2.0"),
-    "meanflow.guidance_kappa": (number(hi=1.0, hi_open=True), "0.0, or e.g. 0.5 with omega"),
-    "meanflow.guidance_t_min": (FRACTION, "0.0"),
-    "meanflow.guidance_t_max": (FRACTION, "1.0, or e.g. 0.75 (XL/2)"),
-    "meanflow.class_dropout": (number(0.0, 1.0, hi_open=True), "0.1 (paper)"),
-    "meanflow.class_dropout_rows": (choice(*meanflow.DROPOUT_ROWS),
-                                    "independent, or r_eq_t_first (official batch layout)"),
-    "meanflow.jvp_tangent": (choice(*meanflow.JVP_TANGENTS),
-                             "v,0,1 (paper); the others are Table 1b ablations"),
-    "meanflow.time_conditioning": (choice(*meanflow.TIME_CONDITIONINGS),
-                                   "t,t-r (paper); the others are Table 1c ablations"),
-    "imf.num_classes": (NON_NEGATIVE, "leave it linked to data.num_classes"),
-    "imf.time_sampler": (choice("logit_normal", "uniform"), "logit_normal (iMF)"),
-    "imf.time_mu": (number(), "-0.4 (iMF)"),
-    "imf.time_sigma": (number(0.0, lo_open=True), "1.0 (iMF)"),
-    "imf.time_mu_r": (optional(number()), "None (as time_mu)"),
-    "imf.time_sigma_r": (optional(number(0.0, lo_open=True)), "None (as time_sigma)"),
-    "imf.time_pairing": (choice(*meanflow.TIME_PAIRINGS), "sort (iMF)"),
-    "imf.r_neq_t_ratio": (FRACTION, "0.5 (iMF: half the batch has r = t)"),
-    "imf.omega_beta": (number(0.0), "1.0 (iMF: p(omega) ~ 1/omega)"),
-    "imf.omega_max": (number(1.0, lo_open=True), "8.0 (iMF)"),
-    "imf.class_dropout": (number(0.0, 1.0, hi_open=True), "0.1 (iMF)"),
-    "imf.class_dropout_rows": (choice(*meanflow.DROPOUT_ROWS), "r_eq_t_first (official layout)"),
-    "imf.adaptive_p": (number(0.0), "1.0 (iMF)"),
-    "imf.adaptive_c": (number(0.0, lo_open=True), "0.01 (iMF)"),
-    "drifting.temperatures": (number_tuple(0.0, lo_open=True), "e.g. (0.02, 0.05, 0.2)"),
-    "drifting.normalize_distances": (boolean(), "True (paper)"),
-    "drifting.normalize_drift": (boolean(), "True (paper)"),
-    "drifting.num_neg": (integer(lo=2), "64 (paper)"),
-    "drifting.num_unc": (NON_NEGATIVE, "16 (paper); 0 turns guidance off"),
-    "drifting.alpha_min": (number(1.0), "1.0"),
-    "drifting.alpha_max": (number(1.0), "4.0"),
-    "drifting.alpha_power": (number(0.0), "3.0 (released ablation); 0 = uniform"),
-    "drifting.no_guidance_frac": (FRACTION, "0.0, or 0.5 (released SOTA-L)"),
-    "drifting.class_chunk": (NON_NEGATIVE, "0 (all classes at once) or a divisor of "
-                                           "drifting.classes_per_step"),
-    "drifting.accum_classes_per_device": (NON_NEGATIVE, "0 (one pass), or a divisor of the "
-                                                        "classes each device holds, e.g. 4"),
-    "drifting.affinity_floor": (number(0.0), "0.0, or 1e-3 (released ImageNet configs)"),
-    "drifting.noise_shape": (int_tuple(allow_empty=True), "() for the sample shape"),
-    "drifting.classes_per_step": (POSITIVE, "at most data.num_classes, e.g. 64"),
-    "drifting.num_pos": (POSITIVE, "at most drifting.queue_len, e.g. 64"),
-    "drifting.queue_len": (POSITIVE, "e.g. 128"),
-    "drifting.bank_dtype": (choice(*class_queues.STORAGE_DTYPES),
-                            "float32, or uint8 for 8-bit pixel data (imagenet_pixels, cifar10)"),
-    "drifting.feature_encoder_workdir": (text(), "the workdir of a method='mae' run, or ''"),
-    "drifting.use_convnext": (boolean(), "False, or True for ConvNeXt-V2 features (pixel data)"),
-    "drifting.convnext_path": (text(), "the .npz of `python -m mf_jax.convert.drifting "
-                                       "--convnext_out=...`, or ''"),
-    "drifting.convnext_depths": (int_tuple(), "(3, 3, 27, 3) (ConvNeXt-V2-Base)"),
-    "drifting.convnext_dims": (int_tuple(), "(128, 256, 512, 1024) (ConvNeXt-V2-Base)"),
-    "drifting.convnext_compute_dtype": (choice("float32", "bfloat16"),
-                                        "float32 (release), or bfloat16"),
-    "drifting.uncond_queue_len": (NON_NEGATIVE, "1000 (released); 0 = guidance negatives from the "
-                                                "step's other classes"),
-    "drifting.fill_max_examples": (POSITIVE, "2000000 (more than one ImageNet epoch)"),
-    "mae.arch": (choice("resnet", "release"), "resnet (this codebase's), or release (MAE-256/640)"),
-    "mae.layers": (int_tuple(), "(3, 4, 6, 3) (release)"),
-    "mae.input_patch_size": (POSITIVE, "1 for latents, 8 for 256x256 pixels (release)"),
-    "mae.every_k_block": (NON_NEGATIVE, "2 (release); 0 = stage outputs only"),
-    "mae.widths": (int_tuple(), "e.g. (128, 256, 512, 512)"),
-    "mae.blocks_per_stage": (POSITIVE, "e.g. 2"),
-    "mae.groups": (POSITIVE, "a divisor of every mae.widths entry, e.g. 32"),
-    "mae.decoder_width": (POSITIVE, "e.g. 256"),
-    "mae.mask_ratio": (number(0.0, 1.0, hi_open=True), "0.75"),
-    "mae.patch_size": (POSITIVE, "a divisor of data.image_size, e.g. 2"),
-    "mae.compute_dtype": (choice("float32", "bfloat16"), "float32, or bfloat16 for bf16 convolutions"),
-    "mae.remat": (boolean(), "True trades compute for memory"),
-    "optim.name": (choice("adamw", "adam"), "adamw, or adam (no weight decay term)"),
-    "optim.warmup_epochs": (number(0.0), "0.0, or e.g. 200 (CIFAR-10; needs data.num_train_examples)"),
-    "ema_every": (POSITIVE, "1, or e.g. 16 (decay^16 every 16 steps)"),
-    "augment.enabled": (boolean(), "False; True for the CIFAR-10 U-Net recipe"),
-    "augment.p": (number(0.0), "0.12 (EDM CIFAR-10)"),
-    "augment.xflip": (number(0.0), "1e8 (every image may flip)"),
-    "augment.scale": (number(0.0), "1.0"),
-    "augment.aniso": (number(0.0), "1.0"),
-    "augment.translate": (number(0.0), "1.0"),
-    "augment.scale_std": (number(0.0), "0.2"),
-    "augment.aniso_std": (number(0.0), "0.2"),
-    "augment.aniso_rotate_prob": (FRACTION, "0.5"),
-    "augment.translate_std": (number(0.0), "0.125"),
-    "optim.learning_rate": (number(0.0, lo_open=True), "1e-4 (MeanFlow ImageNet)"),
-    "optim.b1": (number(0.0, 1.0, hi_open=True), "0.9"),
-    "optim.b2": (number(0.0, 1.0, hi_open=True), "0.95"),
-    "optim.weight_decay": (number(0.0), "0.0"),
-    "optim.warmup_steps": (NON_NEGATIVE, "0"),
-    "optim.schedule": (choice("constant", "cosine"), "constant"),
-    "optim.grad_clip": (number(0.0), "0 (off) or e.g. 2.0"),
-    "ema_decays": (number_tuple(0.0, 1.0, hi_open=True), "e.g. (0.9999,)"),
-    "train.global_batch_size": (POSITIVE, "a multiple of the device count, e.g. 256"),
-    "train.num_steps": (POSITIVE, "the step to train to, e.g. 1200000"),
-    "train.log_every": (POSITIVE, "e.g. 100"),
-    "train.checkpoint_every": (POSITIVE, "e.g. 5000"),
-    "train.keep_checkpoints": (POSITIVE, "e.g. 3"),
-    "train.sample_every": (NON_NEGATIVE, "0 (off) or e.g. 10000"),
-    "train.profile": (boolean(), "False"),
-    "sharding.fsdp": (POSITIVE, "1 (data parallel) or a divisor of the device count"),
-    "sample.num_samples": (POSITIVE, "e.g. 64, or 50000 for FID"),
-    "sample.num_steps": (POSITIVE, "1 (1-NFE) or 2"),
-    "sample.sampler": (choice("meanflow", "euler"),
-                       "meanflow, or euler (flow-matching Euler with u(z, t, t))"),
-    "sample.batch_size": (POSITIVE, "a multiple of the device count"),
-    "sample.use_ema": (boolean(), "True"),
-    "sample.ema_index": (NON_NEGATIVE, "an index into ema_decays, e.g. 0"),
-    "sample.seed": (integer(), "any integer"),
-    "sample.cfg_scale": (number(0.0, lo_open=True), "1.0 (none); iMF: omega, e.g. 8.0"),
-    "sample.guidance_interval": (interval_tuple, "() ([0, 1]), or e.g. (0.4, 0.65) (iMF B/2)"),
-    "eval.every_steps": (NON_NEGATIVE, "0 (off) or a step count"),
-    "eval.num_samples": (integer(lo=2), "50000 (FID-50K)"),
-    "eval.batch_size": (POSITIVE, "a multiple of the device count, e.g. 256"),
-    "eval.num_steps": (int_tuple(), "e.g. (1, 2)"),
-    "eval.cfg_scale": (number(0.0, lo_open=True), "1.0 (none)"),
-    "eval.use_ema": (boolean(), "True"),
-    "eval.ema_index": (NON_NEGATIVE, "an index into ema_decays, e.g. 0"),
-    "eval.features": (text(), "inception or pixels"),
-    "eval.inception_path": (text(), "the FID Inception .pth, or '' for the default path"),
-    "eval.ref_stats": (text(), "an .npz with mu/sigma"),
-    "eval.seed": (integer(), "any integer"),
-    "eval.cfg_scales": (number_tuple(0.0, lo_open=True), "() (use eval.cfg_scale), or e.g. "
-                                                        "(1.0, 1.5, 2.0) to report the best"),
-    "eval.guidance_intervals": (interval_tuples, "() (the sampler's), or e.g. ((0.4, 0.65),)"),
-    "eval.label_sampling": (choice(*generate.LABEL_SAMPLING), "cycle, or uniform (official)"),
-    "eval.uint8_rounding": (choice(*generate.UINT8_ROUNDING), "half_even, or half_up (official)"),
-    "eval.checkpoint_step": (integer(lo=-1), "-1 (the newest) or a step in WORKDIR/checkpoints"),
-    "eval.allow_older_checkpoint": (boolean(), "False (stop if that checkpoint is damaged)"),
-    "eval.allow_unverified_checkpoint": (boolean(), "False (refuse checkpoints without sha256)"),
-}
-
-
-def field_names(config, prefix="") -> list:
-  """Dotted names of every leaf field of a config (sections recursed)."""
-  names = []
-  for key, value in config.items():
-    if hasattr(value, "items"):
-      names += field_names(value, f"{prefix}{key}.")
-    else:
-      names.append(prefix + key)
-  return names
+FIELDS = {name: (f.rule, f.fix) for name, f in config_schema.FIELDS.items()}  # name: (rule, fix)
 
 
 def _value(config, name):
@@ -311,33 +32,8 @@ def _value(config, name):
 
 
 def check_fields(config) -> None:
-  """Type and range of every field in FIELDS that the config has."""
-  for name in field_names(config):
-    if name not in FIELDS:
-      continue
-    rule, fix = FIELDS[name]
-    value = _value(config, name)
-    problem = rule(value)
-    if problem:
-      raise ConfigError(f"{name}={value!r}: {problem}. Fix: set --config.{name} to {fix}.")
-
-
-def unknown_field_message(config, dotted: str) -> Optional[str]:
-  """For an override path that does not exist: names the section and the closest valid names."""
-  node, parts = config, dotted.split(".")
-  for i, part in enumerate(parts):
-    section = ".".join(parts[:i]) or "the top level"
-    if not hasattr(node, "keys"):
-      return (f"--config.{dotted}: {section} is a field ({node!r}), not a section with "
-              f"sub-fields.")
-    if part not in node.keys():
-      valid = sorted(node.keys())
-      close = difflib.get_close_matches(part, valid, n=3, cutoff=0.5)
-      hint = f"did you mean {' or '.join(close)}? " if close else ""
-      return (f"--config.{dotted}: {section} has no field {part!r}; {hint}"
-              f"valid names in {section}: {', '.join(valid)}.")
-    node = node[part]
-  return None
+  """Type and range of every declared field that the config has."""
+  config_fields.check(config_schema.SCHEMA, config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +46,6 @@ def _batches_fit_devices(config):
     if value % devices:
       raise ConfigError(f"{name}={value} must be divisible by the number of devices ({devices}); "
                         f"for example {max(devices, value - value % devices)}.")
-  ts.objective(config).check_devices(config, devices)
   if devices % config.sharding.fsdp:
     divisors = [k for k in range(1, devices + 1) if devices % k == 0]
     raise ConfigError(f"sharding.fsdp={config.sharding.fsdp} must divide the device count "
@@ -365,6 +60,12 @@ def _ema_indices(config):
                       f"[0, {n - 1}]; or set sample.use_ema=False." if n else
                       "sample.use_ema=True but ema_decays=() keeps no EMA copy: set "
                       "sample.use_ema=False or add a decay.")
+
+
+def _sample_guidance(config):
+  if config.sample.cfg_scale != 1.0 and config.data.num_classes < 1:
+    raise ConfigError(f"sample.cfg_scale={config.sample.cfg_scale} needs a class-conditional "
+                      "model; data.num_classes is 0. Use sample.cfg_scale=1.0.")
 
 
 def _time_conditioning(config):
@@ -393,64 +94,17 @@ def _model(config):
 
 
 def _objective(config):
-  """The method's own cross-field rules (Objective.validate)."""
-  ts.objective(config).validate(config)
+  """The method's own rules (Objective.validate, check_devices), and guidance intervals only for
+  a method that conditions on one."""
+  objective = ts.objective(config)
+  objective.validate(config)
+  objective.check_devices(config, jax.device_count())
   intervals = {"sample.guidance_interval": tuple(config.sample.guidance_interval),
                "eval.guidance_intervals": tuple(config.eval.guidance_intervals)}
   for name, value in intervals.items():
-    if value and not ts.objective(config).samples_with_interval:
+    if value and not objective.samples_with_interval:
       raise ConfigError(f"{name}={value}: method={config.method!r} samples without a guidance "
                         f"interval (iMF conditions on one): set --config.{name}=().")
-
-
-def _vae_file(config):
-  d = config.data
-  if d.vae_path and not os.path.exists(d.vae_path):
-    raise ConfigError(f"data.vae_path={d.vae_path!r} does not exist: give a local diffusers "
-                      "AutoencoderKL folder or weights file, or '' to skip decoding.")
-  if d.vae_path and not generate.decodes_with_vae(config):
-    raise ConfigError(f"data.vae_path={d.vae_path!r} is set, but data.name={d.name!r} is sampled "
-                      "in pixel space and nothing is decoded: set data.vae_path to ''.")
-
-
-def _training_data(config):
-  """The training set's files; sampling and evaluation read none (train mode only)."""
-  d = config.data
-  if d.name not in ("imagenet_latents", "imagenet_pixels", "cifar10"):
-    return
-  what = {"imagenet_latents": "the --out folder of `python -m input_pipeline.prepare_imagenet`",
-          "imagenet_pixels": "the --out folder of `python -m input_pipeline.prepare_imagenet "
-                             "--pixels`"}.get(d.name, "a TFDS data_dir holding cifar10")
-  if not d.path:
-    raise ConfigError(f"data.path is empty, but data.name={d.name!r} reads files: set "
-                      f"--config.data.path to {what}.")
-  if d.name == "cifar10":
-    if not os.path.isdir(d.path):
-      raise ConfigError(f"data.path={d.path!r} is not a folder: set it to {what}.")
-    return
-  if os.path.isdir(d.path):
-    manifest = os.path.join(d.path, "manifest.json")
-  elif d.path.endswith(".json") or not glob.has_magic(d.path):
-    manifest = d.path
-  else:
-    manifest = os.path.join(os.path.dirname(d.path), "manifest.json")
-  if not os.path.exists(os.path.dirname(manifest) or "."):
-    raise ConfigError(f"data.path={d.path!r}: folder {os.path.dirname(manifest)!r} does not exist; "
-                      f"set it to {what}.")
-  if not os.path.isfile(manifest):
-    raise ConfigError(f"data.path={d.path!r}: no manifest {manifest!r} (written last by a finished "
-                      f"preparation); set it to {what}, or finish the preparation.")
-  if d.name == "imagenet_pixels":  # The images' shape is the model's: a mismatch fails compiling.
-    from input_pipeline import records  # pylint: disable=g-import-not-at-top
-    m = records.read_manifest(manifest)
-    if m["layout"].arrays != records.PIXEL_FIELDS:
-      raise ConfigError(f"data.path={d.path!r} holds {m['format']} records: data.name="
-                        "'imagenet_pixels' reads those of prepare_imagenet --pixels.")
-    want = [d.image_size, d.image_size, d.channels]
-    if list(m["layout"].shape) != want:
-      raise ConfigError(f"data.image_size={d.image_size}, data.channels={d.channels} (images "
-                        f"{want}), but data.path={d.path!r} holds {list(m['layout'].shape)}: set "
-                        "them to the records' shape, or prepare with that --image_size.")
 
 
 def _frozen_network_files(config):
@@ -463,6 +117,16 @@ def _frozen_network_files(config):
     problems = fmt.file_problems(frozen.path, frozen.module)
     if problems:
       raise ConfigError(f"{frozen.field}={frozen.path!r}: {problems}. Fix: {frozen.fix}.")
+
+
+def _vae_file(config):
+  d = config.data
+  if d.vae_path and not os.path.exists(d.vae_path):
+    raise ConfigError(f"data.vae_path={d.vae_path!r} does not exist: give a local diffusers "
+                      "AutoencoderKL folder or weights file, or '' to skip decoding.")
+  if d.vae_path and not generate.decodes_with_vae(config):
+    raise ConfigError(f"data.vae_path={d.vae_path!r} is set, but data.name={d.name!r} is sampled "
+                      "in pixel space and nothing is decoded: set data.vae_path to ''.")
 
 
 def _evaluation(config, mode):
@@ -487,11 +151,8 @@ def _cifar_recipe(config) -> None:
 
 def check_unet_and_augment(config) -> None:
   """U-Net shape constraints and EDM augmentation, which only the U-Net takes as a condition."""
-  from mf_jax import augment  # pylint: disable=g-import-not-at-top
-  augment.validate_config(config.augment)
-  objective = ts.objective(config)
   if config.augment.enabled and (config.model.name != "unet" or
-                                 not objective.takes_augment_labels):
+                                 not ts.objective(config).takes_augment_labels):
     raise ConfigError(f"augment.enabled=True needs model.name='unet' and method='meanflow' (the "
                      f"network must see the augmentation labels); got model.name="
                      f"{config.model.name!r}, method={config.method!r}.")
@@ -502,16 +163,11 @@ def check_unet_and_augment(config) -> None:
   if size % 2 ** (levels - 1):
     raise ConfigError(f"data.image_size={size} must be divisible by 2^(len(model.unet.channel_mult)"
                      f" - 1) = {2 ** (levels - 1)}.")
-  if not 0.0 <= u.dropout < 1.0:
-    raise ConfigError(f"model.unet.dropout={u.dropout}: must lie in [0, 1).")
-  if config.data.num_classes != 0:
-    raise ConfigError(f"model.name='unet' is unconditional, but data.num_classes="
-                     f"{config.data.num_classes}: set data.num_classes=0.")
 
 
 # Files last: every cheap check of the config itself comes first.
-CROSS_CHECKS = (_batches_fit_devices, _ema_indices, _time_conditioning, _model, _objective,
-                _cifar_recipe, _vae_file)
+CROSS_CHECKS = (_batches_fit_devices, _ema_indices, _sample_guidance, _time_conditioning, _model,
+                _objective, _cifar_recipe, _vae_file)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,14 +201,19 @@ def validate_static(config) -> None:
     check(config)
 
 
-def validate(config, workdir: str = None, mode: str = "train") -> None:
+_handed_over = []  # What main.py validated just before handing the run to train.py.
+
+
+def validate(config, workdir: str = None, mode: str = "train", hand_over: bool = False) -> None:
   """Every field, then cross-field and file checks, then the workdir; writes nothing before all
-  config checks pass (a new training workdir is created last)."""
+  config checks pass (a new training workdir is created last). hand_over: the next
+  `validate_once` of this same config, workdir and mode (train.py's) is skipped."""
   if mode not in MODES:
     raise ConfigError(f"--mode={mode!r}: allowed values are {list(MODES)}.")
+  _handed_over.clear()
   validate_static(config)
   if mode == "train":
-    _training_data(config)
+    check_training_files(config)
     ts.objective(config).validate_files(config)
     _frozen_network_files(config)
   _evaluation(config, mode)
@@ -562,3 +223,18 @@ def validate(config, workdir: str = None, mode: str = "train") -> None:
     workdir_signature.check(config, workdir)  # Reads only.
     if mode == "train":
       check_workdir(workdir, mode)
+  if hand_over:
+    _handed_over.append(_fingerprint(config, workdir, mode))
+
+
+def validate_once(config, workdir: str = None, mode: str = "train") -> None:
+  """`validate`, unless main.py has just validated this config, workdir and mode (once per start;
+  callers of train.py that do not come through main.py are validated here)."""
+  if _handed_over == [_fingerprint(config, workdir, mode)]:
+    _handed_over.clear()
+    return
+  validate(config, workdir, mode)
+
+
+def _fingerprint(config, workdir, mode) -> str:
+  return f"{mode} {workdir} {config.to_json_best_effort(sort_keys=True)}"

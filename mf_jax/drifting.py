@@ -19,11 +19,12 @@ from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from mf_jax.drifting_field import (distance_statistics, drifting_mse, feature_set_field,
                                    field_rms, field_units, force_square_sums, normalized_field,
                                    split_classes)
+# The `drifting` config section, declared in drifting_config.py.
+from mf_jax.drifting_config import default_config, validate_config  # pylint: disable=unused-import
 
 Array = jax.Array
 GeneratorFn = Callable[[Array, Array, Array], Array]
@@ -32,62 +33,11 @@ FeatureFn = Callable[[Array], Mapping[str, Array]]
 RELEASED_AFFINITY_FLOOR = 1e-3  # A_ij >= w_j * this: the released floor 1e-6 on the product.
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """The `drifting` config section with the released ablation recipe as defaults."""
-  return ml_collections.ConfigDict(dict(
-      temperatures=(0.02, 0.05, 0.2),
-      normalize_distances=True,   # Distances in units of their step mean D; features divided by s.
-      normalize_drift=True,       # Each tau's field rescaled to unit RMS (over the step) before summing.
-      num_neg=64,                 # Generated samples per class (N_neg); they are also the negatives.
-      num_unc=16,                 # Guidance negatives per class (N_unc); 0 turns guidance off.
-      alpha_min=1.0,              # Guidance scale alpha, drawn per class.
-      alpha_max=4.0,
-      alpha_power=3.0,            # p(alpha) ~ alpha^-alpha_power on [alpha_min, alpha_max]; 0 = uniform.
-      no_guidance_frac=0.0,       # Fraction of classes drawn with alpha = 1 instead.
-      noise_shape=(),             # Generator input shape per sample; () means the sample shape.
-      class_chunk=0,              # Classes per pass of the kernel computation; 0 = all at once.
-      # Classes per device per pass of the generator and the encoder: the step's gradient is then
-      # accumulated over classes_per_step / (this x devices) passes, exactly (see
-      # drifting_value_and_grad); 0 = all classes in one pass. Bounds activation memory per device
-      # whatever the device count.
-      accum_classes_per_device=0,
-      # Lower bound of every pair's affinity A_ij (times w_j); 0 = none. The released code uses
-      # RELEASED_AFFINITY_FLOOR = 1e-3 (ImageNet configs set it). Against the uniform affinity
-      # 1/sqrt(N (P + N + U)) it weighs more the larger the batch: ~1% at 64 x 144, but at the toy's
-      # 512 x 1024 it swamps the kernel (checkerboard energy distance 0.97 instead of 0.004).
-      affinity_floor=0.0,
-  ))
-
-
-def validate_config(config) -> None:
-  """Raises ValueError naming the field and the fix; call before compiling anything."""
-  temps = tuple(config.temperatures)
-  if not temps or any(t <= 0 for t in temps):
-    raise ValueError(f"drifting.temperatures={temps}: need one or more positive values, "
-                     "e.g. (0.02, 0.05, 0.2).")
-  if config.num_neg < 2:
-    raise ValueError(f"drifting.num_neg={config.num_neg}: need >= 2 generated samples per class "
-                     "(each one's own pair is masked, so one sample has no negatives).")
-  if config.num_unc < 0:
-    raise ValueError(f"drifting.num_unc={config.num_unc}: must be >= 0 (0 turns guidance off).")
-  if config.num_unc > 0 and not 1.0 <= config.alpha_min <= config.alpha_max:
-    raise ValueError(f"drifting.alpha_min={config.alpha_min}, alpha_max={config.alpha_max}: need "
-                     "1 <= alpha_min <= alpha_max (alpha = 1 is no guidance).")
-  if not 0.0 <= config.no_guidance_frac <= 1.0:
-    raise ValueError(f"drifting.no_guidance_frac={config.no_guidance_frac}: must lie in [0, 1].")
-  if config.class_chunk < 0:
-    raise ValueError(f"drifting.class_chunk={config.class_chunk}: must be >= 0 (0 = all at once).")
-  classes = config.get("classes_per_step", 0)
-  if config.class_chunk and classes and classes % config.class_chunk:
-    raise ValueError(f"drifting.class_chunk={config.class_chunk} must divide "
-                     f"drifting.classes_per_step={classes}.")
-
-
 def accumulation_steps(config, num_devices: int) -> int:
   """Passes of drifting_value_and_grad for the `drifting` section on num_devices (classes split
   evenly over them): classes_per_step / (accum_classes_per_device x num_devices), or 1."""
-  per_device = int(config.get("accum_classes_per_device", 0))
-  n_c = int(config.get("classes_per_step", 0))
+  per_device = int(config.accum_classes_per_device)
+  n_c = int(config.classes_per_step)
   if per_device <= 0 or per_device * num_devices >= n_c:
     return 1
   if n_c % (per_device * num_devices):
@@ -165,7 +115,7 @@ def _step_inputs(real_by_class: Array, labels: Array, key: Array, config,
   n_c = real_by_class.shape[0]
   n_neg, n_unc = int(config.num_neg), int(config.num_unc)
   noise_shape = tuple(config.noise_shape) or tuple(real_by_class.shape[2:])
-  chunk = int(config.get("class_chunk", 0))
+  chunk = int(config.class_chunk)
   if chunk and n_c % chunk:
     raise ValueError(f"drifting.class_chunk={chunk} must divide the {n_c} classes per step.")
   k_noise, k_alpha, k_unc = jax.random.split(key, 3)
@@ -221,7 +171,7 @@ def _fields(gen_feats, real_feats, n_pos: int, alpha: Array, config):
     phi_real = real_feats[name]
     v, scale, rms[name] = feature_set_field(
         phi_x, phi_real[:, :n_pos], phi_real[:, n_pos:], unc_weight, temps,
-        config.normalize_distances, config.normalize_drift, int(config.get("class_chunk", 0)),
+        config.normalize_distances, config.normalize_drift, int(config.class_chunk),
         float(config.affinity_floor))
     fields[name] = (v, scale)
   return fields, _field_metrics({k: s for k, (_, s) in fields.items()}, rms, temps, alpha)
@@ -290,7 +240,7 @@ def drifting_value_and_grad(generator_apply: Callable, params, real_by_class: Ar
                      "per step (drifting.classes_per_step).")
   sample_shape, n_pos = real_by_class.shape[2:], real_by_class.shape[1]
   temps = tuple(float(t) for t in config.temperatures)
-  chunk, floor = int(config.get("class_chunk", 0)), float(config.affinity_floor)
+  chunk, floor = int(config.class_chunk), float(config.affinity_floor)
   alpha, noise, refs = _step_inputs(real_by_class, labels, key, config, uncond_real, alpha)
   unc_weight = guidance_weight(alpha, int(config.num_neg), int(config.num_unc))
   groups = split_classes((noise, alpha, labels, refs, unc_weight), n_c // accum_steps)

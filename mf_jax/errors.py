@@ -1,5 +1,5 @@
-"""The project's error for bad input, importable from every layer without cycles."""
+"""The error a user's mistake raises: main.py prints it in one line and exits with status 2."""
 
 
 class ConfigError(ValueError):
-  """A bad config field or workdir; main.py prints it in one line and exits with status 2."""
+  """A bad config field or workdir, named with its value and the fix."""

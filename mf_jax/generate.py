@@ -134,7 +134,7 @@ def quantize_uint8(x, rounding: str = "half_even"):
 def to_uint8(x, config) -> np.ndarray:
   """Data-space samples -> uint8 images [N, H, W, C] (decoded first for latent models), rounded as
   config.eval.uint8_rounding says, so sample files and pixel reference statistics match the evaluator."""
-  return np.asarray(quantize_uint8(decode(x, config), config.eval.get("uint8_rounding", "half_even")))
+  return np.asarray(quantize_uint8(decode(x, config), config.eval.uint8_rounding))
 
 
 def grid(images: np.ndarray, cols: int = 8, upscale: int = 1) -> np.ndarray:

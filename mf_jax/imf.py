@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mf_jax import meanflow, sampling
+from mf_jax import config_fields, meanflow, sampling
+from mf_jax.config_fields import (FRACTION, NON_NEGATIVE, Field, choice, number, optional)
 
 Array = jax.Array
 # net_fn(z, t, h, omega, t_min, t_max, labels) -> (u, v); see the module docstring.
@@ -39,24 +40,34 @@ def _bcast(s: Array, like: Array) -> Array:
   return s.reshape(s.shape + (1,) * (like.ndim - s.ndim))
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """The official iMF objective settings (configs/default.py of the official code).
+# The `imf` config section (mf_jax/config_fields.py), the official iMF settings (the official code's
+# configs/default.py). Names follow the `meanflow` section where the meaning is the same, so
+# meanflow's time sampler and class-dropout layout read this section directly.
+CONFIG = dict(
+    num_classes=Field(1000, NON_NEGATIVE, "leave it linked to data.num_classes"),
+    time_sampler=Field("logit_normal", choice("logit_normal", "uniform"), "logit_normal (iMF)"),
+    time_mu=Field(-0.4, number(), "-0.4 (iMF)"),
+    time_sigma=Field(1.0, number(0.0, lo_open=True), "1.0 (iMF)"),
+    time_mu_r=Field(None, optional(number()), "None (as time_mu)"),
+    time_sigma_r=Field(None, optional(number(0.0, lo_open=True)), "None (as time_sigma)"),
+    # t = max, r = min of two draws; r = t rows keep t = max (official).
+    time_pairing=Field("sort", choice(*meanflow.TIME_PAIRINGS), "sort (iMF)"),
+    # Official data_proportion = 0.5: half the batch has r = t.
+    r_neq_t_ratio=Field(0.5, FRACTION, "0.5 (iMF: half the batch has r = t)"),
+    omega_beta=Field(1.0, number(0.0), "1.0 (iMF: p(omega) ~ 1/omega; official cfg_beta)"),
+    omega_max=Field(8.0, number(1.0, lo_open=True), "8.0 (iMF: 1 + s_max, s_max = 7)"),
+    class_dropout=Field(0.1, number(0.0, 1.0, hi_open=True), "0.1 (iMF)"),
+    # The official layout (meanflow.class_dropout_mask).
+    class_dropout_rows=Field("r_eq_t_first", choice(*meanflow.DROPOUT_ROWS),
+                             "r_eq_t_first (official layout)"),
+    adaptive_p=Field(1.0, number(0.0), "1.0 (iMF; official norm_p)"),
+    adaptive_c=Field(0.01, number(0.0, lo_open=True), "0.01 (iMF; official norm_eps)"),
+)
 
-  Field names follow the `meanflow` section where the meaning is the same, so meanflow's
-  time sampler and class-dropout layout read this section directly.
-  """
-  return ml_collections.ConfigDict(dict(
-      num_classes=1000,
-      time_sampler="logit_normal", time_mu=-0.4, time_sigma=1.0, time_mu_r=None,
-      time_sigma_r=None,
-      time_pairing="sort",  # t = max, r = min of two draws; r = t rows keep t = max (official).
-      r_neq_t_ratio=0.5,  # Official data_proportion = 0.5: half the batch has r = t.
-      omega_beta=1.0,  # p(omega) ~ omega^-beta (official cfg_beta).
-      omega_max=8.0,  # Official 1 + s_max with s_max = 7.
-      class_dropout=0.1,
-      class_dropout_rows="r_eq_t_first",  # The official layout (meanflow.class_dropout_mask).
-      adaptive_p=1.0, adaptive_c=0.01,  # Official norm_p, norm_eps.
-  ))
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `imf` section's defaults."""
+  return config_fields.section(CONFIG)
 
 
 class Draws(NamedTuple):

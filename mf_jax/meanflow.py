@@ -14,13 +14,20 @@ from typing import Callable, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+
+from mf_jax import config_fields
+from mf_jax.config_fields import FRACTION, NON_NEGATIVE, Field, choice, number, optional
+from mf_jax.errors import ConfigError
 
 Array = jax.Array
 UFn = Callable[[Array, Array, Array, Array], Array]
 # meanflow.class_dropout_rows: "independent" drops each row with probability class_dropout;
 # "r_eq_t_first" is the official code's batch layout (see class_dropout_mask).
 DROPOUT_ROWS = ("independent", "r_eq_t_first")
+# meanflow.time_pairing: "sort" (paper, v0) or "min_r" (py-meanflow v1); see sample_times.
+TIME_PAIRINGS = ("sort", "min_r")
 # Ablations of the paper's Table 1 (off the default path; the first entry is the paper's method).
 # meanflow.jvp_tangent (Table 1b): the tangents of (z, r, t) in the jvp giving du/dt, each value
 # mapped to whether r and t move. The allowed values of both knobs are the keys; config_checks
@@ -33,46 +40,81 @@ TIME_CONDITIONINGS = {"t,t-r": ("t", "t_minus_r"), "r,t": ("r", "t"), "t,r": ("t
                       "t-r": ("t_minus_r",)}
 
 
+# The `meanflow` config section: time sampler, r != t fraction, guidance in the target, weighting.
+CONFIG = dict(
+    # Null label = num_classes; 0 = unconditional. configs/base.py links it to data.num_classes.
+    num_classes=Field(1000, NON_NEGATIVE, "leave it linked to data.num_classes"),
+    time_sampler=Field("logit_normal", choice("logit_normal", "uniform"), "logit_normal (paper)"),
+    time_mu=Field(-0.4, number(), "-0.4 (paper)"),
+    time_sigma=Field(1.0, number(0.0, lo_open=True), "1.0 (paper)"),
+    # r's own logit-normal (mu, sigma); None: the same as t's.
+    time_mu_r=Field(None, optional(number()), "None (as time_mu), or e.g. -4.0 (CIFAR-10 v1)"),
+    time_sigma_r=Field(None, optional(number(0.0, lo_open=True)), "None (as time_sigma), or 1.6"),
+    # "sort": t, r = max, min (paper, v0) | "min_r": r = min(t, r) (v1).
+    time_pairing=Field("sort", choice(*TIME_PAIRINGS), "sort (paper), or min_r (v1)"),
+    # Fraction of the batch with r != t; 0 is flow matching.
+    r_neq_t_ratio=Field(0.25, number(0, 1), "0.25 (paper); 0 is flow matching"),
+    adaptive_p=Field(1.0, number(0.0), "1.0 (paper); 0 is plain L2"),  # Weight 1 / sg((d + c)^p).
+    adaptive_c=Field(1e-3, number(0.0, lo_open=True), "1e-3 (paper)"),
+    # omega = 1, kappa = 0: no guidance in the target (the effective scale is omega / (1 - kappa)).
+    guidance_omega=Field(1.0, number(0.0, lo_open=True), "1.0 (no guidance) or e.g. 2.0"),
+    guidance_kappa=Field(0.0, number(hi=1.0, hi_open=True), "0.0, or e.g. 0.5 with omega"),
+    # Guidance only for t in [t_min, t_max].
+    guidance_t_min=Field(0.0, FRACTION, "0.0"),
+    guidance_t_max=Field(1.0, FRACTION, "1.0, or e.g. 0.75 (XL/2)"),
+    class_dropout=Field(0.1, number(0.0, 1.0, hi_open=True), "0.1 (paper)"),
+    # Which rows get the null label: "independent" (each with probability class_dropout) or
+    # "r_eq_t_first" (the official code's layout: Binomial count, r = t rows first).
+    class_dropout_rows=Field("independent", choice(*DROPOUT_ROWS),
+                             "independent, or r_eq_t_first (official batch layout)"),
+    # Table 1 ablations (the defaults are the paper's method):
+    # Table 1b: tangents of (z, r, t) for du/dt; "v,0,0" | "v,1,0" | "v,1,1".
+    jvp_tangent=Field("v,0,1", choice(*JVP_TANGENTS),
+                      "v,0,1 (paper); the others are Table 1b ablations"),
+    # Table 1c: scalars the network sees; "r,t" | "t,r" | "t-r" (one).
+    time_conditioning=Field("t,t-r", choice(*TIME_CONDITIONINGS),
+                            "t,t-r (paper); the others are Table 1c ablations", shape=True),
+)
+
+
+def default_config(num_classes: int = 1000) -> ml_collections.ConfigDict:
+  """The `meanflow` section with the paper's ImageNet defaults."""
+  config = config_fields.section(CONFIG)
+  config.num_classes = num_classes
+  return config
+
+
 def _bcast(s: Array, like: Array) -> Array:
   """[B] -> [B, 1, ..., 1] so per-sample scalars broadcast against [B, ...] tensors."""
   return s.reshape(s.shape + (1,) * (like.ndim - s.ndim))
 
 
 def validate_config(config) -> None:
-  """Raises ValueError naming the field and its allowed values; call before compiling anything."""
-  if not 0.0 <= config.r_neq_t_ratio <= 1.0:
-    raise ValueError(f"meanflow.r_neq_t_ratio={config.r_neq_t_ratio}: must lie in [0, 1] "
-                     "(fraction of the batch with r != t; 0 is flow matching).")
-  if config.time_sampler not in ("logit_normal", "uniform"):
-    raise ValueError(f"meanflow.time_sampler={config.time_sampler!r}: allowed values are "
-                     "'logit_normal' and 'uniform'.")
-  pairing = config.get("time_pairing", "sort")
-  if pairing not in TIME_PAIRINGS:
-    raise ValueError(f"meanflow.time_pairing={pairing!r}: allowed values are {list(TIME_PAIRINGS)} "
-                     "('sort': t = max, r = min of the two draws (paper, v0); 'min_r': t keeps its "
-                     "draw, r = min(t, r) (py-meanflow v1)).")
-  for name in ("time_sigma", "time_sigma_r"):
-    if config.get(name) is not None and config.get(name) <= 0:
-      raise ValueError(f"meanflow.{name}={config.get(name)}: must be > 0.")
-  if config.time_sampler == "uniform" and (config.get("time_mu_r") is not None
-                                           or config.get("time_sigma_r") is not None):
-    raise ValueError("meanflow.time_mu_r/time_sigma_r are logit-normal parameters but "
-                     "time_sampler='uniform': set them to None or use 'logit_normal'.")
-  if config.guidance_kappa >= 1.0:
-    raise ValueError(f"meanflow.guidance_kappa={config.guidance_kappa}: must be < 1 "
-                     "(the effective guidance scale is omega / (1 - kappa)).")
-  if not 0.0 <= config.class_dropout < 1.0:
-    raise ValueError(f"meanflow.class_dropout={config.class_dropout}: must lie in [0, 1).")
-  if config.get("class_dropout_rows", "independent") not in DROPOUT_ROWS:
-    raise ValueError(f"meanflow.class_dropout_rows={config.class_dropout_rows!r}: allowed values are "
-                     f"{list(DROPOUT_ROWS)}.")
+  """The `meanflow` section: every field's rule, then the checks across its fields. Raises
+  ConfigError (a ValueError) naming the field and the fix; call before compiling anything."""
+  config_fields.check(CONFIG, config, "meanflow.")
+  if config.time_sampler == "uniform" and (config.time_mu_r is not None
+                                           or config.time_sigma_r is not None):
+    raise ConfigError("meanflow.time_mu_r/time_sigma_r are logit-normal parameters but "
+                      "time_sampler='uniform': set them to None or use 'logit_normal'.")
   if config.guidance_t_min > config.guidance_t_max:
-    raise ValueError(f"meanflow.guidance_t_min={config.guidance_t_min} > guidance_t_max="
-                     f"{config.guidance_t_max}: the guidance interval must be [low, high].")
+    raise ConfigError(f"meanflow.guidance_t_min={config.guidance_t_min} > guidance_t_max="
+                      f"{config.guidance_t_max}: the guidance interval must be [low, high].")
   guided = config.guidance_omega != 1.0 or config.guidance_kappa != 0.0
   if config.num_classes == 0 and (guided or config.class_dropout > 0):
-    raise ValueError("meanflow.guidance_omega/guidance_kappa/class_dropout need class labels, but "
-                     "num_classes=0 (unconditional): set omega=1, kappa=0, class_dropout=0.")
+    raise ConfigError("meanflow.guidance_omega/guidance_kappa/class_dropout need class labels, "
+                      "but num_classes=0 (unconditional): set omega=1, kappa=0, class_dropout=0.")
+
+
+def check_config(config) -> None:
+  """The `meanflow` section against the rest of the config, for method='meanflow'."""
+  validate_config(config.meanflow)
+  if config.meanflow.num_classes != config.data.num_classes:
+    raise ConfigError(f"meanflow.num_classes={config.meanflow.num_classes} differs from "
+                      f"data.num_classes={config.data.num_classes}; leave it linked to data.")
+  if config.model.name == "unet" and config.data.num_classes != 0:
+    raise ConfigError(f"model.name='unet' is unconditional, but data.num_classes="
+                      f"{config.data.num_classes}: set data.num_classes=0.")
 
 
 def validate_labels(labels, num_classes: int) -> None:
@@ -97,8 +139,6 @@ def r_neq_t_pattern(batch_size: int, ratio: float) -> Tuple[int, int]:
   return period, int(round(ratio * period))
 
 
-TIME_PAIRINGS = ("sort", "min_r")
-
 
 def sample_times(key: Array, batch_size: int, config) -> Tuple[Array, Array]:
   """Draws (r, t), each [B], with 0 <= r <= t <= 1.
@@ -113,7 +153,7 @@ def sample_times(key: Array, batch_size: int, config) -> Tuple[Array, Array]:
   k_a, k_b = jax.random.split(key)
   shape = (batch_size,)
   if config.time_sampler == "logit_normal":
-    mu_r, sigma_r = config.get("time_mu_r"), config.get("time_sigma_r")
+    mu_r, sigma_r = config.time_mu_r, config.time_sigma_r
     mu_r = config.time_mu if mu_r is None else mu_r
     sigma_r = config.time_sigma if sigma_r is None else sigma_r
     a = jax.nn.sigmoid(config.time_mu + config.time_sigma * jax.random.normal(k_a, shape))
@@ -122,7 +162,7 @@ def sample_times(key: Array, batch_size: int, config) -> Tuple[Array, Array]:
     a, b = jax.random.uniform(k_a, shape), jax.random.uniform(k_b, shape)
   else:
     raise ValueError(f"meanflow.time_sampler={config.time_sampler!r}: use 'logit_normal' or 'uniform'.")
-  if config.get("time_pairing", "sort") == "min_r":
+  if config.time_pairing == "min_r":
     t, r = a, jnp.minimum(a, b)
   else:
     t, r = jnp.maximum(a, b), jnp.minimum(a, b)
@@ -140,7 +180,7 @@ def class_dropout_mask(key: Array, batch_size: int, config) -> Array:
   r != t average velocity; r = t rows are dropped with probability class_dropout / (1 - ratio).
   """
   drop = jax.random.bernoulli(key, config.class_dropout, (batch_size,))
-  if config.get("class_dropout_rows", "independent") == "independent":
+  if config.class_dropout_rows == "independent":
     return drop
   period, n = r_neq_t_pattern(batch_size, config.r_neq_t_ratio)
   distinct = np.arange(batch_size) % period < n
@@ -322,7 +362,7 @@ def meanflow_loss_from_draws(u_fn: UFn, x: Array, labels: Array, r: Array, t: Ar
       v_avg = combine_guidance(v_avg, u_cond_avg, u_null_avg,
                                *guidance_weights(avg["t"], avg["dropped"], config))
     u, u_tgt = average_velocity_target(u_fn, avg["z"], avg["r"], avg["t"], v_avg, avg["y"],
-                                       config.get("jvp_tangent", "v,0,1"))
+                                       config.jvp_tangent)
     us.append(u)
     targets.append(u_tgt)
   if has_inst:

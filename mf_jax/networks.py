@@ -50,7 +50,7 @@ def build_network(config, condition_names: Sequence[str]) -> nn.Module:
                      condition_names=conditions, depth=m.depth, hidden_size=m.hidden_size,
                      num_heads=m.num_heads, cls_tokens=m.cls_tokens, noise_classes=m.noise_classes,
                      noise_coords=m.noise_coords, remat=m.remat,
-                     attn_fp32=m.get("attn_fp32", True), dtype=dtype, param_dtype=param_dtype)
+                     attn_fp32=m.attn_fp32, dtype=dtype, param_dtype=param_dtype)
   if m.name != "dit":
     raise ValueError(f"model.name={m.name!r}: allowed values are {list(MODEL_NAMES)}.")
   return DiT(variant=m.variant, image_size=config.data.image_size, channels=config.data.channels,
@@ -73,7 +73,7 @@ def mae_model(config) -> nn.Module:
   """The feature encoder of config.mae: MaskedAutoencoder, or MAEResNet for arch='release'."""
   e = config.mae
   dtype = _dtype("mae.compute_dtype", e.compute_dtype)
-  if e.get("arch", "resnet") == "release":
+  if e.arch == "release":
     return MAEResNet(channels=config.data.channels, widths=tuple(e.widths), layers=tuple(e.layers),
                      input_patch_size=e.input_patch_size,
                      num_classes=max(config.data.num_classes, 1), remat=e.remat, dtype=dtype)

@@ -28,7 +28,7 @@ def setup_state(config, workdir: str, mode: str = "train"):
 
   Returns (state, shardings, mesh, model, optimizer, checkpointer).
   """
-  config_checks.validate(config, workdir, mode)
+  config_checks.validate_once(config, workdir, mode)  # main.py may have validated it already.
   logging.info("Workdir: %s", os.path.abspath(workdir))
   mesh = sharding_lib.make_mesh(config.sharding.fsdp)
   model = ts.build_model(config)
@@ -245,7 +245,7 @@ def sample_to_files(config, workdir: str):
   params = state.ema_params[s.ema_index] if s.use_ema else state.params
   sample_fn = generate.make_sampler(config, model, mesh)
   x, labels = generate.draw(config, sample_fn, params, mesh, s.num_samples, s.num_steps, s.seed,
-                            s.get("cfg_scale", 1.0))
+                            s.cfg_scale)
   images = generate.to_uint8(x, config)
   tag = f"step_{int(state.step):08d}_{s.num_steps}nfe_{'ema' if s.use_ema else 'raw'}"
   out = os.path.join(workdir, "samples", f"{tag}.npz")

@@ -64,7 +64,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, o.learning_rate, warmup), schedule], [warmup])
   chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-  if o.get("name", "adamw") == "adam":
+  if o.name == "adam":
     chain.append(optax.adam(schedule, b1=o.b1, b2=o.b2))
   else:
     chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
@@ -74,7 +74,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
 def warmup_steps(config) -> int:
   """optim.warmup_steps, or optim.warmup_epochs epochs of data.num_train_examples when set."""
   o = config.optim
-  if o.get("warmup_epochs", 0.0):
+  if o.warmup_epochs:
     per_epoch = config.data.num_train_examples / config.train.global_batch_size
     return int(round(o.warmup_epochs * per_epoch))
   return o.warmup_steps

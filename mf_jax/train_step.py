@@ -56,7 +56,7 @@ def make_train_step(config, model, optimizer, mesh=None):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = update_ema(state.ema_params, params, config.ema_decays, state.step + 1,
-                            config.get("ema_every", 1))
+                            config.ema_every)
 
     # A non-finite step is not applied, and no later one is: the last good values survive.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -12,16 +12,13 @@ import os
 
 import jax
 
+from mf_jax import config_schema
+from mf_jax.errors import ConfigError
+
 FILE = "state_signature.json"
-# Config fields that can change the state's shapes (named in the error when shapes differ).
-SHAPE_FIELDS = ("method", "data.image_size", "data.channels", "data.num_classes", "model.name",
-                "model.variant", "model.depth", "model.hidden_size", "model.num_heads",
-                "model.mlp_widths", "model.cls_tokens", "model.noise_classes",
-                "model.noise_coords", "ema_decays", "optim.grad_clip", "drifting.queue_len",
-                "drifting.bank_dtype", "drifting.feature_encoder_workdir", "mae.compute_dtype",
-                "mae.widths", "mae.blocks_per_stage",
-                "mae.groups", "mae.decoder_width", "mae.arch", "mae.layers",
-                "mae.input_patch_size", "meanflow.time_conditioning", "model.head_depth")
+# Config fields that can change the state's shapes (named in the error when shapes differ): the
+# fields declared with shape=True (mf_jax/config_schema.py).
+SHAPE_FIELDS = config_schema.SHAPE_FIELDS
 
 
 def _get(config, name):
@@ -65,7 +62,6 @@ def check(config, workdir: str) -> None:
   overrides = " ".join(f"--config.{name}={recorded['fields'][name]}"
                        for name, value in current["fields"].items()
                        if recorded["fields"].get(name) != value and name != "ema_decays")
-  from mf_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   raise ConfigError(
       f"--workdir={workdir} holds a run whose parameter shapes differ from this config's; nothing "
       f"was changed. Differing fields: {'; '.join(fields) or 'none of ' + str(SHAPE_FIELDS)} "

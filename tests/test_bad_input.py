@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from configs import base, tiny
-from mf_jax import config_checks, train
+from mf_jax import config_checks, config_schema, train, workdir_signature
 from mf_jax import train_state as ts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,9 +115,45 @@ def test_sample_mode_checks_fields_before_reading_the_workdir(tmp_path, no_compi
   assert not os.path.exists(tmp_path / "run")
 
 
-def test_every_base_field_has_a_rule():
-  missing = [n for n in config_checks.field_names(base.get_config()) if n not in config_checks.FIELDS]
-  assert not missing, f"add a (rule, fix) row to mf_jax/config_checks.FIELDS for {missing}"
+def test_every_base_field_is_declared_and_every_declaration_reaches_base():
+  """base.py builds the config from the declarations; a field added there by hand has no rule."""
+  names = config_checks.field_names(base.get_config())
+  undeclared = sorted(set(names) - set(config_checks.FIELDS))
+  assert not undeclared, f"declare {undeclared} with a Field in its section's module (docs/config.md)"
+  assert sorted(names) == sorted(config_checks.FIELDS)
+
+
+def test_workdir_shape_fields_are_the_declared_shape_fields():
+  shape = [n for n, f in config_schema.FIELDS.items() if f.shape]
+  assert workdir_signature.SHAPE_FIELDS == tuple(shape)
+  # The state's shapes follow these; a run restores by the names recorded in its workdir.
+  assert {"method", "model.depth", "ema_decays", "drifting.queue_len", "mae.widths",
+          "meanflow.time_conditioning"} <= set(shape)
+  assert not {"seed", "optim.learning_rate", "sample.cfg_scale"} & set(shape)
+
+
+def test_every_default_passes_its_own_rule():
+  for name, field in config_schema.FIELDS.items():
+    assert field.rule(field.default) is None, name
+
+
+def test_main_validates_once_and_direct_callers_still_validate(tmp_path, no_compile, monkeypatch):
+  calls = []
+  real = config_checks.validate_static
+  monkeypatch.setattr(config_checks, "validate_static", lambda c: calls.append(1) or real(c))
+  config, workdir = tiny.get_config(), str(tmp_path / "run")
+  config_checks.validate(config, workdir, "train", hand_over=True)  # main.py
+  with pytest.raises(AssertionError, match="state creation reached"):
+    train.train_and_evaluate(config, workdir)  # Its set-up skips what main.py just checked.
+  assert len(calls) == 1
+  with pytest.raises(AssertionError, match="state creation reached"):
+    train.train_and_evaluate(config, workdir)  # Not through main.py: validated.
+  assert len(calls) == 2
+  config_checks.validate(config, workdir, "train", hand_over=True)
+  config.train.num_steps += 1  # Changed after main.py's check: validated again.
+  with pytest.raises(AssertionError, match="state creation reached"):
+    train.train_and_evaluate(config, workdir)
+  assert len(calls) == 4
 
 
 def test_every_rule_accepts_the_defaults_of_every_shipped_config():

@@ -186,7 +186,7 @@ def test_quantize_matches_generate_to_uint8():
     (dict(features="clip"), ValueError, r"eval.features='clip': allowed values"),
     (dict(batch_size=12), ValueError, r"eval.batch_size=12 must be a positive multiple of the "
                                       r"device count \(8\)"),
-    (dict(num_samples=1), ValueError, r"eval.num_samples=1 must be >= 2"),
+    (dict(num_samples=1), ValueError, r"eval.num_samples=1: must be an integer >= 2"),
     (dict(num_steps=(1, 0)), ValueError, r"eval.num_steps=\(1, 0\)"),
     (dict(features="inception", inception_path="random"), ValueError,
      r"eval.features='inception' needs eval.ref_stats"),

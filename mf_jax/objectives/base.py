@@ -66,8 +66,11 @@ class Objective:
   name: str = ""
   # Sample grids during training: one per NFE count listed (() = the method does not sample).
   grid_steps: Tuple[int, ...] = (1,)
-  # Config sections the method reads besides the shared ones (data, model, optim, train, ...);
-  # config_checks refuses a changed method-specific knob of a section the method ignores.
+  # Config sections the method declares ({name: {field: config_fields.Field}}), assembled into
+  # every config by mf_jax/config_schema.py, and the sections it reads besides the shared ones
+  # (data, model, optim, train, ...): config_checks refuses a changed method-specific knob of a
+  # section the method ignores.
+  config_sections: Dict[str, dict] = {}
   reads_sections: Tuple[str, ...] = ()
   # The network gets EDM augmentation labels (augment.enabled; the CIFAR-10 U-Net recipe).
   takes_augment_labels: bool = False

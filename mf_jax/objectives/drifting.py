@@ -10,17 +10,15 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from mf_jax import class_queues, drifting, drifting_features, networks
+from mf_jax import class_queues, drifting, drifting_config, drifting_features, networks, objectives
 from mf_jax import sharding as sharding_lib
 from mf_jax.errors import ConfigError
 from mf_jax.models import convnext
-from mf_jax import objectives
 from mf_jax.objectives import base
 from mf_jax.objectives import mae as mae_objective
 
 # Key stream of the queue filling before step 0 (minus the batch index); no step reaches it.
 QUEUE_FILL_STREAM = 2**31 - 2
-PIXEL_DATA = ("imagenet_pixels", "cifar10")  # Samples x = v / 127.5 - 1 of 8-bit levels v.
 CONVNEXT_HOWTO = ("convert facebook/convnextv2-base-22k-224 (a local Hugging Face folder) with "
                   "`python -m mf_jax.convert convnext --src=HF_DIR --out=FILE.npz "
                   "--config=CONFIG`")
@@ -107,6 +105,7 @@ class Drifting(base.Objective):
   """A one-step generator x = f(e, alpha, label) trained by the drifting field."""
   name = "drifting"
   grid_steps = (1,)
+  config_sections = {"drifting": drifting_config.CONFIG}
   reads_sections = ("drifting", "mae")
 
   def condition_names(self, config):
@@ -216,38 +215,7 @@ class Drifting(base.Objective):
 
   # --- Checks.
   def validate(self, config):
-    drifting.validate_config(config.drifting)
-    d, classes = config.drifting, max(config.data.num_classes, 1)
-    if not 1 <= d.classes_per_step <= classes:
-      raise ConfigError(f"drifting.classes_per_step={d.classes_per_step} must lie in [1, {classes}] "
-                        f"(data.num_classes={config.data.num_classes}).")
-    if not 1 <= d.num_pos <= d.queue_len:
-      raise ConfigError(f"drifting.num_pos={d.num_pos} must lie in [1, drifting.queue_len="
-                        f"{d.queue_len}].")
-    if d.bank_dtype == "uint8" and config.data.name not in PIXEL_DATA:
-      raise ConfigError(f"drifting.bank_dtype='uint8' stores 8-bit pixels, which data.name="
-                        f"{config.data.name!r} does not give (only {' and '.join(PIXEL_DATA)} do): "
-                        "set drifting.bank_dtype='float32'.")
-    enc = d.feature_encoder_workdir
-    if enc and not os.path.isdir(os.path.join(enc, "checkpoints")):
-      raise ConfigError(f"drifting.feature_encoder_workdir={enc!r} holds no checkpoints/ folder: "
-                        "pretrain the encoder with method='mae' into it, or set it to ''.")
-    if enc and config.mae.arch == "release":
-      mae_objective.check_release_mae(config)
-    if d.use_convnext:
-      self._check_convnext_shape(config)
-
-  def _check_convnext_shape(self, config):
-    """ConvNeXt features see RGB pixels in [-1, 1]; four stages."""
-    d = config.drifting
-    if config.data.channels != 3 or config.data.name == "imagenet_latents":
-      raise ConfigError(f"drifting.use_convnext=True needs RGB pixel samples, but data.name="
-                        f"{config.data.name!r} with data.channels={config.data.channels}: set "
-                        "drifting.use_convnext=False (latent models use the MAE alone).")
-    if len(d.convnext_depths) != 4 or len(d.convnext_dims) != 4:
-      raise ConfigError(f"drifting.convnext_depths={tuple(d.convnext_depths)} and "
-                        f"drifting.convnext_dims={tuple(d.convnext_dims)} need 4 entries each, e.g. "
-                        "(3, 3, 27, 3) and (128, 256, 512, 1024) (ConvNeXt-V2-Base).")
+    drifting_config.check_config(config)
 
   def validate_files(self, config):
     """Training with ConvNeXt features reads its weights (sampling and evaluation do not); the

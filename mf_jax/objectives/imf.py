@@ -40,6 +40,7 @@ class IMF(base.Objective):
   """iMF: u(z, h, omega, t_min, t_max) trained on the guided MeanFlow target, with a v head."""
   name = "imf"
   grid_steps = (1, 2)
+  config_sections = {"imf": imf.CONFIG}
   reads_sections = ("imf",)
   samples_with_interval = True
 

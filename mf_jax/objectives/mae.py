@@ -6,29 +6,18 @@ through drifting.feature_encoder_workdir.
 """
 import jax.numpy as jnp
 
-from mf_jax import networks
-from mf_jax.errors import ConfigError
+from mf_jax import networks, objectives
+from mf_jax.models import config as model_config
 from mf_jax.models import feature_encoder, mae_resnet
-from mf_jax import objectives
 from mf_jax.objectives import base
-
-
-def check_release_mae(config):
-  e, size = config.mae, config.data.image_size
-  if len(e.widths) != 4 or len(e.layers) != 4:
-    raise ConfigError(f"mae.widths={tuple(e.widths)} and mae.layers={tuple(e.layers)} need 4 "
-                      "entries each for mae.arch='release', e.g. (256, 512, 1024, 2048) and "
-                      "(3, 4, 6, 3).")
-  cell = e.patch_size * e.input_patch_size
-  if size % cell:
-    raise ConfigError(f"mae.patch_size={e.patch_size} x mae.input_patch_size={e.input_patch_size}"
-                      f" = {cell} must divide data.image_size={size}.")
 
 
 class MAE(base.Objective):
   """Reconstruct hidden p x p patches of x; the loss is the MSE on hidden positions."""
   name = "mae"
   grid_steps = ()  # An encoder: nothing to sample.
+  # The feature encoder: method="mae" pretrains it; drifting reads the same fields to rebuild it.
+  config_sections = {"mae": model_config.MAE}
   reads_sections = ("mae",)
 
   def condition_names(self, config):
@@ -57,16 +46,7 @@ class MAE(base.Objective):
     return base.loss_step_grads(self.loss_fn(config, model))
 
   def validate(self, config):
-    if config.mae.arch == "release":
-      check_release_mae(config)
-      return
-    if config.data.image_size % config.mae.patch_size:
-      raise ConfigError(f"mae.patch_size={config.mae.patch_size} must divide data.image_size="
-                        f"{config.data.image_size}.")
-    for width in config.mae.widths:
-      if width % config.mae.groups:
-        raise ConfigError(f"mae.groups={config.mae.groups} must divide every mae.widths entry "
-                          f"{tuple(config.mae.widths)}.")
+    model_config.check_mae(config)
 
 
 objectives.register(MAE())

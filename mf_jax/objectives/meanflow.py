@@ -43,6 +43,7 @@ class MeanFlow(base.Objective):
   """u(z, r, t) trained on the MeanFlow identity; sampled in 1 or more steps (or Euler on u(z,t,t))."""
   name = "meanflow"
   grid_steps = (1, 2)
+  config_sections = {"meanflow": meanflow.CONFIG}
   reads_sections = ("meanflow",)
   takes_augment_labels = True
 
@@ -81,10 +82,7 @@ class MeanFlow(base.Objective):
     return sample
 
   def validate(self, config):
-    meanflow.validate_config(config.meanflow)
-    if config.meanflow.num_classes != config.data.num_classes:
-      raise ConfigError(f"meanflow.num_classes={config.meanflow.num_classes} differs from "
-                        f"data.num_classes={config.data.num_classes}; leave it linked to data.")
+    meanflow.check_config(config)
     choice = config.meanflow.time_conditioning
     if choice != "t,t-r" and config.model.name == "unet":
       raise ConfigError(f"meanflow.time_conditioning={choice!r}: model.name='unet' (the official "
