@@ -111,7 +111,7 @@ def train_one(study: spec.Study, run: spec.Run) -> None:
   argv = sys.argv
   sys.argv = spec.train_argv(study, run)  # What run_info records: the equivalent main.py command.
   try:
-    config_checks.validate(config, run.workdir, "train")
+    config_checks.validate(config, run.workdir, "train", hand_over=True)  # train.py: not again.
     train.train_and_evaluate(config, run.workdir)
   except Exception:
     logger.exception("Run %s failed.", run.key)
