@@ -84,9 +84,9 @@ def validate_config(config) -> None:
                        "written by `python -m eval.fid --images=... --write_stats=...`).")
     path = _inception_weights_path(ev)
     if ev.inception_path != RANDOM_INCEPTION and not os.path.isfile(path):
-      from eval import inception_convert  # pylint: disable=g-import-not-at-top
+      from mf_jax.convert.formats import inception as inception_format  # pylint: disable=g-import-not-at-top
       raise FileNotFoundError(f"eval.inception_path={ev.inception_path!r}: "
-                              + inception_convert.missing_weights_message(path))
+                              + inception_format.missing_weights_message(path))
 
 
 # ---------------------------------------------------------------------------------------------

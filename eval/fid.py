@@ -316,8 +316,8 @@ def main(argv=None) -> Dict[str, float]:
     _check_input(args.ref, "ref")
   if args.features == "inception" and not args.random_inception_weights \
       and not os.path.isfile(args.inception):
-    from eval import inception_convert  # pylint: disable=g-import-not-at-top
-    raise SystemExit(inception_convert.missing_weights_message(args.inception))
+    from mf_jax.convert.formats import inception as inception_format  # pylint: disable=g-import-not-at-top
+    raise SystemExit(inception_format.missing_weights_message(args.inception))
 
   name = _feature_name(args)
   ref_is_stats = not args.write_stats and os.path.isfile(args.ref) and has_stats(args.ref)

@@ -48,7 +48,7 @@ def read_json(path: str, fix: str):
   try:
     with open(path) as f:
       text = f.read()
-  except FileNotFoundError:
+  except (FileNotFoundError, NotADirectoryError):  # No such workdir yet: the workdir check says.
     return None
   try:
     return json.loads(text)
@@ -311,7 +311,7 @@ class Checkpointer:
   def _check_num_steps(self, step: int) -> None:
     """Training to fewer steps than the workdir holds would do nothing and record a new start."""
     if self.mode == "train" and self.num_steps is not None and step > self.num_steps:
-      from mf_jax.config_checks import ConfigError  # pylint: disable=g-import-not-at-top
+      from mf_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
       self.close()
       raise ConfigError(
           f"train.num_steps={self.num_steps}: --workdir={self.workdir} already holds step {step}, "
