@@ -20,7 +20,7 @@ import pytest
 from mf_jax.convert import __main__ as cli
 from mf_jax.convert import engine, readers
 from mf_jax.convert.formats import (convnext as convnext_format, drifting_generator,
-                                    drifting_mae, inception as inception_format,
+                                    drifting_mae, imf_official, inception as inception_format,
                                     meanflow_official, py_meanflow_unet, sd_vae)
 from mf_jax.models import convnext, mae_resnet, vae
 from mf_jax.models.unet import SongUNet
@@ -185,7 +185,25 @@ def _inception():
           "AuxLogits.fc.weight", "Mixed_5b.branch1x1.conv.weight", "fc.bias", "fc_bias")
 
 
-CASES = {"meanflow_official": _meanflow_official, "py_meanflow_unet": _py_meanflow_unet,
+def _imf_official(torch: bool):
+  """The golden tiny official iMF network below net/ (JAX release names), or as the PyTorch
+  branch's state dict (names and layouts written independently in tests/test_imf_convert.py)."""
+  import test_imf_convert as imf_case  # pylint: disable=import-outside-toplevel
+  golden = _load("imf_official.npz")
+  target = imf_official.target_params(imf_case.tiny_config(golden))
+  net = imf_case.official_net(golden)
+  if not torch:
+    return (lambda s: imf_official.convert_params(s, target), net, "extra_layer/kernel",
+            "x_embedder/proj/kernel", "u_final_layer/linear/_flax_linear/bias", "u_final/bias")
+  state = {imf_case.torch_key(k): imf_case.torch_layout(k, v) for k, v in net.items()}
+  return (lambda s: imf_official.convert_params(s, target, imf_official.TORCH_RULES), state,
+          "net.extra.weight", "net.x_embedder.proj.weight",
+          "net.u_final_layer.linear._flax_linear.bias", "u_final/bias")
+
+
+CASES = {"meanflow_official": _meanflow_official,
+         "imf_official_orbax": lambda: _imf_official(False),
+         "imf_official_torch": lambda: _imf_official(True), "py_meanflow_unet": _py_meanflow_unet,
          "drifting_generator": _drifting_generator, "drifting_mae": _drifting_mae,
          "convnext_release": _convnext_release, "convnext_hf": _convnext_hf, "sd_vae": _sd_vae,
          "inception": _inception}

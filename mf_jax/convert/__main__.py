@@ -6,6 +6,8 @@ SOURCE          --src                                       writes       --confi
 meanflow_official  official MeanFlow JAX checkpoint_<step>, --workdir    same DiT (configs/imagenet_b4.py)
                    its folder, or an Orbax folder
 py_meanflow_unet   py-meanflow CIFAR-10 .pth (--network)     --workdir    configs/cifar10_unet.py
+imf_official       iMF release: unzipped JAX folder          --workdir    configs/imagenet_imf.py:B/2
+                   (checkpoint_<step>) or PyTorch .pth                    (M/2, L/2, XL/2)
 drifting_generator Drifting release artifact folder         --workdir    same generator
 drifting_mae       Drifting release MAE artifact folder     --workdir    a config with that mae section
 convnext           Hugging Face ConvNeXt-V2 folder/file     --out .npz   its drifting.convnext_* sizes
@@ -45,6 +47,14 @@ def _meanflow_official(src, config, out, fv):
   state, directory = meanflow_official.convert_to_workdir(src, config, out)
   return (f"official checkpoint {src} (step {int(state.step)}, "
           f"{workdir.parameter_count(state.params)} parameters) -> {directory}")
+
+
+def _imf_official(src, config, out, fv):
+  from mf_jax.convert.formats import imf_official  # pylint: disable=g-import-not-at-top
+  from mf_jax.convert import workdir  # pylint: disable=g-import-not-at-top
+  state, note, directory = imf_official.convert_to_workdir(src, config, out)
+  return (f"iMF release {src} (step {int(state.step)}, {workdir.parameter_count(state.params)} "
+          f"parameters; {note}) -> {directory}")
 
 
 def _py_meanflow_unet(src, config, out, fv):
@@ -90,6 +100,7 @@ def _inception(src, config, out, fv):
 SOURCES: Dict[str, Source] = {
     "meanflow_official": Source("workdir", True, _meanflow_official),
     "py_meanflow_unet": Source("workdir", True, _py_meanflow_unet),
+    "imf_official": Source("workdir", True, _imf_official),
     "drifting_generator": Source("workdir", True, _drifting("generator")),
     "drifting_mae": Source("workdir", True, _drifting("MAE encoder")),
     "convnext": Source("out", True, _convnext),
