@@ -47,7 +47,7 @@ def test_labels_per_sample_and_the_gap_t_minus_r_reach_the_output(x64):
   """The network the objective calls, train_state.meanflow_u_fn, feeds (t, t - r): it equals the
   DiT applied to (t, t - r), and moving r at fixed t changes u. Labels act per sample.
   (The value of the jvp through the DiT is checked against finite differences in test_meanflow.)"""
-  from mf_jax import train_state as ts
+  from mf_jax.objectives.meanflow import u_fn as meanflow_u_fn  # pylint: disable=import-outside-toplevel
   model = _tiny(dtype=jnp.float64, param_dtype=jnp.float64)
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
   t, r = jnp.array([0.75, 0.5]), jnp.array([0.25, 0.125])
@@ -56,7 +56,7 @@ def test_labels_per_sample_and_the_gap_t_minus_r_reach_the_output(x64):
   leaves, tree = jax.tree_util.tree_flatten(params)  # Leave the zero-init point.
   params = tree.unflatten([p + 0.1 * jax.random.normal(jax.random.key(i), p.shape, p.dtype)
                            for i, p in enumerate(leaves)])
-  u_fn = jax.jit(ts.meanflow_u_fn(model, params))
+  u_fn = jax.jit(meanflow_u_fn(model, params))
   out = u_fn(x, r, t, labels)
   want = jax.jit(model.apply)(params, x, (t, t - r), labels)
   assert numerics.rel_err(out, want) < 1e-12

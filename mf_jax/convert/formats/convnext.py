@@ -103,7 +103,7 @@ def convert_convnext_to_file(src: str, config, out: str):
   from mf_jax import networks  # pylint: disable=g-import-not-at-top
   variables = convert_convnext_hf(read_hf_state_dict(src), networks.convnext_model(config))
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  convnext.save_variables(out, variables)
+  save_variables(out, variables)
   return variables, out
 
 
