@@ -15,7 +15,7 @@ one pass (drifting_loss) or accumulated over groups of classes (drifting_value_a
 """
 import functools
 import math
-from typing import Callable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
