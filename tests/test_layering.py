@@ -68,7 +68,11 @@ def imports_of(path, name, modules):
 
 def import_graph(root=ROOT):
   modules = project_modules(root)
-  return {name: imports_of(path, name, modules) for name, path in modules.items()}
+  graph = {name: imports_of(path, name, modules) for name, path in modules.items()}
+  for name, path in modules.items():  # A package that imports all its modules at run time
+    if path.endswith("__init__.py") and "pkgutil.iter_modules(__path__)" in open(path).read():
+      graph[name] |= {m for m in modules if m.rpartition(".")[0] == name}  # (the objectives).
+  return graph
 
 
 def _within(name, prefixes):

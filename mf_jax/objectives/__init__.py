@@ -8,35 +8,15 @@ research script) register the same way before the run starts.
 """
 import importlib
 import pkgutil
-from typing import Dict
 
-from mf_jax.objectives.base import FrozenNetwork, Objective
-
-_REGISTRY: Dict[str, Objective] = {}
-
-
-def register(objective: Objective) -> Objective:
-  """Makes `objective` available as config.method = objective.name (a later one replaces it)."""
-  if not objective.name:
-    raise ValueError(f"{type(objective).__name__} has no name: set the class attribute `name`.")
-  _REGISTRY[objective.name] = objective
-  return objective
-
-
-def names():
-  return tuple(sorted(_REGISTRY))
-
-
-def get(name: str) -> Objective:
-  if name not in _REGISTRY:
-    raise ValueError(f"method={name!r}: allowed values are {list(names())}.")
-  return _REGISTRY[name]
+from mf_jax.objectives.base import FrozenNetwork, Objective  # noqa: F401
+from mf_jax.objectives.registry import get, names, register  # noqa: F401
 
 
 def _import_builtin_methods():
   """Every module of this package registers its method on import."""
   for module in pkgutil.iter_modules(__path__):
-    if module.name != "base":
+    if module.name not in ("base", "registry"):
       importlib.import_module(f"{__name__}.{module.name}")
 
 

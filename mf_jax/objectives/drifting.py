@@ -10,11 +10,11 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from mf_jax import class_queues, drifting, drifting_config, drifting_features, networks, objectives
+from mf_jax import class_queues, drifting, drifting_config, drifting_features, networks
 from mf_jax import sharding as sharding_lib
 from mf_jax.errors import ConfigError
 from mf_jax.models import convnext
-from mf_jax.objectives import base
+from mf_jax.objectives import base, registry
 from mf_jax.objectives import mae as mae_objective
 
 # Key stream of the queue filling before step 0 (minus the batch index); no step reaches it.
@@ -258,4 +258,4 @@ class Drifting(base.Objective):
             "accum_passes": drifting.accumulation_steps(config.drifting, num_devices)}
 
 
-objectives.register(Drifting())
+registry.register(Drifting())

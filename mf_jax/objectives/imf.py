@@ -8,10 +8,9 @@ the interval [t_min, t_max] is sample.guidance_interval / eval.guidance_interval
 import jax.numpy as jnp
 
 from mf_jax import imf, networks
-from mf_jax import objectives
 from mf_jax.errors import ConfigError
 from mf_jax.models.dit_incontext import InContextDiT
-from mf_jax.objectives import base
+from mf_jax.objectives import base, registry
 
 FULL_INTERVAL = (0.0, 1.0)
 
@@ -82,4 +81,4 @@ class IMF(base.Objective):
     return {"guided": True}
 
 
-objectives.register(IMF())
+registry.register(IMF())

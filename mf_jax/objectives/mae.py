@@ -6,10 +6,10 @@ through drifting.feature_encoder_workdir.
 """
 import jax.numpy as jnp
 
-from mf_jax import networks, objectives
+from mf_jax import networks
 from mf_jax.models import config as model_config
 from mf_jax.models import feature_encoder, mae_resnet
-from mf_jax.objectives import base
+from mf_jax.objectives import base, registry
 
 
 class MAE(base.Objective):
@@ -49,4 +49,4 @@ class MAE(base.Objective):
     model_config.check_mae(config)
 
 
-objectives.register(MAE())
+registry.register(MAE())

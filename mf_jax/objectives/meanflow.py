@@ -8,8 +8,7 @@ import jax.numpy as jnp
 
 from mf_jax import meanflow, sampling
 from mf_jax.errors import ConfigError
-from mf_jax import objectives
-from mf_jax.objectives import base
+from mf_jax.objectives import base, registry
 
 DROPOUT_STREAM = 1  # fold_in(loss key, 1): dropout masks, independent of the loss's own split.
 
@@ -93,4 +92,4 @@ class MeanFlow(base.Objective):
     return {"guided": meanflow.is_guided(config.meanflow)}
 
 
-objectives.register(MeanFlow())
+registry.register(MeanFlow())
