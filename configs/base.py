@@ -62,7 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
       hidden_size=ml_collections.FieldReference(None, field_type=int),
       num_heads=ml_collections.FieldReference(None, field_type=int),
       compute_dtype="float32",  # "bfloat16": bf16 matmuls with fp32 parameters.
-      attention_impl="einsum",  # "einsum" (jvp-friendly everywhere) | "fused" (jax.nn.dot_product_attention)
+      attention_impl="einsum",  # "einsum" | "xla" | "cudnn" (GPU, bf16; XLA inside jvps): models/attention.py
+      # DiT matmul operands: "default" (the platform's: bf16 on TPU, TF32 on GPUs), "bfloat16"
+      # (float32 storage, bf16 operands: the GPU analogue of a float32 run on TPU), "float32".
+      matmul_precision="default",
       remat=False,  # Rematerialise DiT blocks in the backward pass: less memory, ~1/3 more compute.
       mlp_widths=(512, 512, 512, 512),  # name="mlp" only.
       # name="dit_modern" only (the Drifting release's generator, mf_jax/models/dit_modern.py).

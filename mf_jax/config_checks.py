@@ -17,6 +17,7 @@ import jax
 
 import input_pipeline
 from mf_jax import class_queues, drifting, generate, meanflow, workdir_signature
+from mf_jax.models.attention import MATMUL_PRECISIONS
 from mf_jax.models.dit import ATTENTION_IMPLS, parse_variant
 from mf_jax.train_state import DTYPES, build_model
 
@@ -125,7 +126,10 @@ FIELDS = {
                                               "num_heads and 4"),
     "model.num_heads": (optional(POSITIVE), "None (the variant's) or a divisor of hidden_size"),
     "model.compute_dtype": (choice(*DTYPES), "float32, or bfloat16 for bf16 matmuls"),
-    "model.attention_impl": (choice(*ATTENTION_IMPLS), "einsum works everywhere"),
+    "model.attention_impl": (choice(*ATTENTION_IMPLS), "einsum works everywhere; cudnn needs a GPU "
+                             "and compute_dtype='bfloat16'"),
+    "model.matmul_precision": (choice(*MATMUL_PRECISIONS), "default, or bfloat16 for bf16 matmul "
+                               "operands with float32 storage"),
     "model.remat": (boolean(), "True trades compute for memory"),
     "model.mlp_widths": (int_tuple(), "hidden widths, e.g. (512, 512, 512, 512)"),
     "model.cls_tokens": (NON_NEGATIVE, "16 (the Drifting release)"),

@@ -72,7 +72,8 @@ def build_model(config) -> nn.Module:
   return DiT(variant=m.variant, image_size=config.data.image_size, channels=config.data.channels,
              num_classes=config.data.num_classes, condition_names=conditions, depth=m.depth,
              hidden_size=m.hidden_size, num_heads=m.num_heads,
-             attention_impl=m.attention_impl, remat=m.remat, dtype=DTYPES[m.compute_dtype],
+             attention_impl=m.attention_impl, matmul_precision=m.get("matmul_precision", "default"),
+             remat=m.remat, dtype=DTYPES[m.compute_dtype],
              param_dtype=jnp.float64 if m.compute_dtype == "float64" else jnp.float32)
 
 
