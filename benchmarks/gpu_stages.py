@@ -344,7 +344,8 @@ def trainer(ctx: Context) -> dict:
          f"--config.train.num_steps={n}", f"--config.train.checkpoint_every={n}",
          f"--config.train.log_every={max(n // 4, 1)}", "--config.eval.every_steps=0",
          f"--config.train.sample_every={n if s.budget_scale else 0}"]  # Dry run: no grid compile.
-  timeout = max(ctx.deadline.left() - 5, 30)
+  # The dry run's budgets do not bind (a loaded CPU compiles slowly); a GPU run stops at its deadline.
+  timeout = max(ctx.deadline.left() - 5, 30) if s.budget_scale else 900
   t0 = time.perf_counter()
   try:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
