@@ -64,7 +64,8 @@ def build_model(config) -> nn.Module:
                      condition_names=conditions, depth=m.depth, hidden_size=m.hidden_size,
                      num_heads=m.num_heads, cls_tokens=m.cls_tokens, noise_classes=m.noise_classes,
                      noise_coords=m.noise_coords, remat=m.remat,
-                     attn_fp32=m.get("attn_fp32", True), dtype=DTYPES[m.compute_dtype],
+                     attn_fp32=m.get("attn_fp32", True), attention_impl=m.attention_impl,
+                     dtype=DTYPES[m.compute_dtype],
                      param_dtype=jnp.float64 if m.compute_dtype == "float64" else jnp.float32)
   if m.name != "dit":
     raise ValueError(f"model.name={m.name!r}: allowed values are ['dit', 'dit_modern', 'mlp', "

@@ -163,3 +163,26 @@ def test_bf16_dot_equals_float64_product_of_rounded_operands():
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(got, want, rtol=0, atol=64 * 16 * numerics.EPS32)
   assert np.abs(np.asarray(a, np.float64) @ np.asarray(b, np.float64) - want).max() > 1e-3
+
+
+def test_modern_dit_kernels_match_its_einsum_attention(cpu_cudnn):
+  """The Drifting generator (ModernDiT): "xla" and "cudnn" (every call) compute its einsum
+  attention's output to float32 accuracy against the float64 einsum path."""
+  from mf_jax.models.dit_modern import ModernDiT  # pylint: disable=import-outside-toplevel
+  kw = dict(variant="B/2", depth=1, hidden_size=32, num_heads=2, image_size=8, channels=3,
+            num_classes=5, condition_names=("alpha",), cls_tokens=2, noise_classes=4,
+            noise_coords=2)
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  alpha, labels = jnp.array([1.0, 2.0]), jnp.array([1, 2])
+  params = ModernDiT(**kw).init(jax.random.key(1), x, (alpha,), labels)
+  params = jax.tree_util.tree_map(lambda p: p + 0.05, params)
+  apply = lambda impl, p=params, z=x, dtype=jnp.float32: ModernDiT(
+      **kw, attention_impl=impl, dtype=dtype, param_dtype=dtype).apply(p, z, (alpha,), labels)
+  plain = apply("einsum")
+  with jax.enable_x64(True):
+    to64 = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)
+    truth = apply("einsum", to64(params), to64(x), jnp.float64)
+  with attention.recording() as kernels:
+    for impl in ("xla", "cudnn"):
+      numerics.assert_as_accurate(apply(impl), plain, truth, what=f"ModernDiT {impl}")
+  assert kernels == ["xla", "cudnn"]
