@@ -451,7 +451,11 @@ def main(argv):
       scale_table.write_results("benchmarks/RESULTS.md", table)
     print(table)
     return
-  devices = target_devices(FLAGS.platform, FLAGS.devices, FLAGS.topology)
+  try:
+    devices = target_devices(FLAGS.platform, FLAGS.devices, FLAGS.topology)
+  except ValueError as e:  # A missing plugin or a bad slice: one line naming the fix.
+    sys.stderr.write(f"scale: error: {e}\n")
+    sys.exit(2)
   config = FLAGS.config
   fsdp = FLAGS.fsdp if FLAGS.fsdp > 1 else config.sharding.fsdp
   out = measure(config, devices=devices, fsdp=fsdp, mfu=FLAGS.mfu, sample=FLAGS.sample,

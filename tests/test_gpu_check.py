@@ -68,3 +68,11 @@ def test_mfu_uses_the_peak_of_the_precision():
   assert gpu_report.mfu(row, "fp32", ceilings, sheet) == (1.0, 400.0 / 494.7)
   assert gpu_report.datasheet("NVIDIA H100 PCIe")["bf16"] == 756.0
   assert gpu_report.datasheet("cpu") is None
+
+
+def test_scale_platform_gpu_without_the_cuda_plugin_names_the_fix(monkeypatch):
+  from benchmarks import scale  # pylint: disable=import-outside-toplevel
+  monkeypatch.setitem(sys.modules, "jax_plugins.xla_cuda12", None)  # import -> ImportError
+  with pytest.raises(ValueError, match=r"--platform=gpu needs the CUDA PJRT plugin: pip install "
+                                       r"--no-deps --target=/tmp/gpuvenv 'jax-cuda12-pjrt=="):
+    scale.target_devices("gpu", 8)
