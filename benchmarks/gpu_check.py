@@ -30,13 +30,6 @@ import numpy as np
 
 from benchmarks import gpu_stages
 
-flags.DEFINE_string("out", None, "Output folder for gpu_check.json and gpu_check.md.")
-flags.DEFINE_bool("dry_run", False, "Every stage on CPU with tiny sizes (seconds per stage).")
-flags.DEFINE_float("budget_s", 450.0, "Whole-check deadline in seconds (stages skip past it).")
-flags.DEFINE_string("official", "", "Folder with the official MeanFlow code (meanflow.py, models/); "
-                    "empty: the official stage is skipped.")
-flags.DEFINE_string("stages", ",".join(gpu_stages.ORDER), "Comma-separated stages to run.")
-FLAGS = flags.FLAGS
 
 
 class Deadline:
@@ -158,5 +151,18 @@ def write(results: dict, out: str):
     f.write(gpu_report.markdown(results))
 
 
+def define_flags():
+  """Flags, defined only when run as a program (importing this module defines none)."""
+  flags.DEFINE_string("out", None, "Output folder for gpu_check.json and gpu_check.md.")
+  flags.DEFINE_bool("dry_run", False, "Every stage on CPU with tiny sizes (seconds per stage).")
+  flags.DEFINE_float("budget_s", 450.0, "Whole-check deadline in seconds (stages skip past it).")
+  flags.DEFINE_string("official", "", "Folder with the official MeanFlow code (meanflow.py, "
+                      "models/); empty: the official stage is skipped.")
+  flags.DEFINE_string("stages", ",".join(gpu_stages.ORDER), "Comma-separated stages to run.")
+
+
+FLAGS = flags.FLAGS
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
