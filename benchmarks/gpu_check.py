@@ -164,5 +164,8 @@ def define_flags():
 FLAGS = flags.FLAGS
 
 if __name__ == "__main__":
+  # Grow GPU memory on demand instead of taking 75% up front: the correctness and trainer stages
+  # start child processes on the same GPU. (Read when the backend starts, after this line.)
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   define_flags()
   app.run(main)
