@@ -85,13 +85,21 @@ class _QuietLibraries:
     return record.levelno > 20 or "/orbax/" not in record.pathname
 
 
+def hide_accelerators_from_tensorflow():
+  """tf.data must never take accelerator memory from JAX. TensorFlow is optional: only TFDS data
+  (CIFAR-10) and the legacy TFRecord converter need it."""
+  try:
+    import tensorflow as tf
+  except ImportError:
+    return
+  tf.config.set_visible_devices([], "GPU")
+  tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
+
+
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  # tf.data must never take accelerator memory from JAX.
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")
-  tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
+  hide_accelerators_from_tensorflow()
 
   init_distributed()
   import jax

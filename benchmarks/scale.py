@@ -3,6 +3,7 @@
   python -m benchmarks.scale --config=configs/imagenet_b2.py --devices=8 [--fsdp=K] [--fit]
   python -m benchmarks.scale --all [--write_results]   # every ImageNet and CIFAR config at 8 and 64
   PYTHONPATH=/tmp/libtpu python -m benchmarks.scale --platform=tpu --devices=8 --config=...
+  PYTHONPATH=/tmp/gpuvenv python -m benchmarks.scale --platform=gpu --devices=8 --config=...
 
 The trainer's own step (mf_jax.train_step.make_train_step / jit_train_step) and 1-NFE sampler
 (mf_jax.generate.make_sampler) are lowered with abstract inputs (jax.ShapeDtypeStruct carrying the
@@ -24,6 +25,9 @@ time with libtpu, on this CPU machine, without TPU hardware (`jax.experimental.t
 memory figures are an accelerator compiler's: its scheduler honours rematerialisation, which the
 CPU backend's does not (a remat config's CPU temporaries overstate it several-fold), and its
 collectives are the accelerator pipeline's. libtpu stays out of requirements*.txt (LIBTPU_HINT).
+--platform=gpu does the same for N H100 SXM on one host with the CUDA PJRT plugin (jax-cuda12-pjrt
+and jax-cuda12-plugin wheels, GPU_HINT; no driver or GPU needed): gpu_targets/h100_sxm.txtpb
+describes the card to XLA's GPU compiler.
 
 Simulated devices: XLA reads the device count once, when the backend starts, so this module sets
 XLA_FLAGS from --devices before jax is imported; --all runs each (config, N) in a subprocess.
@@ -82,6 +86,10 @@ COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expen
 # TPU v5p slices by chip count (one device per chip), for --platform=tpu without --topology.
 V5P_TOPOLOGIES = {4: "v5p:2x2x1", 8: "v5p:2x2x2", 16: "v5p:2x2x4", 32: "v5p:2x4x4", 64: "v5p:4x4x4",
                   128: "v5p:4x4x8", 256: "v5p:4x8x8"}
+GPU_TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_targets", "h100_sxm.txtpb")
+GPU_HINT = ("pip install --no-deps --target=/tmp/gpuvenv 'jax-cuda12-pjrt==JAX_VERSION' "
+            "'jax-cuda12-plugin==JAX_VERSION' (no CUDA, driver or GPU needed) and run with "
+            "PYTHONPATH=/tmp/gpuvenv; keep it out of the project's venv")
 LIBTPU_HINT = ("pip install --target=/tmp/libtpu 'libtpu==0.0.42.*' (the version jax[tpu] pins for "
                "this jax) and run with PYTHONPATH=/tmp/libtpu; keep it out of the project's venv")
 
@@ -153,8 +161,11 @@ def target_devices(platform: str, num_devices: int, topology: str = ""):
       raise ValueError(f"--devices={num_devices} but jax sees {jax.device_count()} CPU devices: run "
                        "as `python -m benchmarks.scale` so the flag is read before jax starts.")
     return jax.devices()[:num_devices]
+  if platform == "gpu":
+    return gpu_devices(num_devices)
   if platform != "tpu":
-    raise ValueError(f"--platform={platform!r}: use cpu (simulated devices) or tpu (libtpu AOT).")
+    raise ValueError(f"--platform={platform!r}: use cpu (simulated devices), tpu (libtpu AOT) or "
+                     "gpu (CUDA plugin AOT).")
   try:
     import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   except ImportError as e:
@@ -168,6 +179,27 @@ def target_devices(platform: str, num_devices: int, topology: str = ""):
   if len(devices) != num_devices:
     raise ValueError(f"--topology={topology} has {len(devices)} devices, --devices={num_devices}.")
   return devices
+
+
+def gpu_devices(num_devices: int, target: str = GPU_TARGET):
+  """num_devices H100s on one host, described for XLA's GPU compiler without a GPU.
+
+  The CUDA PJRT plugin creates a compile-only topology from a target description
+  (gpu_targets/h100_sxm.txtpb) and a "slices x hosts x devices" shape; nothing touches CUDA, so it
+  works on a CPU machine (JAX_PLATFORMS=cpu keeps the plugin from probing for a driver).
+  """
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  hint = GPU_HINT.replace("JAX_VERSION", jax.__version__)
+  try:
+    import jax_plugins.xla_cuda12  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as e:
+    raise ValueError(f"--platform=gpu needs the CUDA PJRT plugin: {hint}.") from e
+  with open(target) as f:
+    target_config = f.read()
+  topology = topologies.get_topology_desc(platform="cuda", topology_name="",
+                                          target_config=target_config,
+                                          topology=f"1x1x{num_devices}")
+  return list(topology.devices)
 
 
 def compile_train_step(config, mesh):
@@ -272,8 +304,11 @@ def measure(config, devices=None, fsdp: int = 1, mfu: float = 0.4, sample: bool 
   }
   if "does_not_fit" in train:
     return out
-  out["train"]["projection"] = xla_accounting.projections(train["flops_per_device"], train["images_per_step"],
-                                           m.compute_dtype, mfu)
+  if train["flops_per_device"]:
+    out["train"]["projection"] = xla_accounting.projections(
+        train["flops_per_device"], train["images_per_step"], m.compute_dtype, mfu)
+  else:  # A compile-only GPU executable reports no cost analysis: FLOPs come from --platform=cpu.
+    out["train"]["projection"] = None
   if fit:
     out["train"]["fit"] = fit_batch(config, mesh, train, device_memory_gb)
   if floor and out["config"]["guided"]:
@@ -324,8 +359,9 @@ def guidance_floor(config, mesh, guided_flops_per_image: float, forward_flops: f
 config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config whose step is compiled.")
 flags.DEFINE_integer("devices", 8, "Devices to compile for: simulated CPU devices (set before jax "
                      "starts) or the chips of the --platform=tpu slice.")
-flags.DEFINE_enum("platform", "cpu", ["cpu", "tpu"], "cpu: simulated host devices; tpu: ahead-of-"
-                  "time compile for a TPU v5p slice with libtpu, no TPU needed (memory honours remat).")
+flags.DEFINE_enum("platform", "cpu", ["cpu", "tpu", "gpu"], "cpu: simulated host devices; tpu: "
+                  "ahead-of-time compile for a TPU v5p slice with libtpu; gpu: for N H100s on one "
+                  "host with the CUDA plugin; no accelerator needed (memory honours remat).")
 flags.DEFINE_string("topology", "", "--platform=tpu: the slice, e.g. v5p:2x2x2 (default: the v5p "
                     "slice with --devices chips).")
 flags.DEFINE_integer("fsdp", 1, "FSDP group size (overrides config.sharding.fsdp when > 1).")
@@ -407,7 +443,11 @@ def main(argv):
       scale_table.write_results("benchmarks/RESULTS.md", table)
     print(table)
     return
-  devices = target_devices(FLAGS.platform, FLAGS.devices, FLAGS.topology)
+  try:
+    devices = target_devices(FLAGS.platform, FLAGS.devices, FLAGS.topology)
+  except ValueError as e:  # A missing plugin or a bad slice: one line naming the fix.
+    sys.stderr.write(f"scale: error: {e}\n")
+    sys.exit(2)
   config = FLAGS.config
   fsdp = FLAGS.fsdp if FLAGS.fsdp > 1 else config.sharding.fsdp
   out = measure(config, devices=devices, fsdp=fsdp, mfu=FLAGS.mfu, sample=FLAGS.sample,

@@ -25,7 +25,7 @@ def train_iterator(config, start_step: int):
   # reads exactly what the uninterrupted run read (as the in-memory sets do).
   if config.data.name == "imagenet_latents":
     from input_pipeline import latents
-    it = latents.make_dataset(config.data.path, **kw)
+    it = latents.make_dataset(config.data.path, flip=config.data.random_flip, **kw)
   elif config.data.name == "imagenet_pixels":
     from input_pipeline import pixels
     it = pixels.make_dataset(config.data.path,

@@ -1,14 +1,24 @@
-"""tf.data over in-memory arrays with index-based, stateless shuffling.
+"""Batches of in-memory arrays with index-based, stateless shuffling (tf.data, or numpy without TF).
 
 The example at global position i (counting every example drawn since step 0) is
 index_shuffle(i mod n, seed=(seed, i div n)): a fresh permutation per epoch that depends on nothing
 but the seed. Starting at any step therefore reproduces exactly the batches an uninterrupted run
 would have drawn, and each process takes its own contiguous slice of every global batch.
+
+With TensorFlow installed the permutation is TF's RandomIndexShuffle (the README's runs). Without it
+the numpy reader draws each epoch's permutation from a Philox generator keyed by (seed, epoch):
+equally stateless and resumable, but a different sequence of batches, so a run must not switch
+between the two mid-way (the log says which one runs).
 """
 from typing import Dict, Iterator
 
+from absl import logging
 import numpy as np
-import tensorflow as tf
+
+try:
+  import tensorflow as tf
+except ImportError:  # A GPU host with only jax[cuda]: the numpy reader below.
+  tf = None
 
 
 def batch_iterator(arrays: Dict[str, np.ndarray], *, global_batch_size: int, seed: int,
@@ -23,6 +33,10 @@ def batch_iterator(arrays: Dict[str, np.ndarray], *, global_batch_size: int, see
     raise ValueError(f"train.global_batch_size={global_batch_size} exceeds the {n} examples of the "
                      "data set; use a smaller batch.")
   local = global_batch_size // process_count
+  if tf is None:
+    logging.info("TensorFlow absent: in-memory batches from the numpy index shuffle.")
+    return numpy_batches(arrays, global_batch_size=global_batch_size, seed=seed,
+                         start_step=start_step, process_index=process_index, local=local)
   tensors = {k: tf.constant(v) for k, v in arrays.items()}
 
   def gather(step):
@@ -41,3 +55,29 @@ def batch_iterator(arrays: Dict[str, np.ndarray], *, global_batch_size: int, see
   ds = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
   ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(2).as_numpy_iterator()
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+  """The numpy reader's order of epoch `epoch`: a permutation of range(n) fixed by (seed, epoch)."""
+  return np.random.Generator(np.random.Philox(key=[seed % 2**64, epoch])).permutation(n)
+
+
+def numpy_batches(arrays: Dict[str, np.ndarray], *, global_batch_size: int, seed: int,
+                  start_step: int, process_index: int, local: int) -> Iterator[Dict[str, np.ndarray]]:
+  """batch_iterator without TensorFlow: same positions, numpy's epoch permutations."""
+  n = len(next(iter(arrays.values())))
+  cache = {}
+  def order(epoch):
+    if epoch not in cache:
+      cache.clear() if len(cache) > 2 else None
+      cache[epoch] = epoch_permutation(n, seed, epoch)
+    return cache[epoch]
+  step = start_step
+  while True:
+    pos = step * global_batch_size + process_index * local + np.arange(local, dtype=np.int64)
+    epochs = pos // n
+    idx = np.empty(local, np.int64)
+    for e in np.unique(epochs):
+      idx[epochs == e] = order(int(e))[pos[epochs == e] % n]
+    yield {k: v[idx] for k, v in arrays.items()}
+    step += 1

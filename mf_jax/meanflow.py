@@ -20,6 +20,7 @@ import numpy as np
 from mf_jax import config_fields
 from mf_jax.config_fields import FRACTION, NON_NEGATIVE, Field, choice, number, optional
 from mf_jax.errors import ConfigError
+from mf_jax.models import attention
 
 Array = jax.Array
 UFn = Callable[[Array, Array, Array, Array], Array]
@@ -211,8 +212,9 @@ def average_velocity_target(u_fn: UFn, z: Array, r: Array, t: Array, v: Array,
   along_r, along_t = JVP_TANGENTS[tangent]
   tangent_r = jnp.ones_like(r) if along_r else jnp.zeros_like(r)
   tangent_t = jnp.ones_like(t) if along_t else jnp.zeros_like(t)
-  u, dudt = jax.jvp(lambda z_, r_, t_: u_fn(z_, r_, t_, labels),
-                    (z, r, t), (v, tangent_r, tangent_t))
+  with attention.forward_mode():  # Attention kernels without a jvp (cuDNN) step aside here.
+    u, dudt = jax.jvp(lambda z_, r_, t_: u_fn(z_, r_, t_, labels),
+                      (z, r, t), (v, tangent_r, tangent_t))
   u_tgt = v - _bcast(t - r, dudt) * dudt
   return u, jax.lax.stop_gradient(u_tgt)
 

@@ -50,13 +50,15 @@ def build_network(config, condition_names: Sequence[str]) -> nn.Module:
                      condition_names=conditions, depth=m.depth, hidden_size=m.hidden_size,
                      num_heads=m.num_heads, cls_tokens=m.cls_tokens, noise_classes=m.noise_classes,
                      noise_coords=m.noise_coords, remat=m.remat,
-                     attn_fp32=m.attn_fp32, dtype=dtype, param_dtype=param_dtype)
+                     attn_fp32=m.attn_fp32, attention_impl=m.attention_impl, dtype=dtype,
+                     param_dtype=param_dtype)
   if m.name != "dit":
     raise ValueError(f"model.name={m.name!r}: allowed values are {list(MODEL_NAMES)}.")
   return DiT(variant=m.variant, image_size=config.data.image_size, channels=config.data.channels,
              num_classes=config.data.num_classes, condition_names=conditions, depth=m.depth,
              hidden_size=m.hidden_size, num_heads=m.num_heads,
-             attention_impl=m.attention_impl, remat=m.remat, dtype=dtype, param_dtype=param_dtype)
+             attention_impl=m.attention_impl, matmul_precision=m.matmul_precision, remat=m.remat,
+             dtype=dtype, param_dtype=param_dtype)
 
 
 def unet_model(config) -> SongUNet:

@@ -7,7 +7,7 @@ import threading
 import jax
 from jax.sharding import NamedSharding
 from absl import logging
-from clu import periodic_actions
+from mf_jax import progress as periodic_actions  # TF-free ReportProgress, Profile.
 
 import input_pipeline
 from mf_jax import checkpointing, config_checks, generate, run_info, workdir_signature, writers

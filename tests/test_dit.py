@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mf_jax.models import dit
+from mf_jax.models import attention, dit
 import numerics
 
 PAPER_PARAMS_M = {"B/2": 131, "M/2": 308, "L/2": 459, "XL/2": 676}  # MeanFlow paper, Table 2.
@@ -69,9 +69,10 @@ def test_labels_per_sample_and_the_gap_t_minus_r_reach_the_output(x64):
 
 
 def test_attention_implementations_agree_in_value_jvp_and_vjp():
-  """Fused attention computes the einsum attention's function and derivatives to float32 accuracy.
+  """XLA attention (jax.nn.dot_product_attention) computes the einsum attention's function and
+  derivatives to float32 accuracy.
 
-  Truth: einsum attention in float64. The fused path's float32 error in the value, the jvp tangent
+  Truth: einsum attention in float64. The XLA path's float32 error in the value, the jvp tangent
   and the vjp cotangents must be within a small multiple of the einsum path's own float32 error.
   Logits here are O(1), so a 1% wrong softmax scale moves the output by ~1e-2 relative, while
   float32 rounding is ~1e-7.
@@ -84,12 +85,12 @@ def test_attention_implementations_agree_in_value_jvp_and_vjp():
     out, tangent = jax.jvp(attn, (q, k, v), (tq, tk, tv))
     return out, tangent, jax.vjp(attn, q, k, v)[1](ct)
 
-  fused = derivatives(dit.ATTENTION_IMPLS["fused"], *arrays)
+  fused = derivatives(attention.xla_attention, *arrays)
   plain = derivatives(dit.einsum_attention, *arrays)
   with jax.enable_x64(True):
     truth = derivatives(dit.einsum_attention, *[jnp.asarray(a, jnp.float64) for a in arrays])
   for name, f, p, t in zip(("value", "jvp", "vjp"), fused, plain, truth):
-    numerics.assert_as_accurate(f, p, t, what=f"fused attention {name}")
+    numerics.assert_as_accurate(f, p, t, what=f"xla attention {name}")
 
 
 @pytest.mark.parametrize("variant", ["B2", "Q/2", "B/3", "", "b/2"])
@@ -116,8 +117,8 @@ def _perturbed_params(model, x, t, labels):
   return jax.tree_util.tree_map(lambda p: p + 0.05, params)  # Leave the zero-init point.
 
 
-def test_remat_and_fused_attention_keep_values_and_gradients():
-  """Remat is exact (float64); remat and fused attention are as accurate as the plain float32 DiT.
+def test_remat_and_xla_attention_keep_values_and_gradients():
+  """Remat is exact (float64); remat and XLA attention are as accurate as the plain float32 DiT.
 
   Under jvp + grad this loss is badly conditioned: the plain float32 gradient is off by ~1e-4
   relative, by an amount that differs between processors. So exactness is checked in float64
@@ -138,7 +139,7 @@ def test_remat_and_fused_attention_keep_values_and_gradients():
   assert numerics.rel_err(remat64[1], truth[1]) < 1e-10
 
   plain = _jvp_loss_value_and_grad(_tiny(), params, x, t, labels)
-  for name, other in (("remat", _tiny(remat=True)), ("fused", _tiny(attention_impl="fused"))):
+  for name, other in (("remat", _tiny(remat=True)), ("xla", _tiny(attention_impl="xla"))):
     got = _jvp_loss_value_and_grad(other, params, x, t, labels)
     numerics.assert_as_accurate(got[0], plain[0], truth[0], what=f"{name} loss")
     numerics.assert_as_accurate(got[1], plain[1], truth[1], what=f"{name} gradient")

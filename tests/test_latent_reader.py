@@ -215,3 +215,17 @@ def test_tfrecord_shards_convert_once_to_the_same_records(tmp_path):
   with pytest.raises(ValueError, match=f"{bad.name}.: record 0 is corrupt"):
     tfrecord_legacy.convert(str(tmp_path / "old"), str(tmp_path / "again"))
   assert records.finished_shard(str(tmp_path / "again" / records.shard_name("train", 0, 3)))
+
+
+def test_batches_without_random_flip_leave_out_the_flipped_view(data):
+  """data.random_flip=False: no flipped arrays are read or shipped, and draw_latents gives the same
+  latents as from a full batch (it never reads the flipped view then)."""
+  path, _ = data
+  full = next(latents.make_dataset(path, global_batch_size=8, seed=3, process_index=0,
+                                   process_count=1))
+  lean = next(latents.make_dataset(path, global_batch_size=8, seed=3, process_index=0,
+                                   process_count=1, flip=False))
+  assert set(full) - set(lean) == {"x_flip", "x_flip_std"}
+  key = jax.random.key(0)
+  np.testing.assert_array_equal(latents.draw_latents(lean, key, 0.5, flip=False),
+                                latents.draw_latents(full, key, 0.5, flip=False))

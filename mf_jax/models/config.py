@@ -3,6 +3,7 @@
 from mf_jax.config_fields import (NON_NEGATIVE, POSITIVE, Field, boolean, choice, int_tuple,
                                   number, optional, text)
 from mf_jax.errors import ConfigError
+from mf_jax.models.attention import MATMUL_PRECISIONS
 from mf_jax.models.dit import ATTENTION_IMPLS
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float64")  # The keys of train_state.DTYPES.
@@ -22,8 +23,13 @@ MODEL = dict(
     # "bfloat16": bf16 matmuls with fp32 parameters.
     compute_dtype=Field("float32", choice(*COMPUTE_DTYPES),
                         "float32, or bfloat16 for bf16 matmuls"),
-    # "einsum" (jvp-friendly everywhere) | "fused" (jax.nn.dot_product_attention).
-    attention_impl=Field("einsum", choice(*ATTENTION_IMPLS), "einsum works everywhere"),
+    # "einsum" | "xla" | "cudnn" (GPU, bf16; XLA inside jvps): mf_jax/models/attention.py.
+    attention_impl=Field("einsum", choice(*ATTENTION_IMPLS), "einsum works everywhere; cudnn needs "
+                                                             "a GPU and compute_dtype='bfloat16'"),
+    # DiT matmul operands: "default" (the platform's: bf16 on TPU, TF32 on GPUs), "bfloat16"
+    # (float32 storage, bf16 operands: the GPU analogue of a float32 run on TPU), "float32".
+    matmul_precision=Field("default", choice(*MATMUL_PRECISIONS),
+                           "default, or bfloat16 for bf16 matmul operands with float32 storage"),
     # Rematerialise DiT blocks in the backward pass: less memory, ~1/3 more compute.
     remat=Field(False, boolean(), "True trades compute for memory"),
     mlp_widths=Field((512, 512, 512, 512), int_tuple(), "hidden widths, e.g. (512, 512, 512, 512)",

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mf_jax.models import attention
+
 # name -> (depth, hidden size, heads). Patch size comes from the "/p" suffix.
 VARIANTS = {
     "Ti": (12, 192, 3),
@@ -71,33 +73,29 @@ def modulate(x, shift, scale):
 class TimestepEmbedder(nn.Module):
   hidden_size: int
   freq_dim: int = 256
+  matmul_precision: str = "default"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, t):
     dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
-                                     kernel_init=nn.initializers.normal(0.02))
+                                     kernel_init=nn.initializers.normal(0.02),
+                                     **layer_ops(self.matmul_precision)[0])
     h = timestep_features(t, self.freq_dim).astype(self.param_dtype)
     return dense(self.hidden_size, "mlp_out")(nn.silu(dense(self.hidden_size, "mlp_in")(h)))
 
 
-def einsum_attention(q, k, v):
-  """Softmax attention from plain ops, [B, N, heads, d] -> same; jvp-friendly on every backend.
-
-  The softmax runs in at least float32 (bf16 logits lose too much), and in float64 under x64.
-  """
-  scale = 1.0 / math.sqrt(q.shape[-1])
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.promote_types(q.dtype, jnp.float32))
-  weights = jax.nn.softmax(logits * scale, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+# model.attention_impl values; see models/attention.py for what each runs inside and outside a jvp.
+ATTENTION_IMPLS = tuple(sorted(attention.IMPLS))
+einsum_attention = attention.einsum_attention
 
 
-ATTENTION_IMPLS = {
-    "einsum": einsum_attention,
-    # XLA's fused attention (cuDNN flash attention on GPU where it applies); softmax in float32.
-    "fused": jax.nn.dot_product_attention,
-}
+def layer_ops(matmul_precision: str):
+  """Keyword arguments giving Dense (dot_general) and Conv (conv_general_dilated) layers the
+  precision of model.matmul_precision."""
+  dot, conv = attention.MATMUL_PRECISIONS[matmul_precision]
+  return dict(dot_general=dot), dict(conv_general_dilated=conv)
 
 
 class Attention(nn.Module):
@@ -105,6 +103,7 @@ class Attention(nn.Module):
   hidden_size: int
   num_heads: int
   impl: str = "einsum"
+  matmul_precision: str = "default"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -112,13 +111,14 @@ class Attention(nn.Module):
   def __call__(self, x):
     b, n, _ = x.shape
     head_dim = self.hidden_size // self.num_heads
-    qkv = nn.Dense(3 * self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                   kernel_init=nn.initializers.xavier_uniform(), name="qkv")(x)
+    dot = layer_ops(self.matmul_precision)[0]
+    dense = lambda n_out, name: nn.Dense(n_out, dtype=self.dtype, param_dtype=self.param_dtype,
+                                         kernel_init=nn.initializers.xavier_uniform(), name=name,
+                                         **dot)
+    qkv = dense(3 * self.hidden_size, "qkv")(x)
     q, k, v = jnp.split(qkv.reshape(b, n, 3 * self.num_heads, head_dim), 3, axis=2)
-    out = ATTENTION_IMPLS[self.impl](q, k, v)  # [B, N, heads, head_dim]
-    return nn.Dense(self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=nn.initializers.xavier_uniform(), name="proj")(
-                        out.reshape(b, n, self.hidden_size))
+    out = attention.attend(self.impl, q, k, v, dot["dot_general"])  # [B, N, heads, head_dim]
+    return dense(self.hidden_size, "proj")(out.reshape(b, n, self.hidden_size))
 
 
 class DiTBlock(nn.Module):
@@ -126,22 +126,25 @@ class DiTBlock(nn.Module):
   num_heads: int
   mlp_ratio: float = 4.0
   attention_impl: str = "einsum"
+  matmul_precision: str = "default"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, c):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    dot = layer_ops(self.matmul_precision)[0]
     # adaLN-Zero: the modulation starts at zero, so every block starts as the identity.
-    mod = nn.Dense(6 * self.hidden_size, kernel_init=nn.initializers.zeros, name="adaLN", **kw)(
-        nn.silu(c))
+    mod = nn.Dense(6 * self.hidden_size, kernel_init=nn.initializers.zeros, name="adaLN", **kw,
+                   **dot)(nn.silu(c))
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, axis=-1)
     norm = lambda name: nn.LayerNorm(1e-6, use_bias=False, use_scale=False, name=name, **kw)
     h = modulate(norm("norm1")(x), shift_a, scale_a)
-    x = x + gate_a[:, None] * Attention(self.hidden_size, self.num_heads, self.attention_impl, name="attn",
-                                          **kw)(h)
+    x = x + gate_a[:, None] * Attention(self.hidden_size, self.num_heads, self.attention_impl,
+                                        self.matmul_precision, name="attn", **kw)(h)
     h = modulate(norm("norm2")(x), shift_m, scale_m)
-    dense = lambda n, name: nn.Dense(n, kernel_init=nn.initializers.xavier_uniform(), name=name, **kw)
+    dense = lambda n, name: nn.Dense(n, kernel_init=nn.initializers.xavier_uniform(), name=name,
+                                     **kw, **dot)
     h = dense(self.hidden_size, "mlp_out")(
         nn.gelu(dense(int(self.hidden_size * self.mlp_ratio), "mlp_in")(h), approximate=True))
     return x + gate_m[:, None] * h
@@ -164,7 +167,10 @@ class DiT(nn.Module):
   depth: Optional[int] = None  # Overrides of the variant's depth / width / heads, for tiny models.
   hidden_size: Optional[int] = None
   num_heads: Optional[int] = None
-  attention_impl: str = "einsum"  # A key of ATTENTION_IMPLS.
+  attention_impl: str = "einsum"  # One of ATTENTION_IMPLS (models/attention.py).
+  # Matmul operands: "default" (the platform's), "bfloat16" (bf16 operands, float32 accumulation and
+  # activations: float32 storage at bf16 matmul speed on GPUs) or "float32" (full precision).
+  matmul_precision: str = "default"
   remat: bool = False  # Recompute each block's activations in the backward pass (saves memory).
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -177,7 +183,14 @@ class DiT(nn.Module):
                        f"image_size={self.image_size}.")
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"model.attention_impl={self.attention_impl!r}: allowed values are "
-                       f"{sorted(ATTENTION_IMPLS)}.")
+                       f"{list(ATTENTION_IMPLS)}.")
+    if (self.attention_impl in attention.NEEDS_HALF_PRECISION
+        and jnp.dtype(self.dtype) not in (jnp.bfloat16, jnp.float16)):
+      raise ValueError(f"model.attention_impl={self.attention_impl!r} needs bf16 activations: set "
+                       "model.compute_dtype='bfloat16' or use attention_impl='xla'.")
+    if self.matmul_precision not in attention.MATMUL_PRECISIONS:
+      raise ValueError(f"model.matmul_precision={self.matmul_precision!r}: allowed values are "
+                       f"{sorted(attention.MATMUL_PRECISIONS)}.")
     if width % heads or width % 4:
       raise ValueError(f"model hidden_size={width} must be divisible by num_heads={heads} and 4.")
     return depth, width, heads, patch
@@ -192,12 +205,14 @@ class DiT(nn.Module):
     grid = h // p
     # Patchify: a strided conv is a linear map of each p x p x C patch.
     # Xavier-uniform over the whole p x p x C patch (fan-in p*p*C), as in DiT / MeanFlow.
+    dot, conv = layer_ops(self.matmul_precision)
     tokens = nn.Conv(width, (p, p), strides=(p, p), padding="VALID", name="patch_embed",
                      kernel_init=nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=-1),
-                     **kw)(x)
+                     **kw, **conv)(x)
     tokens = tokens.reshape(b, grid * grid, width) + sincos_pos_embed(grid, width)[None]
 
-    c = sum(TimestepEmbedder(width, name=f"{name}_embedder", **kw)(s)
+    c = sum(TimestepEmbedder(width, matmul_precision=self.matmul_precision,
+                             name=f"{name}_embedder", **kw)(s)
             for name, s in zip(self.condition_names, conditions))
     if self.num_classes > 0:
       c = c + nn.Embed(self.num_classes + 1, width, embedding_init=nn.initializers.normal(0.02),
@@ -205,14 +220,15 @@ class DiT(nn.Module):
 
     block = nn.remat(DiTBlock) if self.remat else DiTBlock
     for i in range(depth):
-      tokens = block(width, heads, attention_impl=self.attention_impl, name=f"block_{i}", **kw)(
-          tokens, c)
+      tokens = block(width, heads, attention_impl=self.attention_impl,
+                     matmul_precision=self.matmul_precision, name=f"block_{i}", **kw)(tokens, c)
 
     shift, scale = jnp.split(nn.Dense(2 * width, kernel_init=nn.initializers.zeros,
-                                      name="final_adaLN", **kw)(nn.silu(c)), 2, axis=-1)
+                                      name="final_adaLN", **kw, **dot)(nn.silu(c)), 2, axis=-1)
     tokens = modulate(nn.LayerNorm(1e-6, use_bias=False, use_scale=False, name="final_norm", **kw)(
         tokens), shift, scale)
-    out = nn.Dense(p * p * ch, kernel_init=nn.initializers.zeros, name="final_proj", **kw)(tokens)
+    out = nn.Dense(p * p * ch, kernel_init=nn.initializers.zeros, name="final_proj", **kw, **dot)(
+        tokens)
     # Unpatchify [B, grid*grid, p*p*C] -> [B, H, W, C].
     out = out.reshape(b, grid, grid, p, p, ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, ch)
     return out.astype(x.dtype)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mf_jax.models import attention
 from mf_jax.models.dit import VARIANTS, TimestepEmbedder, sincos_pos_embed
 
 CONDITION_SCALE = 0.02  # Weight of each normalised scalar-condition embedding in c.
@@ -98,6 +99,7 @@ class Attention(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   attn_fp32: bool = True  # False: rotation, logits, softmax and value product in `dtype`.
+  attention_impl: str = "einsum"  # models/attention.py; cudnn needs attn_fp32=False in bf16.
 
   @nn.compact
   def __call__(self, x):
@@ -112,8 +114,11 @@ class Attention(nn.Module):
     acc = jnp.promote_types(x.dtype, jnp.float32) if self.attn_fp32 else self.dtype
     q, k = (rotary(a.astype(acc), exact_angles=self.attn_fp32) for a in (q, k))
     v = qkv[:, :, 2].astype(acc)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q * d ** -0.5, k)
-    out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
+    if self.attention_impl == "einsum":  # The release's formulation, softmax in `acc`.
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q * d ** -0.5, k)
+      out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
+    else:  # A generator is never differentiated forward: "cudnn" runs cuDNN on every call.
+      out = attention.attend(self.attention_impl, q, k, v)
     return nn.Dense(self.hidden_size, name="proj", **kw)(out.reshape(b, n, self.hidden_size))
 
 
@@ -124,6 +129,7 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   attn_fp32: bool = True
+  attention_impl: str = "einsum"
 
   @nn.compact
   def __call__(self, x, c):
@@ -136,7 +142,7 @@ class Block(nn.Module):
     h = modulate(RMSNorm(name="norm1", param_dtype=self.param_dtype)(x), shift_a, scale_a)
     x = x + gate_a[:, None] * Attention(w, self.num_heads, dtype=self.dtype,
                                         param_dtype=self.param_dtype, attn_fp32=self.attn_fp32,
-                                        name="attn")(
+                                        attention_impl=self.attention_impl, name="attn")(
                                             h.astype(self.dtype))
     h = modulate(RMSNorm(name="norm2", param_dtype=self.param_dtype)(x), shift_m, scale_m)
     h = h.astype(self.dtype)
@@ -189,12 +195,20 @@ class ModernDiT(nn.Module):
   noise_coords: int = 32
   remat: bool = False
   attn_fp32: bool = True
+  attention_impl: str = "einsum"  # models/attention.py; cudnn: GPU, bf16 with attn_fp32=False.
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   def dims(self):
     depth, width, heads, patch = parse_variant(self.variant, self.image_size)
     depth, width, heads = self.depth or depth, self.hidden_size or width, self.num_heads or heads
+    if self.attention_impl not in attention.IMPLS:
+      raise ValueError(f"model.attention_impl={self.attention_impl!r}: allowed values are "
+                       f"{sorted(attention.IMPLS)}.")
+    if self.attention_impl in attention.NEEDS_HALF_PRECISION and (
+        self.attn_fp32 or jnp.dtype(self.dtype) not in (jnp.bfloat16, jnp.float16)):
+      raise ValueError(f"model.attention_impl={self.attention_impl!r} needs bf16 attention: set "
+                       "model.compute_dtype='bfloat16' and model.attn_fp32=False.")
     if width % heads or (width // heads) % 2 or width % 4:
       raise ValueError(f"model.hidden_size={width} must be divisible by 4 and by model.num_heads="
                        f"{heads} with an even head width (rotary embedding).")
@@ -249,7 +263,8 @@ class ModernDiT(nn.Module):
     block = nn.remat(Block) if self.remat else Block
     for i in range(depth):
       tokens = block(width, heads, self.mlp_ratio, dtype=self.dtype, param_dtype=self.param_dtype,
-                     attn_fp32=self.attn_fp32, name=f"block_{i}")(tokens, c)
+                     attn_fp32=self.attn_fp32, attention_impl=self.attention_impl,
+                     name=f"block_{i}")(tokens, c)
 
     acc = jnp.promote_types(c.dtype, jnp.float32)
     shift, scale = jnp.split(nn.Dense(2 * width, kernel_init=nn.initializers.zeros, dtype=acc,
