@@ -132,16 +132,21 @@ def test_scale_cli_prints_every_field():
               "memory_per_device", "collectives",
               "projection", "fit", "param_bytes", "images_per_step"):
     assert key in train, key
-  memory = train["memory_per_device"]
-  assert memory["total_bytes"] == (memory["argument_bytes"] + memory["output_bytes"]
-                                   + memory["temp_bytes"] - memory["alias_bytes"])
-  assert train["flops_per_image"] == pytest.approx(train["flops_per_device"] * 2 / 16)
   assert set(train["collectives"]) == set(xla_accounting.COLLECTIVES)
-  for device in ("h100_bf16", "h100_tf32", "v5p_bf16", "h100"):
-    p = train["projection"][device]
-    assert p["images_per_s"] == pytest.approx(16 / p["step_s"])
-    assert p["step_s"] == pytest.approx(
-        train["flops_per_device"] / (p["peak_tflops"] * 1e12 * train["projection"]["mfu"]))
+  # The figures against facts computed here without XLA: the state's bytes from its shapes (data
+  # parallel on 2 devices: every device holds the whole state and half the batch of 16), and a
+  # floor on the step's FLOPs from the MLP's two matmuls (forward, and twice that backward).
+  from mf_jax import train_state as ts  # pylint: disable=import-outside-toplevel
+  config = tiny.get_config()
+  config.model.update(name="mlp", mlp_widths=(32,))
+  abstract = jax.eval_shape(lambda k: ts.init_state(
+      config, ts.build_model(config), ts.make_optimizer(config), k), jax.random.key(0))
+  nbytes = lambda tree: sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(tree))
+  assert train["param_bytes"] == nbytes(abstract.params)
+  batch_bytes = 8 * (8 * 8 * 1 * 4 + 4)  # x float32 [8, 8, 8, 1] and labels int32 [8].
+  assert train["memory_per_device"]["argument_bytes"] == nbytes(abstract) + batch_bytes
+  pixels, hidden = 8 * 8 * 1, 32
+  assert train["flops_per_image"] >= 3 * 2 * (pixels * hidden + hidden * pixels)
   assert train["fit"]["bytes_per_image"] > 0 and train["fit"]["largest_batch_per_device"] > 8
   assert out["sample_1nfe"]["flops_per_image"] > 0
   assert out["platform"] == "cpu"
