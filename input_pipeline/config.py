@@ -42,6 +42,9 @@ CONFIG = dict(
 def check_latent_statistics(config) -> None:
   """data.latent_mean / latent_std: both empty, or one value per channel each."""
   d = config.data
+  if (d.latent_mean or d.latent_std) and d.name != "imagenet_latents":
+    raise ConfigError(f"data.latent_mean/latent_std are set, but data.name={d.name!r} holds no "
+                      "latents and nothing would be normalised. Fix: set both to ().")
   for name in ("latent_mean", "latent_std"):
     n = len(d[name])
     if n not in (0, d.channels):

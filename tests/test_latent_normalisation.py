@@ -82,7 +82,10 @@ def test_statistics_of_the_wrong_length_are_refused_naming_the_field():
   config.data.update(latent_mean=(), latent_std=tuple(STD))
   with pytest.raises(ConfigError, match=r"data\.latent_mean is empty but data\.latent_std is set"):
     check_latent_statistics(config)
-  config.data.update(latent_mean=tuple(MEAN), latent_std=(1.0, 0.0, 1.0, 1.0))
+  config.data.update(latent_mean=tuple(MEAN), latent_std=tuple(STD), name="imagenet_pixels")
+  with pytest.raises(ConfigError, match=r"data\.latent_mean/latent_std are set.*imagenet_pixels"):
+    check_latent_statistics(config)
+  config.data.update(name="imagenet_latents", latent_std=(1.0, 0.0, 1.0, 1.0))
   with pytest.raises(ConfigError, match=r"data\.latent_std=.*positive|data\.latent_std=.*> 0"):
     config_checks.check_fields(config)
 
