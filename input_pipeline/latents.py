@@ -144,5 +144,5 @@ def compute_latent_statistics(m: dict, chunk: int = 4096) -> dict:
   var_means = np.maximum(s_mean2 / n - mean * mean, 0.0)
   return {"mean": mean.tolist(), "std": np.sqrt(var_means + s_var / n).tolist(),
           "std_of_posterior_means": np.sqrt(var_means).tolist(),
-          "over": f"{m['split']} split, {m['count']} examples x {int(np.prod(m['layout'].shape[:-1]))}"
-                  " positions, unflipped posterior samples"}
+          "over": f"{m['split']} split, {m['count']} examples x "
+                  f"{int(np.prod(m['layout'].shape[:-1]))} positions, unflipped posterior samples"}

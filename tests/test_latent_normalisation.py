@@ -34,7 +34,8 @@ def test_input_is_the_posterior_sample_normalised_per_channel():
   want = (z - MEAN) / STD
   got = np.asarray(latents.draw_latents(batch, key, 0.18215, False, tuple(MEAN), tuple(STD)))
   # float32: z rounded in two operations, then (z - mean) / std in two more.
-  np.testing.assert_allclose(got, want, rtol=0, atol=float(np.max(4 * EPS32 * (np.abs(z) + np.abs(MEAN)) / STD)))
+  tol = float(np.max(4 * EPS32 * (np.abs(z) + np.abs(MEAN)) / STD))
+  np.testing.assert_allclose(got, want, rtol=0, atol=tol)
   # With flips the same view and noise as the scaled input: only the normalisation differs.
   z = np.asarray(latents.draw_latents(batch, key, 1.0, True), np.float64)
   got = np.asarray(latents.draw_latents(batch, key, 1.0, True, tuple(MEAN), tuple(STD)))
