@@ -15,9 +15,11 @@ eval config; `--config.sample.cfg_scale` is omega):
 
   python main.py --config=configs/imagenet_imf.py:B/2 --workdir=$DIR --config.data.path=/data/latents/train
 
-Not yet as the official code: its latents are normalised per channel by the data set's mean and
-std; this config scales them by 0.18215 (the MeanFlow convention) until the latent preparation
-stores per-channel statistics.
+Latents as the official code: a fresh posterior sample per step, no flips, normalised per channel
+x = (z - mean) / std with the official code's constant statistics (LATENT_MEAN, LATENT_STD) instead
+of MeanFlow's x 0.18215; decoding inverts it. The statistics of one's own prepared set are printed
+by `python -m input_pipeline.prepare_imagenet` and stored in its manifest
+(`input_pipeline.latents.latent_statistics`); pass them as --config.data.latent_mean/latent_std.
 """
 from configs import imagenet_base
 
@@ -25,6 +27,10 @@ EPOCH = 1_281_167
 # size -> (1-NFE omega, interval); the released evaluation settings.
 SAMPLING = {"B/2": (8.0, (0.40, 0.65)), "M/2": (10.5, (0.40, 0.60)),
             "L/2": (10.5, (0.40, 0.60)), "XL/2": (8.0, (0.42, 0.62))}
+# Per-channel mean and std of the SD-VAE ft-MSE latents, constants of the official code
+# (Lyy-iiis/imeanflow utils/vae_util.py, LatentManager; it ships no computation of them).
+LATENT_MEAN = (0.86488, -0.27787343, 0.21616915, 0.3738409)
+LATENT_STD = (4.85503674, 5.31922414, 3.93725398, 3.9870003)
 
 
 def get_config(variant="B/2"):
@@ -33,7 +39,7 @@ def get_config(variant="B/2"):
   config = imagenet_base.get_config(variant)
   config.method = "imf"
   config.model.update(name="dit_incontext", variant=variant, head_depth=8)
-  config.data.random_flip = False
+  config.data.update(random_flip=False, latent_mean=LATENT_MEAN, latent_std=LATENT_STD)
   config.optim.update(name="adamw", learning_rate=1e-4, b1=0.9, b2=0.95, weight_decay=0.0,
                       warmup_epochs=10.0)
   config.data.num_train_examples = EPOCH

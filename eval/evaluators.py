@@ -103,7 +103,7 @@ def make_decoder(config) -> Callable[[jax.Array], jax.Array]:
     if not config.data.vae_path:
       raise ValueError(f"eval on latent data (data.name={config.data.name!r}) needs "
                        "data.vae_path: local SD-VAE weights to decode the samples before Inception.")
-    return generate.load_decoder(config.data.vae_path, config.data.latent_scale)
+    return generate.load_decoder(*generate.decoder_settings(config))
   return lambda x: x
 
 

@@ -5,7 +5,7 @@ import os
 
 from input_pipeline import DATASETS
 from mf_jax.config_fields import (FRACTION, NON_NEGATIVE, POSITIVE, Field, boolean, choice,
-                                  number, text)
+                                  number, number_tuple, text)
 from mf_jax.errors import ConfigError
 
 CONFIG = dict(
@@ -20,6 +20,14 @@ CONFIG = dict(
     num_classes=Field(1000, NON_NEGATIVE, "0 for unconditional, else the label count", shape=True),
     # SD-VAE scale; latents only.
     latent_scale=Field(0.18215, number(0.0, lo_open=True), "0.18215 for SD-VAE latents"),
+    # Per-channel latent normalisation x = (z - mean) / std (iMF), replacing latent_scale when set;
+    # () = x = z * latent_scale. The statistics of a prepared set are printed by prepare_imagenet
+    # and stored in its manifest (`input_pipeline.latents.latent_statistics`).
+    latent_mean=Field((), number_tuple(), "() or one number per channel (data.channels), e.g. the "
+                                          "'mean' of prepare_imagenet's manifest latent_statistics"),
+    latent_std=Field((), number_tuple(0.0, lo_open=True),
+                     "() or one positive number per channel (data.channels), e.g. the 'std' of "
+                     "prepare_imagenet's manifest latent_statistics"),
     # Local diffusers AutoencoderKL weights, to decode latent samples.
     vae_path=Field("", text(), "a local diffusers AutoencoderKL folder, or '' (no decoding)"),
     random_flip=Field(True, boolean(), "True or False"),
@@ -29,6 +37,24 @@ CONFIG = dict(
     # Training-set size; needed only by optim.warmup_epochs.
     num_train_examples=Field(0, NON_NEGATIVE, "0, or 50000 for CIFAR-10 with optim.warmup_epochs"),
 )
+
+
+def check_latent_statistics(config) -> None:
+  """data.latent_mean / latent_std: both empty, or one value per channel each."""
+  d = config.data
+  if (d.latent_mean or d.latent_std) and d.name != "imagenet_latents":
+    raise ConfigError(f"data.latent_mean/latent_std are set, but data.name={d.name!r} holds no "
+                      "latents and nothing would be normalised. Fix: set both to ().")
+  for name in ("latent_mean", "latent_std"):
+    n = len(d[name])
+    if n not in (0, d.channels):
+      raise ConfigError(f"data.{name} has {n} values, but data.channels={d.channels}. Fix: set "
+                        f"--config.data.{name} to one value per channel, or () for latent_scale.")
+  if bool(d.latent_mean) != bool(d.latent_std):
+    empty, other = ("latent_mean", "latent_std") if not d.latent_mean else ("latent_std",
+                                                                            "latent_mean")
+    raise ConfigError(f"data.{empty} is empty but data.{other} is set. Fix: set both (per-channel "
+                      "normalisation) or neither (data.latent_scale).")
 
 
 def check_training_files(config) -> None:

@@ -13,7 +13,8 @@ each step's batch is a pure function of (seed, step). The host only copies bytes
 posterior, the flip and the scale happen on device inside the jitted train step through
 `draw_latents`.
 """
-from typing import Dict, Iterator, Optional
+import os
+from typing import Dict, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -83,12 +84,15 @@ def make_dataset(path: str, *, global_batch_size: int, seed: int = 0, start_step
                          process_count=process_count)
 
 
-def draw_latents(batch, key: jax.Array, scale: float, flip: bool = True) -> jax.Array:
+def draw_latents(batch, key: jax.Array, scale: float, flip: bool = True, mean: Sequence[float] = (),
+                 std: Sequence[float] = ()) -> jax.Array:
   """Model input x for one step; call INSIDE the jitted train step.
 
   Latent batches: per sample a fair coin picks the image or its horizontal flip (flip=False,
   i.e. data.random_flip=False: always the image), then a fresh posterior sample
-  (mean + std * N(0, 1)) is drawn and multiplied by `scale` (SD-VAE: 0.18215).
+  z = mean + std * N(0, 1) is drawn and normalised: x = z * `scale` (SD-VAE: 0.18215), or, when
+  per-channel statistics `mean`, `std` [c] are given (data.latent_mean/latent_std, iMF),
+  x = (z - mean) / std per channel and `scale` is unused.
   Pixel batches (no "x_std") are returned unchanged: batch["x"] (pixel flips are the caller's).
   Shapes: batch arrays [B, h, w, c] -> [B, h, w, c] float32.
   """
@@ -97,8 +101,48 @@ def draw_latents(batch, key: jax.Array, scale: float, flip: bool = True) -> jax.
   k_flip, k_noise = jax.random.split(key)
   x = batch["x"]
   if not flip:  # The same noise draw as with flips, so the switch changes only the view.
-    return (x + batch["x_std"] * jax.random.normal(k_noise, x.shape, x.dtype)) * scale
-  flipped = jax.random.bernoulli(k_flip, 0.5, (x.shape[0],) + (1,) * (x.ndim - 1))
-  mean = jnp.where(flipped, batch["x_flip"], x)
-  std = jnp.where(flipped, batch["x_flip_std"], batch["x_std"])
-  return (mean + std * jax.random.normal(k_noise, x.shape, x.dtype)) * scale
+    z = x + batch["x_std"] * jax.random.normal(k_noise, x.shape, x.dtype)
+  else:
+    flipped = jax.random.bernoulli(k_flip, 0.5, (x.shape[0],) + (1,) * (x.ndim - 1))
+    z_mean = jnp.where(flipped, batch["x_flip"], x)
+    z_std = jnp.where(flipped, batch["x_flip_std"], batch["x_std"])
+    z = z_mean + z_std * jax.random.normal(k_noise, x.shape, x.dtype)
+  if len(mean):  # Channels last: the statistics broadcast over [B, h, w].
+    return (z - jnp.asarray(mean, z.dtype)) / jnp.asarray(std, z.dtype)
+  return z * scale
+
+
+def latent_statistics(path: str) -> dict:
+  """{"mean": [c], "std": [c], ...} that prepare_imagenet stored in a prepared directory's manifest
+  (see `compute_latent_statistics`); for data.latent_mean / data.latent_std."""
+  m = records.read_manifest(path)
+  if "latent_statistics" not in m:
+    raise ValueError(f"{os.path.join(m['dir'], records.MANIFEST)!r} has no latent_statistics "
+                     "(written by an older prepare_imagenet, or a --pixels set): rerun "
+                     "prepare_imagenet with the same flags; it only recomputes the manifest.")
+  return m["latent_statistics"]
+
+
+def compute_latent_statistics(m: dict, chunk: int = 4096) -> dict:
+  """Per-channel mean and std of the posterior samples z = mean + std * N(0, 1) of every record of
+  a manifest `m` (all examples and positions pooled; the image, not its flip), exactly:
+  E[z] = avg(mean), Var[z] = avg(mean^2 + std^2) - E[z]^2 (sums in float64).
+  Also the std of the posterior means alone (std_of_posterior_means), for comparison.
+  """
+  source = records.open_records(m)
+  c = m["layout"].shape[-1]
+  s_mean, s_mean2, s_var, n = np.zeros(c), np.zeros(c), np.zeros(c), 0
+  for a in range(0, len(source), chunk):
+    rows = source.read(np.arange(a, min(a + chunk, len(source))))
+    mu = rows["mean"].astype(np.float64).reshape(-1, c)
+    sd = rows["std"].astype(np.float64).reshape(-1, c)
+    s_mean += mu.sum(0)
+    s_mean2 += (mu * mu).sum(0)
+    s_var += (sd * sd).sum(0)
+    n += mu.shape[0]
+  mean = s_mean / n
+  var_means = np.maximum(s_mean2 / n - mean * mean, 0.0)
+  return {"mean": mean.tolist(), "std": np.sqrt(var_means + s_var / n).tolist(),
+          "std_of_posterior_means": np.sqrt(var_means).tolist(),
+          "over": f"{m['split']} split, {m['count']} examples x "
+                  f"{int(np.prod(m['layout'].shape[:-1]))} positions, unflipped posterior samples"}

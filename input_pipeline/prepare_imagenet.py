@@ -11,6 +11,8 @@ Sources: an image-folder tree (one folder per class holding JPEG/PNG files; clas
 folder order; examples in sorted (class, file) order), or TFDS `imagenet2012` prepared from a local
 manual dir (never downloaded). Preprocessing is ADM's center crop (CROP_RULE). Each record holds the
 posterior mean and std of the image and of its horizontal flip, the label and the example index;
+the manifest also stores the per-channel mean and std of the posterior samples over the split
+(`latents.latent_statistics`: data.latent_mean / data.latent_std of per-channel normalisation);
 with --pixels (pixel-space models, no VAE) it holds the uint8 centre crop itself, label and index.
 
 Encoding is batched and data-parallel over all local devices (jit + NamedSharding over a 1-D mesh;
@@ -40,7 +42,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
-from input_pipeline import records
+from input_pipeline import latents, records
 from mf_jax.models import vae
 from mf_jax.convert.formats import sd_vae as vae_convert
 
@@ -312,9 +314,18 @@ def prepare(args) -> Optional[dict]:
   manifest = {"format": layout.format, **settings, "classes": source.classes, "shards": shards}
   if not args.pixels:
     manifest["scale_factor_not_applied"] = vae.SCALE_FACTOR
+    # One more read of every shard (also those other tasks wrote): the statistics of the whole split.
+    stats = latents.compute_latent_statistics(
+        {**manifest, "dir": os.path.abspath(args.out), "layout": layout})
+    manifest["latent_statistics"] = stats
   records.atomic_write_json(os.path.join(args.out, records.MANIFEST), manifest)
   print(f"[prepare] done: {source.count} images, {num_shards} shards, "
         f"{_fmt_time(time.time() - t_start)}", flush=True)
+  if not args.pixels:
+    print("[prepare] per-channel latent statistics (posterior samples); for per-channel "
+          "normalisation pass --config.data.latent_mean='(" + ", ".join(map(repr, stats["mean"]))
+          + ")' --config.data.latent_std='(" + ", ".join(map(repr, stats["std"])) + ")'",
+          flush=True)
   return manifest
 
 

@@ -12,7 +12,7 @@ import tempfile
 import jax
 
 import input_pipeline
-from input_pipeline.config import check_training_files
+from input_pipeline.config import check_latent_statistics, check_training_files
 from mf_jax import config_fields, config_schema, generate, workdir_signature
 from mf_jax import train_state as ts
 from mf_jax.config_fields import field_names, unknown_field_message  # pylint: disable=unused-import
@@ -167,7 +167,7 @@ def check_unet_and_augment(config) -> None:
 
 # Files last: every cheap check of the config itself comes first.
 CROSS_CHECKS = (_batches_fit_devices, _ema_indices, _sample_guidance, _time_conditioning, _model,
-                _objective, _cifar_recipe, _vae_file)
+                _objective, _cifar_recipe, _vae_file, check_latent_statistics)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Used by the periodic sample grids during training and by `--mode=sample`.
 """
 import functools
 import os
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
@@ -97,12 +98,25 @@ def decodes_with_vae(config) -> bool:
 
 
 @functools.lru_cache(maxsize=2)
-def load_decoder(vae_path: str, scale: float):
-  """Jitted latents -> images in [-1, 1] through the SD-VAE at `vae_path` (loaded once)."""
+def load_decoder(vae_path: str, scale: float, mean: Tuple[float, ...] = (),
+                 std: Tuple[float, ...] = ()):
+  """Jitted model latents x [B, h, w, c] -> images in [-1, 1] through the SD-VAE at `vae_path`
+  (loaded once). Inverts the training normalisation (input_pipeline.latents.draw_latents): the
+  VAE gets z = x / scale, or z = x * std + mean per channel when the statistics are given."""
   from mf_jax.models import vae
   from mf_jax.convert.formats import sd_vae as vae_convert
   vae_config, params, _ = vae_convert.load_vae(vae_path)
+  if mean:
+    return jax.jit(lambda x: vae.decode_latents(
+        vae_config, params, x * jnp.asarray(std, x.dtype) + jnp.asarray(mean, x.dtype)))
   return jax.jit(lambda z: vae.decode_latents(vae_config, params, z / scale))
+
+
+def decoder_settings(config) -> tuple:
+  """load_decoder's arguments from config.data (hashable: the statistics as float tuples)."""
+  d = config.data
+  return (d.vae_path, d.latent_scale, tuple(map(float, d.latent_mean)),
+          tuple(map(float, d.latent_std)))
 
 
 def decode(x, config, batch_size: int = 32) -> np.ndarray:
@@ -113,7 +127,7 @@ def decode(x, config, batch_size: int = 32) -> np.ndarray:
     raise ValueError("data.vae_path is empty: decoding latent samples needs local SD-VAE weights "
                      "(a diffusers AutoencoderKL folder, .safetensors or .bin), e.g. "
                      "--config.data.vae_path=/models/sd-vae-ft-mse.")
-  decoder = load_decoder(config.data.vae_path, config.data.latent_scale)
+  decoder = load_decoder(*decoder_settings(config))
   return np.concatenate([np.asarray(decoder(x[i:i + batch_size]))
                          for i in range(0, len(x), batch_size)])
 

@@ -25,7 +25,8 @@ def prepare_batch(batch, key, config) -> jax.Array:
   """Device-side data transforms: latent posterior sampling and flips, or pixel flips. -> x [B,H,W,C]."""
   if "x_std" in batch:
     from input_pipeline.latents import draw_latents  # Latent datasets only.
-    return draw_latents(batch, key, config.data.latent_scale, config.data.random_flip)
+    return draw_latents(batch, key, config.data.latent_scale, config.data.random_flip,
+                        config.data.latent_mean, config.data.latent_std)
   x = batch["x"]
   if config.data.random_flip:
     flip = jax.random.bernoulli(key, 0.5, (x.shape[0],))

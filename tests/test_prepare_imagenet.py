@@ -86,6 +86,31 @@ def test_records_hold_the_vae_moments_of_each_image_and_its_flip(tree, prepared)
   assert records.verify(prepared)["ok"]
 
 
+def test_manifest_stores_the_per_channel_statistics_of_the_posterior_samples(prepared, tmp_path):
+  got = latents.latent_statistics(prepared)
+  rows = latents.read_examples(prepared, np.arange(len(CLASSES) * PER_CLASS))
+  mu = rows["x"].astype(np.float64).reshape(-1, 4)
+  sd = rows["x_std"].astype(np.float64).reshape(-1, 4)
+  # Law of total variance with numpy's two-pass variance: Var z = Var(mean) + E[std^2].
+  np.testing.assert_allclose(got["mean"], mu.mean(0), rtol=1e-12)
+  np.testing.assert_allclose(got["std"], np.sqrt(mu.var(0) + (sd ** 2).mean(0)), rtol=1e-10)
+  np.testing.assert_allclose(got["std_of_posterior_means"], mu.std(0), rtol=1e-10)
+  # And by sampling: 256 posterior draws per record, within 5 standard errors.
+  z = mu + sd * np.random.RandomState(0).normal(size=(256,) + mu.shape)
+  z = z.reshape(-1, 4)
+  standard_error = float(z.std(0).max()) / np.sqrt(len(z) / 256)  # draws of a record correlate
+  np.testing.assert_allclose(got["mean"], z.mean(0), atol=5 * standard_error)
+  assert np.all(np.abs(np.array(got["std"]) - z.std(0)) < 0.05 * z.std(0))
+  # A manifest without them (an older preparation) is a clear error naming the fix.
+  out = tmp_path / "old"
+  shutil.copytree(prepared, out)
+  m = json.load(open(out / records.MANIFEST))
+  del m["latent_statistics"]
+  records.atomic_write_json(str(out / records.MANIFEST), m)
+  with pytest.raises(ValueError, match="manifest.json.*no latent_statistics.*rerun prepare_imagenet"):
+    latents.latent_statistics(str(out))
+
+
 def test_interrupted_then_resumed_equals_uninterrupted(tree, prepared, tmp_path):
   out = tmp_path / "resumed"
   run(tree, out, "--max_shards", "1")
@@ -113,7 +138,9 @@ def test_two_tasks_sharing_an_output_equal_one_run(tree, prepared, tmp_path):
       "train-00001-of-00004.bin", "train-00003-of-00004.bin"]
   run(tree, out, "--num_tasks", "2", "--task_index", "0")  # the last task writes the manifest
   full = json.load(open(os.path.join(prepared, records.MANIFEST)))
-  assert json.load(open(out / records.MANIFEST))["shards"] == full["shards"]
+  tasks = json.load(open(out / records.MANIFEST))
+  assert tasks["shards"] == full["shards"]
+  assert tasks["latent_statistics"] == full["latent_statistics"]  # over every task's shards
 
 
 def test_resume_with_other_settings_is_refused(tree, prepared, tmp_path):
