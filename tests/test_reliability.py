@@ -6,7 +6,6 @@ which works on a copy; the subprocess tests start main.py as a user does.
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,53 +19,10 @@ import pytest
 from configs import tiny
 from mf_jax import checkpointing, train
 from mf_jax import train_state as ts
+from workdirs import flip_one_bit, snapshot, tiny_config, trained, workdir  # noqa: F401  (fixtures)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
-
-
-def tiny_config(**train_overrides):
-  config = tiny.get_config()
-  config.train.update(num_steps=4, checkpoint_every=2, keep_checkpoints=3)
-  config.train.update(train_overrides)
-  return config
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("trained") / "run")
-  train.train_and_evaluate(tiny_config(), workdir)
-  return workdir
-
-
-@pytest.fixture
-def workdir(trained, tmp_path):
-  copy = str(tmp_path / "run")
-  shutil.copytree(trained, copy)
-  return copy
-
-
-def snapshot(folder):
-  """{relative path: file bytes' hash} plus the folder list: equal means untouched."""
-  out = {}
-  for root, dirs, files in os.walk(folder):
-    out[os.path.relpath(root, folder) + "/"] = sorted(dirs)
-    for name in files:
-      with open(os.path.join(root, name), "rb") as f:
-        out[os.path.relpath(os.path.join(root, name), folder)] = hash(f.read())
-  return out
-
-
-def flip_one_bit(step_dir):
-  """Flips one bit in the middle of the checkpoint's largest file (same size, still parseable)."""
-  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs]
-  largest = max(files, key=os.path.getsize)
-  with open(largest, "r+b") as f:
-    f.seek(os.path.getsize(largest) // 2)
-    byte = f.read(1)[0]
-    f.seek(-1, 1)
-    f.write(bytes([byte ^ 0x10]))
-  return largest
 
 
 def main_py(workdir, *flags, timeout=300):

@@ -2,66 +2,24 @@
 
 One tiny training run (checkpoints at steps 2 and 4) is shared by the tests; each works on a copy.
 """
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from configs import tiny
 from mf_jax import checkpointing, config_checks, train, workdir_lock, workdir_signature
+import workdirs
+from workdirs import flip_one_bit, tiny_config, trained, workdir  # noqa: F401  (fixtures)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(**train_overrides):
-  config = tiny.get_config()
-  config.train.update(num_steps=4, checkpoint_every=2, keep_checkpoints=3)
-  config.train.update(train_overrides)
-  return config
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("trained") / "run")
-  train.train_and_evaluate(tiny_config(), workdir)
-  return workdir
-
-
-@pytest.fixture
-def workdir(trained, tmp_path):
-  copy = str(tmp_path / "run")
-  shutil.copytree(trained, copy)
-  return copy
-
-
 def snapshot(folder):
-  """{relative path: sha256} of every file, plus the folder list: equal means untouched. The
-  workdir lock's record is left out: a refused training start still held the lock, naming itself."""
-  out = {}
-  for root, dirs, files in os.walk(folder):
-    out[os.path.relpath(root, folder) + "/"] = sorted(dirs)
-    for name in files:
-      if name == workdir_lock.FILE and root == folder:
-        continue
-      with open(os.path.join(root, name), "rb") as f:
-        out[os.path.relpath(os.path.join(root, name), folder)] = hashlib.sha256(f.read()).hexdigest()
-  return out
-
-
-def flip_one_bit(step_dir):
-  """Flips one bit in the middle of the checkpoint's largest file (same size, still parseable)."""
-  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs]
-  largest = max(files, key=os.path.getsize)
-  with open(largest, "r+b") as f:
-    f.seek(os.path.getsize(largest) // 2)
-    byte = f.read(1)[0]
-    f.seek(-1, 1)
-    f.write(bytes([byte ^ 0x10]))
-  return largest
+  """workdirs.snapshot without the workdir lock's record: a refused training start still held the
+  lock, naming itself."""
+  return workdirs.snapshot(folder, skip=(workdir_lock.FILE,))
 
 
 def test_first_start_records_signature_and_checkpoint_sums(trained):
