@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mf_jax import config_fields, meanflow, sampling
-from mf_jax.config_fields import (FRACTION, NON_NEGATIVE, Field, choice, number, optional)
+from mf_jax.config_fields import FRACTION, NON_NEGATIVE, Field, choice, number
 
 Array = jax.Array
 # net_fn(z, t, h, omega, t_min, t_max, labels) -> (u, v); see the module docstring.
@@ -45,13 +45,10 @@ def _bcast(s: Array, like: Array) -> Array:
 # meanflow's time sampler and class-dropout layout read this section directly.
 CONFIG = dict(
     num_classes=Field(1000, NON_NEGATIVE, "leave it linked to data.num_classes"),
-    time_sampler=Field("logit_normal", choice("logit_normal", "uniform"), "logit_normal (iMF)"),
-    time_mu=Field(-0.4, number(), "-0.4 (iMF)"),
-    time_sigma=Field(1.0, number(0.0, lo_open=True), "1.0 (iMF)"),
-    time_mu_r=Field(None, optional(number()), "None (as time_mu)"),
-    time_sigma_r=Field(None, optional(number(0.0, lo_open=True)), "None (as time_sigma)"),
-    # t = max, r = min of two draws; r = t rows keep t = max (official).
-    time_pairing=Field("sort", choice(*meanflow.TIME_PAIRINGS), "sort (iMF)"),
+    # MeanFlow's time sampler, the same fields and defaults: logit-normal(-0.4, 1) draws, t = max
+    # and r = min of two (the r = t rows keep t = max, as the official code).
+    **{name: meanflow.CONFIG[name] for name in ("time_sampler", "time_mu", "time_sigma",
+                                                "time_mu_r", "time_sigma_r", "time_pairing")},
     # Official data_proportion = 0.5: half the batch has r = t.
     r_neq_t_ratio=Field(0.5, FRACTION, "0.5 (iMF: half the batch has r = t)"),
     omega_beta=Field(1.0, number(0.0), "1.0 (iMF: p(omega) ~ 1/omega; official cfg_beta)"),

@@ -2,7 +2,7 @@
 
 Two releases of the same network (the official models/imfDiT.py) and two tables:
   ORBAX_RULES  the JAX release (iMF-{B,M,L,XL}-2[-full].zip): a flax TrainState {step, params,
-               ema_params, opt_state} saved by flax.training.checkpoints (an Orbax folder
+               ema_params, opt_state} saved by Flax's legacy checkpoint helper (an Orbax folder
                `checkpoint_<step>`, or a msgpack file); the network is under `net/`, Flax layouts.
   TORCH_RULES  the PyTorch branch's state dict (iMF-*-2.pth, `model.load_state_dict` of its
                iMeanFlow): keys `net.<module>.<param>`, PyTorch layouts (linear [out, in], conv
