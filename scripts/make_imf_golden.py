@@ -26,12 +26,13 @@ import argparse
 import functools
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import types
 
 import numpy as np
+
+import official_checkout  # scripts/official_checkout.py (the scripts run as files)
 
 OFFICIAL_COMMIT = "bf60cd7cb653f6628e59d48034b333c5eba445e2"  # Lyy-iiis/imeanflow main.
 OFFICIAL_FILES = ("imf.py", "models/imfDiT.py", "models/embedder.py", "models/torch_models.py")
@@ -44,21 +45,6 @@ METHOD = dict(P_mean=-0.4, P_std=1.0, data_proportion=0.5, cfg_beta=1.0, class_d
 BATCH = 8
 NUM_DROPPED = 2
 SAMPLING = {1: (8.0, 0.40, 0.65), 2: (4.0, 0.36, 0.64)}  # steps: (omega, t_min, t_max).
-
-
-def extract_official(args, dest):
-  """Copies the official files into dest; returns the commit."""
-  if args.official_git_dir:
-    commit = subprocess.run(["git", "--git-dir", args.official_git_dir, "rev-parse", args.commit],
-                            check=True, capture_output=True, text=True).stdout.strip()
-    archive = subprocess.run(["git", "--git-dir", args.official_git_dir, "archive", commit, "--",
-                              *OFFICIAL_FILES], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
-    return commit
-  for f in OFFICIAL_FILES:
-    os.makedirs(os.path.dirname(os.path.join(dest, f)), exist_ok=True)
-    shutil.copy(os.path.join(args.official_dir, f), os.path.join(dest, f))
-  return args.commit
 
 
 class ServedJax(types.SimpleNamespace):
@@ -131,7 +117,8 @@ def main():
   args = parser.parse_args()
 
   tmp = tempfile.mkdtemp(prefix="imf_official_")
-  commit = extract_official(args, tmp)
+  commit = official_checkout.extract(OFFICIAL_FILES, tmp, args.official_git_dir,
+                                    args.official_dir, args.commit)
   print(f"official commit {commit} (unedited copy in {tmp})")
   sys.path.insert(0, tmp)
   import jax

@@ -28,12 +28,13 @@ import argparse
 import functools
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import types
 
 import numpy as np
+
+import official_checkout  # scripts/official_checkout.py (the scripts run as files)
 
 OFFICIAL_COMMIT = "d70cb55d298ee03c53bf6da67bec281082e4e2d9"  # Gsunshine/meanflow, 2026-03-13.
 OFFICIAL_FILES = ("meanflow.py", "models/models_dit.py", "models/timm_models.py",
@@ -48,21 +49,6 @@ TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=8, depth=2, n
 METHOD = dict(P_mean=-0.4, P_std=1.0, data_proportion=0.75, guidance_eq="cfg", omega=1.2, kappa=0.5,
               t_start=0.1, t_end=0.8, class_dropout_prob=0.1, norm_p=0.5, norm_eps=0.01)
 BATCH = 8
-
-
-def extract_official(args, dest):
-  """Copies the official files into dest (from a bare git dir at the commit, or a checkout)."""
-  if args.official_git_dir:
-    head = subprocess.run(["git", "--git-dir", args.official_git_dir, "rev-parse", args.commit],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    archive = subprocess.run(["git", "--git-dir", args.official_git_dir, "archive", head, "--",
-                              *OFFICIAL_FILES], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
-    return head
-  for f in OFFICIAL_FILES:
-    os.makedirs(os.path.dirname(os.path.join(dest, f)), exist_ok=True)
-    shutil.copy(os.path.join(args.official_dir, f), os.path.join(dest, f))
-  return args.commit
 
 
 def apply_compat_edits(dest):
@@ -147,7 +133,8 @@ def main():
   args = parser.parse_args()
 
   tmp = tempfile.mkdtemp(prefix="meanflow_official_")
-  commit = extract_official(args, tmp)
+  commit = official_checkout.extract(OFFICIAL_FILES, tmp, args.official_git_dir,
+                                    args.official_dir, args.commit)
   edits = apply_compat_edits(tmp)
   print(f"official commit {commit}; edits to the temporary copy:\n  " + "\n  ".join(edits))
   sys.path.insert(0, tmp)
