@@ -21,6 +21,7 @@ import optax
 from absl import app, flags
 
 from benchmarks import scale, xla_accounting
+from benchmarks.official_step_flops import official_train_step
 
 flags.DEFINE_string("official", "/tmp/imf_official", "Checkout (imf.py, models/) of "
                     "Lyy-iiis/imeanflow.")
@@ -40,15 +41,7 @@ def step_flops(official_imf, batch: int) -> dict:
   optimizer = optax.adamw(1e-4, b1=0.9, b2=0.95, weight_decay=0.0)
   opt_state = jax.eval_shape(optimizer.init, params)
 
-  def train_step(params, opt_state, ema, images, labels, key):
-    def loss_fn(p):
-      return model.apply({"params": p}, images, labels, rngs={"gen": key}, method=model.forward)
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    ema = jax.tree_util.tree_map(lambda e, p: 0.9999 * e + 1e-4 * p, ema, params)
-    return params, opt_state, ema, loss
-
+  train_step = official_train_step(model, optimizer)
   images = jax.ShapeDtypeStruct((batch, 32, 32, 4), jnp.float32)
   labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
   key = jax.eval_shape(lambda: jax.random.key(0))

@@ -68,7 +68,13 @@ def official_step(official_meanflow, guided: bool, variant: str = "DiT_B_2", ima
   init = lambda k: model.init({"params": k}, jnp.ones((1, image_size, image_size, channels)),
                               jnp.ones((1,), int), jnp.ones((1,), int))["params"]
   optimizer = optax.adam(1e-4, b1=0.9, b2=0.95)
+  return official_train_step(model, optimizer), init, optimizer
 
+
+def official_train_step(model, optimizer):
+  """train_step(params, opt_state, ema, images, labels, key) -> (params, opt_state, ema, loss) of an
+  official objective module (MeanFlow, iMF): its `forward` loss under value_and_grad, the
+  optimizer's update and an EMA update with decay 0.9999."""
   def train_step(params, opt_state, ema, images, labels, key):
     def loss_fn(p):
       return model.apply({"params": p}, images, labels, rngs={"gen": key}, method=model.forward)
@@ -77,8 +83,7 @@ def official_step(official_meanflow, guided: bool, variant: str = "DiT_B_2", ima
     params = optax.apply_updates(params, updates)
     ema = jax.tree_util.tree_map(lambda e, p: 0.9999 * e + 1e-4 * p, ema, params)
     return params, opt_state, ema, loss
-
-  return train_step, init, optimizer
+  return train_step
 
 
 def step_flops(official_meanflow, guided: bool, batch: int, variant: str = "DiT_B_2") -> float:
