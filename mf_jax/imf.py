@@ -35,7 +35,7 @@ Array = jax.Array
 NetFn = Callable[..., Tuple[Array, Array]]
 
 
-def _bcast(s: Array, like: Array) -> Array:
+def per_row(s: Array, like: Array) -> Array:
   """[B] -> [B, 1, ..., 1] so per-sample scalars broadcast against [B, ...] tensors."""
   return s.reshape(s.shape + (1,) * (like.ndim - s.ndim))
 
@@ -134,52 +134,70 @@ def guided_target(net_fn: NetFn, z: Array, t: Array, v_t: Array, labels: Array, 
   w = interval_omega(omega, t, t_min, t_max)
   v_c = v_head(w, labels)
   v_u = v_head(ones, jnp.full_like(labels, num_classes))
-  v_g = v_t + _bcast(1.0 - 1.0 / w, v_t) * (v_c - v_u)
+  v_g = v_t + per_row(1.0 - 1.0 / w, v_t) * (v_c - v_u)
   return jax.lax.stop_gradient(v_g), jax.lax.stop_gradient(v_c)
 
 
 def compound_velocity(net_fn: NetFn, z: Array, r: Array, t: Array, tangent: Array, omega: Array,
-                      t_min: Array, t_max: Array, labels: Array) -> Tuple[Array, Array]:
-  """(V, v): V = u + (t - r) sg(du/dt), du/dt the jvp of u along (z: tangent, t: 1, r: 0).
+                      t_min: Array, t_max: Array, labels: Array) -> Tuple[Array, Array, Array]:
+  """(V, v, u): V = u + (t - r) sg(du/dt), du/dt the jvp of u along (z: tangent, t: 1, r: 0).
 
-  v is the v head of the same forward (the jvp's auxiliary output). Gradients flow through the
-  primal u and v only.
+  v is the v head of the same forward (the jvp's auxiliary output), u the primal. Gradients flow
+  through the primal u and v only.
   """
   def u_and_v(z_, t_, r_):
     return net_fn(z_, t_, t_ - r_, omega, t_min, t_max, labels)
   u, dudt, v = jax.jvp(u_and_v, (z, t, r), (tangent, jnp.ones_like(t), jnp.zeros_like(r)),
                        has_aux=True)
-  return u + _bcast(t - r, u) * jax.lax.stop_gradient(dudt), v
+  return u + per_row(t - r, u) * jax.lax.stop_gradient(dudt), v, u
 
 
-def imf_loss_from_draws(net_fn: NetFn, x: Array, labels: Array, draws: Draws,
-                        config) -> Tuple[Array, Mapping[str, Array]]:
-  """The iMF loss for data x [B, ...], labels [B] and given draws (any row layout): the
-  reference form, every network call on the whole batch (imf_loss_split_from_draws is faster).
+def noisy_sample(x: Array, e: Array, t: Array) -> Array:
+  """z_t = (1 - t) x + t e, [B, ...]."""
+  return (1.0 - per_row(t, x)) * x + per_row(t, x) * e
 
-  Metrics: loss; loss_u and loss_v, the unweighted per-element MSEs of V and v against v_g (as the
-  official code logs them).
+
+class Part(NamedTuple):
+  """The network's outputs on some rows of the batch, with those rows' inputs.
+
+  rows: {name: [b, ...]} (z, v_t, t, r, ... and whatever extra rows the caller passed); u the
+  average velocity, V the compound velocity (u where r = t), v the v head, v_g the target.
   """
-  t, r, e = draws.t, draws.r, draws.e
-  z = (1.0 - _bcast(t, x)) * x + _bcast(t, x) * e
-  v_t = e - x
+  rows: Mapping[str, Array]
+  u: Array
+  V: Array
+  v: Array
+  v_g: Array
+
+
+def _rows(z, v_t, labels, draws, config, extra_rows):
+  return dict(z=z, v_t=v_t, r=draws.r, t=draws.t, omega=draws.omega, t_min=draws.t_min,
+              t_max=draws.t_max, y=labels, dropped=draws.dropped,
+              y_in=jnp.where(draws.dropped, config.num_classes, labels), **(extra_rows or {}))
+
+
+def imf_whole_batch(net_fn: NetFn, z: Array, v_t: Array, labels: Array, draws: Draws,
+                    config, extra_rows=None) -> Part:
+  """The reference form of the iMF terms: every network call on the whole batch (any row layout).
+
+  z = z_t and v_t the conditional velocity (e - x for iMF), [B, ...]; extra_rows ({name: [B, ...]})
+  ride along in Part.rows.
+  """
+  rows = _rows(z, v_t, labels, draws, config, extra_rows)
   # The guidance calls see the labels before dropout (as the official code); dropped rows then
   # train on the plain target with the null label.
-  v_g, v_c = guided_target(net_fn, z, t, v_t, labels, draws.omega, draws.t_min, draws.t_max,
-                           config.num_classes)
-  v_g = jnp.where(_bcast(draws.dropped, v_t), v_t, v_g)
-  labels = jnp.where(draws.dropped, config.num_classes, labels)
-  V, v = compound_velocity(net_fn, z, r, t, v_c, draws.omega, draws.t_min, draws.t_max, labels)
-  p, c = config.adaptive_p, config.adaptive_c
-  loss_u, mse_u = meanflow.adaptive_weighted_loss(V, v_g, p, c)
-  loss_v, mse_v = meanflow.adaptive_weighted_loss(v, v_g, p, c)
-  loss = loss_u + loss_v
-  return loss, {"loss": loss, "loss_u": mse_u, "loss_v": mse_v}
+  v_g, v_c = guided_target(net_fn, z, draws.t, v_t, labels, draws.omega, draws.t_min,
+                           draws.t_max, config.num_classes)
+  v_g = jnp.where(per_row(draws.dropped, v_t), v_t, v_g)
+  V, v, u = compound_velocity(net_fn, z, draws.r, draws.t, v_c, draws.omega, draws.t_min,
+                              draws.t_max, rows["y_in"])
+  return Part(rows=rows, u=u, V=V, v=v, v_g=v_g)
 
 
-def imf_loss_split_from_draws(net_fn: NetFn, x: Array, labels: Array, draws: Draws,
-                              config) -> Tuple[Array, Mapping[str, Array]]:
-  """imf_loss_from_draws computed per part: the same loss and gradient, fewer network calls.
+def imf_split_parts(net_fn: NetFn, z: Array, v_t: Array, labels: Array, draws: Draws,
+                    config, extra_rows=None) -> Tuple[Part, ...]:
+  """imf_whole_batch computed per part (rows with r != t, rows with r = t): the same terms row for
+  row, fewer network calls.
 
   Needs the layout of sample_draws: rows with r != t where meanflow.r_neq_t_pattern puts them,
   and r = t rows on the interval [0, 1]. On r = t rows (t - r) du/dt vanishes, so they take a
@@ -188,38 +206,61 @@ def imf_loss_split_from_draws(net_fn: NetFn, x: Array, labels: Array, draws: Dra
   Per image, in forwards F: r != t rows 2F of guidance calls plus the jvp and its backward, r = t
   rows 1F plus a forward and backward (the official code: 3F of guidance calls for every row).
   """
-  batch = x.shape[0]
-  t = draws.t
-  z = (1.0 - _bcast(t, x)) * x + _bcast(t, x) * draws.e
-  rows = dict(z=z, v_t=draws.e - x, r=draws.r, t=t, omega=draws.omega, t_min=draws.t_min,
-              t_max=draws.t_max, y=labels, dropped=draws.dropped,
-              y_in=jnp.where(draws.dropped, config.num_classes, labels))
-  period, n_avg = meanflow.r_neq_t_pattern(batch, config.r_neq_t_ratio)
+  rows = _rows(z, v_t, labels, draws, config, extra_rows)
+  period, n_avg = meanflow.r_neq_t_pattern(z.shape[0], config.r_neq_t_ratio)
   avg, inst = meanflow._split_pattern(rows, period, n_avg)  # pylint: disable=protected-access
   cond = lambda part: (part["omega"], part["t_min"], part["t_max"])
-  keep_target = lambda part, v_g: jnp.where(_bcast(part["dropped"], v_g), part["v_t"], v_g)
-  u_terms, v_terms = [], []
+  keep_target = lambda part, v_g: jnp.where(per_row(part["dropped"], v_g), part["v_t"], v_g)
+  parts = []
   if n_avg > 0:
     v_g, v_c = guided_target(net_fn, avg["z"], avg["t"], avg["v_t"], avg["y"], *cond(avg),
                              config.num_classes)
     v_g = keep_target(avg, v_g)
-    V, v = compound_velocity(net_fn, avg["z"], avg["r"], avg["t"], v_c, *cond(avg), avg["y_in"])
-    u_terms.append((V, v_g))
-    v_terms.append((v, v_g))
+    V, v, u = compound_velocity(net_fn, avg["z"], avg["r"], avg["t"], v_c, *cond(avg),
+                                avg["y_in"])
+    parts.append(Part(rows=avg, u=u, V=V, v=v, v_g=v_g))
   if n_avg < period:
     zeros, ones = jnp.zeros_like(inst["t"]), jnp.ones_like(inst["t"])
     u, v = net_fn(inst["z"], inst["t"], zeros, *cond(inst), inst["y_in"])
     v_u = jax.lax.stop_gradient(net_fn(inst["z"], inst["t"], zeros, ones, zeros, ones,
                                        jnp.full_like(inst["y"], config.num_classes))[1])
-    kappa = _bcast(1.0 - 1.0 / inst["omega"], v)
+    kappa = per_row(1.0 - 1.0 / inst["omega"], v)
     v_g = keep_target(inst, inst["v_t"] + kappa * (jax.lax.stop_gradient(v) - v_u))
-    u_terms.append((u, v_g))
-    v_terms.append((v, v_g))
-  # Batch means as sums over the parts: concatenating them would move rows between devices.
+    parts.append(Part(rows=inst, u=u, V=u, v=v, v_g=v_g))
+  return tuple(parts)
+
+
+def imf_loss_terms(parts: Tuple[Part, ...], batch: int, config) -> Tuple[Array, Mapping[str, Array]]:
+  """loss = mean_B [w(|V - v_g|^2) + w(|v - v_g|^2)] over the parts' rows, and loss_u, loss_v:
+  the unweighted per-element MSEs of V and v against v_g (as the official code logs them).
+
+  Batch means as sums over the parts: concatenating them would move rows between devices.
+  """
   p, c = config.adaptive_p, config.adaptive_c
-  loss = sum(meanflow.batch_sum_weighted_loss(a, b, p, c) for a, b in u_terms + v_terms) / batch
-  mse = lambda terms: sum(jnp.sum(jnp.square(a - b)) for a, b in terms) / x.size
-  return loss, {"loss": loss, "loss_u": mse(u_terms), "loss_v": mse(v_terms)}
+  terms = [(q.V, q.v_g) for q in parts] + [(q.v, q.v_g) for q in parts]
+  loss = sum(meanflow.batch_sum_weighted_loss(a, b, p, c) for a, b in terms) / batch
+  size = sum(q.V.size for q in parts)
+  mse = lambda pairs: sum(jnp.sum(jnp.square(a - b)) for a, b in pairs) / size
+  return loss, {"loss": loss, "loss_u": mse(terms[:len(parts)]),
+                "loss_v": mse(terms[len(parts):])}
+
+
+def imf_loss_from_draws(net_fn: NetFn, x: Array, labels: Array, draws: Draws,
+                        config) -> Tuple[Array, Mapping[str, Array]]:
+  """The iMF loss for data x [B, ...], labels [B] and given draws (any row layout): the
+  reference form, every network call on the whole batch (imf_loss_split_from_draws is faster)."""
+  z = noisy_sample(x, draws.e, draws.t)
+  part = imf_whole_batch(net_fn, z, draws.e - x, labels, draws, config)
+  return imf_loss_terms((part,), x.shape[0], config)
+
+
+def imf_loss_split_from_draws(net_fn: NetFn, x: Array, labels: Array, draws: Draws,
+                              config) -> Tuple[Array, Mapping[str, Array]]:
+  """imf_loss_from_draws computed per part (imf_split_parts): the same loss and gradient, fewer
+  network calls; needs the row layout of sample_draws."""
+  z = noisy_sample(x, draws.e, draws.t)
+  parts = imf_split_parts(net_fn, z, draws.e - x, labels, draws, config)
+  return imf_loss_terms(parts, x.shape[0], config)
 
 
 def imf_loss(net_fn: NetFn, x: Array, labels: Array, key: Array,

@@ -27,8 +27,9 @@ UFn = Callable[[Array, Array, Array, Array], Array]
 # meanflow.class_dropout_rows: "independent" drops each row with probability class_dropout;
 # "r_eq_t_first" is the official code's batch layout (see class_dropout_mask).
 DROPOUT_ROWS = ("independent", "r_eq_t_first")
-# meanflow.time_pairing: "sort" (paper, v0) or "min_r" (py-meanflow v1); see sample_times.
-TIME_PAIRINGS = ("sort", "min_r")
+# meanflow.time_pairing: "sort" (paper, v0), "min_r" (py-meanflow v1) or "sort_eq_one_draw"
+# (pixel MeanFlow); see sample_times.
+TIME_PAIRINGS = ("sort", "min_r", "sort_eq_one_draw")
 # Ablations of the paper's Table 1 (off the default path; the first entry is the paper's method).
 # meanflow.jvp_tangent (Table 1b): the tangents of (z, r, t) in the jvp giving du/dt, each value
 # mapped to whether r and t move. The allowed values of both knobs are the keys; config_checks
@@ -52,7 +53,8 @@ CONFIG = dict(
     time_mu_r=Field(None, optional(number()), "None (as time_mu), or e.g. -4.0 (CIFAR-10 v1)"),
     time_sigma_r=Field(None, optional(number(0.0, lo_open=True)), "None (as time_sigma), or 1.6"),
     # "sort": t, r = max, min (paper, v0) | "min_r": r = min(t, r) (v1).
-    time_pairing=Field("sort", choice(*TIME_PAIRINGS), "sort (paper), or min_r (v1)"),
+    time_pairing=Field("sort", choice(*TIME_PAIRINGS), "sort (paper), min_r (v1), or "
+                       "sort_eq_one_draw (pixel MeanFlow)"),
     # Fraction of the batch with r != t; 0 is flow matching.
     r_neq_t_ratio=Field(0.25, number(0, 1), "0.25 (paper); 0 is flow matching"),
     adaptive_p=Field(1.0, number(0.0), "1.0 (paper); 0 is plain L2"),  # Weight 1 / sg((d + c)^p).
@@ -148,8 +150,9 @@ def sample_times(key: Array, batch_size: int, config) -> Tuple[Array, Array]:
   time_sigma_r) (r's parameters default to t's; or both uniform). time_pairing "sort" (paper, v0):
   t = max(a, b), r = min(a, b). "min_r" (py-meanflow v1): t = a, r = min(a, b), so r = t also
   where b > a. Then a static r_neq_t_ratio of the batch keeps that r (positions given by
-  r_neq_t_pattern); the rest get r = t. Batches are i.i.d., so a fixed pattern has the same law
-  as a random mask.
+  r_neq_t_pattern); the rest get r = t. "sort_eq_one_draw" (pixel MeanFlow's code): as "sort",
+  but the r = t rows take t = r = a, one draw, instead of the larger of two. Batches are i.i.d.,
+  so a fixed pattern has the same law as a random mask.
   """
   k_a, k_b = jax.random.split(key)
   shape = (batch_size,)
@@ -169,6 +172,8 @@ def sample_times(key: Array, batch_size: int, config) -> Tuple[Array, Array]:
     t, r = jnp.maximum(a, b), jnp.minimum(a, b)
   period, n = r_neq_t_pattern(batch_size, config.r_neq_t_ratio)
   distinct = jnp.arange(batch_size) % period < n
+  if config.time_pairing == "sort_eq_one_draw":
+    return jnp.where(distinct, r, a), jnp.where(distinct, t, a)
   return jnp.where(distinct, r, t), t
 
 

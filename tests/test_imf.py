@@ -58,7 +58,7 @@ def test_exact_fields_give_v_and_equal_losses(x64):
                                draws.t_max, config.num_classes)
   np.testing.assert_allclose(v_c, exact_v(z, t), rtol=1e-12)
   np.testing.assert_allclose(v_g, draws.e - x, rtol=1e-12, atol=1e-12)
-  V, v = imf.compound_velocity(exact_net, z, r, t, v_c, draws.omega, draws.t_min, draws.t_max,
+  V, v, _ = imf.compound_velocity(exact_net, z, r, t, v_c, draws.omega, draws.t_min, draws.t_max,
                                labels)
   truth = exact_v(z, t)
   assert float(jnp.linalg.norm(V - truth) / jnp.linalg.norm(truth)) < 1e-10
