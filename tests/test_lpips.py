@@ -9,6 +9,7 @@ here from torchvision's layer list (conv 3x3 pad 1, ReLU, max pool 2; cfg "D"), 
 He-initialised weights that are also saved as a torchvision-style state dict and converted by the
 project's converter. Images are 32 x 48 (not square: a swapped H/W would show).
 """
+import importlib.util
 import os
 import sys
 import types
@@ -73,6 +74,8 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lpips_package(files):
   """The lpips package, imported with the torchvision stand-in (which loads our random VGG)."""
+  assert importlib.util.find_spec("lpips") is not None, (
+      "the lpips package is the reference: pip install --no-deps lpips==0.1.4 (README's test command)")
   def vgg16(**unused_kwargs):
     features = _features_sequential()
     features.load_state_dict({k[len("features."):]: v for k, v in files["vgg_state"].items()
