@@ -21,8 +21,8 @@ from mf_jax.convert import __main__ as cli
 from mf_jax.convert import engine, readers
 from mf_jax.convert.formats import (convnext as convnext_format, drifting_generator,
                                     drifting_mae, imf_official, inception as inception_format,
-                                    meanflow_official, py_meanflow_unet, sd_vae)
-from mf_jax.models import convnext, mae_resnet, vae
+                                    lpips_vgg16, meanflow_official, py_meanflow_unet, sd_vae)
+from mf_jax.models import convnext, lpips, mae_resnet, vae
 from mf_jax.models.unet import SongUNet
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
@@ -185,6 +185,27 @@ def _inception():
           "AuxLogits.fc.weight", "Mixed_5b.branch1x1.conv.weight", "fc.bias", "fc_bias")
 
 
+def _lpips_vgg16():
+  """torchvision features indices of VGG16 (conv at 0, 2 | 5, 7 | 10, 12, 14 | ...) and lpips's
+  lin keys, built from a narrow LPIPS's shapes; the lin2 key is the one deleted."""
+  module = lpips.LPIPS(widths=(4, 4, 8, 8, 8))
+  index = {f"conv{b}_{l}": i for i, (b, l) in enumerate(
+      (b, l) for b, d in enumerate(lpips.VGG16_DEPTHS, 1) for l in range(1, d + 1))}
+  state = {}
+  for path, s in lpips_vgg16.target(module).items():
+    _, shape = _torch_layout(path, s.shape)
+    if path.startswith("vgg/"):
+      _, conv, leaf = path.split("/")
+      b = int(conv[4]) - 1  # Each block adds a pool: index = 2 x (convs before) + blocks before.
+      key = f"features.{2 * index[conv] + b}.{'weight' if leaf == 'kernel' else 'bias'}"
+    else:
+      key = f"{path.split('/')[0]}.model.1.weight"
+    state[key] = np.zeros(shape, np.float32)
+  state["classifier.6.weight"] = np.zeros((5, 4), np.float32)  # Dropped on purpose: no problem.
+  return (lambda s: lpips_vgg16.convert_state_dict(s, module), state, "lin5.model.1.weight",
+          "features.10.weight", "lin2.model.1.weight", "lin2/kernel")
+
+
 def _imf_official(torch: bool):
   """The golden tiny official iMF network below net/ (JAX release names), or as the PyTorch
   branch's state dict (names and layouts written independently in tests/test_imf_convert.py)."""
@@ -206,7 +227,7 @@ CASES = {"meanflow_official": _meanflow_official,
          "imf_official_torch": lambda: _imf_official(True), "py_meanflow_unet": _py_meanflow_unet,
          "drifting_generator": _drifting_generator, "drifting_mae": _drifting_mae,
          "convnext_release": _convnext_release, "convnext_hf": _convnext_hf, "sd_vae": _sd_vae,
-         "inception": _inception}
+         "inception": _inception, "lpips_vgg16": _lpips_vgg16}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

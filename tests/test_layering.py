@@ -16,7 +16,7 @@ PACKAGES = ("mf_jax", "input_pipeline", "eval", "configs", "benchmarks", "studie
 CORE = ("mf_jax.objectives", "mf_jax.models", "mf_jax.meanflow", "mf_jax.drifting",
         "mf_jax.drifting_field", "mf_jax.drifting_features", "mf_jax.sampling", "mf_jax.networks",
         "mf_jax.class_queues", "mf_jax.augment", "mf_jax.distances", "mf_jax.errors",
-        "mf_jax.sharding")
+        "mf_jax.sharding", "mf_jax.perceptual")
 UPPER = ("mf_jax.train", "mf_jax.train_step", "mf_jax.train_state", "mf_jax.checkpointing",
          "mf_jax.config_checks", "mf_jax.workdir_signature", "mf_jax.generate", "mf_jax.run_info",
          "mf_jax.writers", "mf_jax.convert", "input_pipeline", "eval", "configs", "benchmarks",

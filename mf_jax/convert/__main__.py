@@ -13,6 +13,8 @@ drifting_mae       Drifting release MAE artifact folder     --workdir    a confi
 convnext           Hugging Face ConvNeXt-V2 folder/file     --out .npz   its drifting.convnext_* sizes
 sd_vae             diffusers AutoencoderKL folder/file      --out .safetensors (float32, no torch needed)
 inception          FID Inception .pth (pytorch-fid)         --out .npz (no torch needed to read)
+lpips_vgg16        torchvision VGG16 .pth, plus --lin=      --out .npz (LPIPS for pMF)
+                   the lpips package's weights/v0.1/vgg.pth
 
 A workdir gets one Orbax checkpoint of this project's TrainState (then `main.py --mode=eval` or
 `--mode=sample` on it, or resume training). Every problem of a source (unmapped names, misshaped
@@ -90,6 +92,17 @@ def _sd_vae(src, config, out, fv):
   return f"VAE {src} (layout {layout}) checked -> {path}"
 
 
+def _lpips_vgg16(src, config, out, fv):
+  from mf_jax.convert.formats import lpips_vgg16  # pylint: disable=g-import-not-at-top
+  from mf_jax.convert import workdir  # pylint: disable=g-import-not-at-top
+  if not fv.lin:
+    raise engine.UserError("--lin", "is required for lpips_vgg16",
+                           "give the lpips package's linear weights, lpips/weights/v0.1/vgg.pth")
+  variables, path = lpips_vgg16.convert_to_file(src, fv.lin, out)
+  return (f"LPIPS VGG16 {src} + {fv.lin} ({workdir.parameter_count(variables)} parameters) "
+          f"-> {path}")
+
+
 def _inception(src, config, out, fv):
   from eval import inception  # pylint: disable=g-import-not-at-top
   from mf_jax.convert.formats import inception as fmt  # pylint: disable=g-import-not-at-top
@@ -106,6 +119,7 @@ SOURCES: Dict[str, Source] = {
     "convnext": Source("out", True, _convnext),
     "sd_vae": Source("out", False, _sd_vae),
     "inception": Source("out", False, _inception),
+    "lpips_vgg16": Source("out", False, _lpips_vgg16),
 }
 
 
@@ -116,7 +130,9 @@ def _flag_values() -> flags.FlagValues:
   flags.DEFINE_string("src", None, "The foreign checkpoint (file or folder).", flag_values=fv)
   flags.DEFINE_string("workdir", None, "Empty workdir to write (checkpoint sources).",
                       flag_values=fv)
-  flags.DEFINE_string("out", None, "Weights file to write (convnext, sd_vae, inception).",
+  flags.DEFINE_string("out", None, "Weights file to write (convnext, sd_vae, inception, "
+                      "lpips_vgg16).", flag_values=fv)
+  flags.DEFINE_string("lin", None, "lpips_vgg16: the lpips package's weights/v0.1/vgg.pth.",
                       flag_values=fv)
   flags.DEFINE_enum("network", "net_ema1", ["net", "net_ema", "net_ema1", "net_ema2"],
                     "py_meanflow_unet: which copy (the release evaluates net_ema1).", flag_values=fv)
