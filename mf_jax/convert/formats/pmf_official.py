@@ -68,8 +68,9 @@ TORCH_RULES = _pmf_rows(torch=True) + imf_official.TORCH_RULES
 
 
 def half_lives(config) -> Tuple[float, ...]:
-  """The EMA copies' half-lives in kimg, in the order of the state's ema_params."""
-  return tuple(float(k) for k in config.get("ema_half_lives_kimg", RELEASE_HALF_LIVES))
+  """The EMA copies' half-lives in kimg, in the order of the state's ema_params; the release's
+  when the config names none (the field absent or empty)."""
+  return tuple(float(k) for k in (config.get("ema_half_lives_kimg") or RELEASE_HALF_LIVES))
 
 
 def target_params(config) -> Dict[str, object]:
@@ -86,6 +87,11 @@ def _init(model):
   return model.init(jax.random.key(0), x, s, s + 1.0, s, s + 1.0, jnp.zeros((b,), jnp.int32))
 
 
+def _dropped(key: str) -> bool:
+  rule, target = engine.map_name(key, TORCH_RULES)
+  return rule is not None and target is None
+
+
 def read_release(path: str) -> Tuple[Dict[float, Mapping], int, str]:
   """({half-life kimg (None for a .pt's one copy): network params below `net` (the whole state
   dict of a .pt)}, step, "torch" or "orbax") of a release file or folder."""
@@ -95,9 +101,9 @@ def read_release(path: str) -> Tuple[Dict[float, Mapping], int, str]:
     if not isinstance(state, Mapping):
       raise engine.SourceError(path, f"holds a {type(state).__name__}, not a state dict",
                                "give the released pMF-*-*.pt")
-    complex_buffers = [k for k, v in state.items() if getattr(v, "is_complex", bool)()]
-    tensors = {k: v for k, v in state.items() if k not in complex_buffers}
-    return {None: readers.torch_to_numpy(tensors, np.float32)}, 0, "torch"
+    # Keys the table drops (the complex rotary buffer) are left out before the float32 cast.
+    kept = {k: v for k, v in state.items() if not _dropped(k)}
+    return {None: readers.torch_to_numpy(kept, np.float32)}, 0, "torch"
   official = meanflow_official.read_official(path)
   emas = official.get("ema_params") if isinstance(official, Mapping) else None
   if not isinstance(emas, Mapping) or not emas:
@@ -163,8 +169,9 @@ def convert(path: str, config) -> Tuple[ts.TrainState, str]:
   abstract = workdir_lib.abstract_state(config)
   if len(abstract.ema_params) != len(half_lives(config)):
     raise engine.UserError("--config", f"the state keeps {len(abstract.ema_params)} EMA copies "
-                           f"but ema_half_lives_kimg={half_lives(config)} names "
-                           f"{len(half_lives(config))}", "give one half-life per EMA copy")
+                           f"but the release's EMAs are taken by half-life {half_lives(config)}",
+                           "set --config.ema_half_lives_kimg=(500.,1000.,2000.) (or some of "
+                           "them) and --config.ema_decays=()")
   target = engine.flat(abstract.params["params"])
   flats, note = convert_copies(copies, kind, config, target)
   emas = tuple({"params": engine.nest(f)} for f in flats)
