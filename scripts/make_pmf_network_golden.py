@@ -9,7 +9,10 @@ writes tests/golden/pmf_network.npz:
                  net_x_u, net_x_v  the heads' images (the final layers' patch outputs, unpatchified
                                    by the official module's own unpatchify), before its x -> u step;
                  net_u, net_v      the official (u, v) = pmfDiT(z, t, h, omega, t_min, t_max, y),
-                                   i.e. (z - x) / clip(t, 0.05, 1).
+                                   i.e. (z - x) / clip(t, 0.05, 1);
+  torch_state    "key shape" lines of the state dict of the same tiny network in the official
+                 PyTorch branch (models/pmfDiT.py at TORCH_COMMIT, training form): the names and
+                 shapes a .pt release has (with --official_git_dir only).
 
 The official module is run as it is; the heads' images are read with Flax's
 capture_intermediates (the output of u_final_layer / v_final_layer), not recomputed.
@@ -31,6 +34,7 @@ import official_checkout  # scripts/official_checkout.py (the scripts run as fil
 from make_imf_golden import random_weights  # The same perturbation as the iMF golden file.
 
 OFFICIAL_COMMIT = "75f6073042c21f7104686261a0c4784db4ede9d1"  # Lyy-iiis/pMF main.
+TORCH_COMMIT = "990e81a84249dbd68a128accef67eb95621d10b1"  # Lyy-iiis/pMF torch (its .pt release).
 OFFICIAL_FILES = ("models/pmfDiT.py", "models/embedder.py", "models/torch_models.py")
 # The tiny network (official pmfDiT fields): a 6 x 6 patch grid (rows and columns distinct from
 # the prefix length), head width 8 (2 rotary frequencies per axis: rows and columns differ).
@@ -64,6 +68,25 @@ def official_images(net, params, inputs):
   unpatchify = lambda name: net.apply({"params": params}, state["intermediates"][name][
       "__call__"][0], method=net.unpatchify)
   return unpatchify("u_final_layer"), unpatchify("v_final_layer"), u, v
+
+
+def official_torch_state(official_git_dir, commit=TORCH_COMMIT):
+  """["key shape", ...] of the official PyTorch tiny pmfDiT's state_dict (eval_mode=False)."""
+  tmp = tempfile.mkdtemp(prefix="pmf_official_torch_")
+  saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "models"
+           or k.startswith("models.")}
+  sys.path.insert(0, tmp)
+  try:
+    official_checkout.extract(OFFICIAL_FILES, tmp, official_git_dir, commit=commit)
+    from models import pmfDiT  # pylint: disable=import-error,import-outside-toplevel
+    net = pmfDiT.pmfDiT(num_classes=NUM_CLASSES, eval_mode=False, **TINY)
+    return [f"{k} {tuple(v.shape)}" for k, v in net.state_dict().items()]
+  finally:
+    sys.path.remove(tmp)
+    for k in [k for k in sys.modules if k == "models" or k.startswith("models.")]:
+      del sys.modules[k]
+    sys.modules.update(saved)
+    shutil.rmtree(tmp)
 
 
 def flat(tree, prefix):
@@ -105,6 +128,10 @@ def main():
                  dict(x_u=x_u, x_v=x_v, u=u, v=v).items()})
   print(f"|x_u| {np.abs(golden['net_x_u']).mean():.4f}, |x_v| "
         f"{np.abs(golden['net_x_v']).mean():.4f}")
+
+  if args.official_git_dir:
+    golden["torch_state"] = np.array(official_torch_state(args.official_git_dir))
+    print(f"official torch commit {TORCH_COMMIT}: {len(golden['torch_state'])} state dict keys")
 
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   np.savez_compressed(args.out, **golden)

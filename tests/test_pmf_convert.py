@@ -88,14 +88,30 @@ def write_orbax_release(folder, emas, online):
   return str(folder)
 
 
-def write_torch_release(path, net):
+def torch_state(net):
+  """The golden network as the PyTorch branch's pixelMeanFlow.state_dict() holds it (`net.`
+  keys), with its registered buffer: the complex 2-D rotary table [patches, head_dim / 2]."""
   import torch  # pylint: disable=import-outside-toplevel
   state = {torch_key(k): torch.from_numpy(np.ascontiguousarray(torch_layout(k, v)))
            for k, v in net.items()}
-  # The registered buffer of the official torch pmfDiT: complex [patches, head_dim / 2].
-  state["net.rope_freqs"] = torch.polar(torch.ones(36, 4), torch.rand(36, 4))
-  torch.save(state, path)
+  head_dim = net["shared_blocks_0/attn/q_norm/kernel"].size
+  patches = (int(net["pos_embed"].shape[1]) - 20, head_dim // 2)
+  state["net.rope_freqs"] = torch.polar(torch.ones(patches), torch.rand(patches))
+  return state
+
+
+def write_torch_release(path, net):
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.save(torch_state(net), path)
   return str(path)
+
+
+def test_torch_names_are_the_official_modules(golden):
+  """The .pt written here has exactly the keys and shapes of the official PyTorch pmfDiT's
+  state dict (recorded in the golden file from the torch branch), under pixelMeanFlow's `net.`."""
+  state = torch_state(official_net(golden))
+  assert sorted(f"{k} {tuple(v.shape)}" for k, v in state.items()) == sorted(
+      f"net.{line}" for line in golden["torch_state"])
 
 
 @pytest.fixture(scope="module")
