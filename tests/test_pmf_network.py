@@ -79,7 +79,8 @@ def test_rotary_2d_is_rows_then_columns_on_the_patches_only(x64):
   want = x.copy()
   want[:, prefix:] = np.stack([c.real, c.imag], axis=-1).reshape(b, grid * grid, heads, d)
   np.testing.assert_array_equal(got[:, :prefix], x[:, :prefix])
-  # The angle table is float32 (as the official one): angles <= grid - 1 rad, errors <= that * 2^-24.
+  # The angle table is float32 (as the official one): angles <= grid - 1 rad, each off by at most
+  # that * 2^-24.
   np.testing.assert_allclose(got, want, atol=4 * (grid - 1) * 2.0 ** -24 * np.abs(x).max())
 
 

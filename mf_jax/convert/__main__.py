@@ -8,8 +8,8 @@ meanflow_official  official MeanFlow JAX checkpoint_<step>, --workdir    same Di
 py_meanflow_unet   py-meanflow CIFAR-10 .pth (--network)     --workdir    configs/cifar10_unet.py
 imf_official       iMF release: unzipped JAX folder          --workdir    configs/imagenet_imf.py:B/2
                    (checkpoint_<step>) or PyTorch .pth                    (M/2, L/2, XL/2)
-pmf_official       pMF release: unzipped JAX folder          --workdir    configs/imagenet_pmf.py:B/16
-                   (checkpoint_<step>, 3 EMAs) or PyTorch .pt             (L/16, B/32, L/32, H/..)
+pmf_official       pMF release: unzipped JAX folder          --workdir    configs/imagenet_pmf.py:
+                   (checkpoint_<step>, 3 EMAs) or PyTorch .pt             B/16 (L/16, B/32, L/32)
 drifting_generator Drifting release artifact folder         --workdir    same generator
 drifting_mae       Drifting release MAE artifact folder     --workdir    a config with that mae section
 convnext           Hugging Face ConvNeXt-V2 folder/file     --out .npz   its drifting.convnext_* sizes

@@ -42,7 +42,7 @@ def bottleneck_channels(width: int) -> int:
 
 
 class BottleneckPatchEmbed(nn.Module):
-  """x [B, H, W, C] -> [B, H/p * W/p, width] (row-major): p x p conv to `channels`, 1 x 1 to width."""
+  """x [B, H, W, C] -> [B, H/p * W/p, width] (row-major): p x p conv to `channels`, then 1 x 1."""
   width: int
   patch: int
   channels: int
