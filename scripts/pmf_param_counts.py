@@ -45,9 +45,10 @@ def mapping_problems(official_shapes, table, inference, variant):
   from mf_jax.convert.formats import pmf_official  # pylint: disable=import-outside-toplevel
   from mf_jax.models import dit_pixel  # pylint: disable=import-outside-toplevel
   model = dit_pixel.PixelDiT(variant=variant, image_size=SIZES[variant])
-  target = engine.abstract_params(lambda: pmf_official._init(model))  # pylint: disable=protected-access
+  target = pmf_official.model_params(model)
   if inference:
-    target = {k: v for k, v in target.items() if not k.startswith(pmf_official.ABSENT_IN_INFERENCE)}
+    target = {k: v for k, v in target.items()
+              if not k.startswith(pmf_official.ABSENT_IN_INFERENCE)}
   problems = []
   engine.convert({k: _zeros(s) for k, s in official_shapes.items()}, table, target, problems)
   return problems

@@ -73,18 +73,19 @@ def half_lives(config) -> Tuple[float, ...]:
   return tuple(float(k) for k in (config.get("ema_half_lives_kimg") or RELEASE_HALF_LIVES))
 
 
-def target_params(config) -> Dict[str, object]:
-  """{path: ShapeDtypeStruct} of the training model's parameters (with the v head)."""
-  return engine.abstract_params(lambda: _init(dit_pixel.build_pixel_dit(config)))
-
-
-def _init(model):
+def model_params(model: dit_pixel.PixelDiT) -> Dict[str, object]:
+  """{path: ShapeDtypeStruct} of a PixelDiT's parameters (nothing allocated)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  b = 1
-  s = jnp.zeros((b,), jnp.float32)
-  x = jnp.zeros((b, model.image_size, model.image_size, model.channels), jnp.float32)
-  return model.init(jax.random.key(0), x, s, s + 1.0, s, s + 1.0, jnp.zeros((b,), jnp.int32))
+  s = jnp.zeros((1,), jnp.float32)
+  x = jnp.zeros((1, model.image_size, model.image_size, model.channels), jnp.float32)
+  return engine.abstract_params(lambda: model.init(jax.random.key(0), x, s, s + 1.0, s, s + 1.0,
+                                                   jnp.zeros((1,), jnp.int32)))
+
+
+def target_params(config) -> Dict[str, object]:
+  """{path: ShapeDtypeStruct} of the training model's parameters (with the v head)."""
+  return model_params(dit_pixel.build_pixel_dit(config))
 
 
 def _dropped(key: str) -> bool:
