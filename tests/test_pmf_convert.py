@@ -7,6 +7,7 @@ dict with its module names, PyTorch layouts and the rotary buffer). The converte
 through mf_jax.models.dit_pixel must give the official images: same tolerance as
 tests/test_pmf_network.py (1e-5 relative; a wrong name or layout is O(1)).
 """
+import importlib.util
 import os
 import re
 
@@ -185,3 +186,55 @@ def test_wrong_size_lists_every_problem(golden, releases):
   with pytest.raises(engine.ConversionError) as e:
     convert(releases["torch"], config)
   assert "misshaped: net.pos_embed" in str(e.value) and "B/2" in str(e.value)
+
+
+def test_cli_refuses_another_network_and_a_missing_source(releases, tmp_path, capsys):
+  from mf_jax.convert import __main__ as cli  # pylint: disable=import-outside-toplevel
+  with pytest.raises(SystemExit) as e:
+    cli.main(["convert", "pmf_official", f"--src={tmp_path}/absent", f"--workdir={tmp_path}/w",
+              "--config=configs/imf_digits.py"])
+  assert e.value.code == 2
+  assert f"error: {tmp_path}/absent: does not exist" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:
+    cli.main(["convert", "pmf_official", f"--src={releases['full']}", f"--workdir={tmp_path}/w",
+              "--config=configs/imf_digits.py"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert "error: --config: model.name='dit_incontext'" in err and "Traceback" not in err
+
+
+def test_cli_workdir_holds_the_release(golden, releases, tmp_path):
+  """Through the CLI into a workdir of the pMF objective, restored as --mode=eval restores it:
+  the EMA copies by half-life, the parameters = the copy eval.ema_index names."""
+  pytest.importorskip("mf_jax.objectives.pmf", reason="needs the pMF objective (method='pmf')")
+  from mf_jax import train  # pylint: disable=import-outside-toplevel
+  from mf_jax.convert import __main__ as cli  # pylint: disable=import-outside-toplevel
+  g = lambda k: int(golden[f"tiny_{k}"])
+  config_file = tmp_path / "pmf_tiny.py"
+  config_file.write_text(
+      "from configs import pmf_digits\n\n\ndef get_config():\n"
+      "  config = pmf_digits.get_config()\n"
+      f"  config.data.update(image_size={g('input_size')}, channels={g('in_channels')}, "
+      f"num_classes={int(golden['num_classes'])})\n"
+      f"  config.model.update(variant='B/{g('patch_size')}', depth={g('depth')}, "
+      f"hidden_size={g('hidden_size')}, num_heads={g('num_heads')}, "
+      f"head_depth={g('aux_head_depth')})\n"
+      "  config.ema_decays = ()\n  config.ema_half_lives_kimg = (500.0, 1000.0, 2000.0)\n"
+      "  config.eval.ema_index = 1\n  config.sample.ema_index = 1\n  return config\n")
+  workdir = str(tmp_path / "workdir")
+  summary = cli.run(["convert", "pmf_official", f"--src={releases['full']}",
+                     f"--workdir={workdir}", f"--config={config_file}"])
+  assert "EMA copies 500, 1000, 2000 kimg" in summary and "EMA copy 1" in summary, summary
+  spec = importlib.util.spec_from_file_location("pmf_tiny", config_file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  state, _, model = train.restore_trained(config, workdir, "sample")
+  assert int(state.step) == STEP and len(state.ema_params) == 3
+  for scale, copy in zip((0.5, 1.0, 2.0), state.ema_params):
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(copy)),
+                    jax.tree_util.tree_leaves(jax.device_get(state.params))):
+      np.testing.assert_array_equal(a, scale * b)
+  inputs = [jnp.asarray(golden[f"net_{k}"]) for k in ("z", "h", "omega", "t_min", "t_max", "y")]
+  x_u, x_v = jax.jit(model.apply)(jax.device_get(state.params), *inputs)
+  assert rel_err(x_u, golden["net_x_u"]) < RTOL and rel_err(x_v, golden["net_x_v"]) < RTOL

@@ -15,7 +15,7 @@ JAX code keeps 3-D ([1, classes + 1, w]) and its PyTorch code 2-D.
 EMA copies: this project keeps the EMAs as a tuple ordered by `ema_half_lives_kimg` (default
 (500, 1000, 2000), the release's); copy i is the release's EMA of half-life K_i, and a half-life
 the release lacks is an error. A .pt holds one copy: every EMA copy is that copy (the summary says
-so). The workdir's parameters are the EMA copy sample.ema_index names (the official evaluation
+so). The workdir's parameters are the EMA copy eval.ema_index names (the official evaluation
 samples from an EMA); the release's online parameters are not used; the optimizer state is zero
 and the step is the release's.
 
@@ -176,9 +176,9 @@ def convert(path: str, config) -> Tuple[ts.TrainState, str]:
   target = engine.flat(abstract.params["params"])
   flats, note = convert_copies(copies, kind, config, target)
   emas = tuple({"params": engine.nest(f)} for f in flats)
-  index = config.sample.ema_index
+  index = config.eval.ema_index  # The copy --mode=eval evaluates.
   if not 0 <= index < len(emas):
-    raise engine.UserError("--config.sample.ema_index", f"{index} is not an index into the "
+    raise engine.UserError("--config.eval.ema_index", f"{index} is not an index into the "
                            f"{len(emas)} EMA copies", f"give 0 ... {len(emas) - 1}")
   state = workdir_lib.fresh_state(config, emas[index], step, ema_params=emas, abstract=abstract)
   return state, note + f"; parameters = EMA copy {index}"
