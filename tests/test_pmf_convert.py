@@ -1,9 +1,10 @@
 """The pMF release converter (mf_jax/convert/formats/pmf_official.py) on the golden tiny network.
 
 The source is the official tiny pmfDiT of tests/golden/pmf_network.npz
-(scripts/make_pmf_network_golden.py), stored the way the JAX release stores it (an Orbax `checkpoint_<step>` folder of a flax TrainState
-whose EMAs are `ema_params/<half-life kimg>/net`) and the way the PyTorch branch does (a .pt state
-dict with its module names, PyTorch layouts and the rotary buffer). The converted parameters run
+(scripts/make_pmf_network_golden.py), stored the way the JAX release stores it (an Orbax
+`checkpoint_<step>` folder of a flax TrainState whose EMAs are `ema_params/<half-life kimg>/net`)
+and the way the PyTorch branch does (a .pt state dict with its module names, PyTorch layouts and
+the rotary buffer). The converted parameters run
 through mf_jax.models.dit_pixel must give the official images: same tolerance as
 tests/test_pmf_network.py (1e-5 relative; a wrong name or layout is O(1)).
 """
