@@ -6,8 +6,8 @@ Two releases of the official models/pmfDiT.py, mapped onto mf_jax.models.dit_pix
       are a dict by half-life in kimg: `ema_params/{500,1000,2000}/net/...` (keys read back as
       strings); Flax layouts;
   the PyTorch branch's state dict (pMF-*-*.pt, `load_state_dict` of its pixelMeanFlow): keys
-      `net.<module>.<param>`, PyTorch layouts, one copy (the file does not say which EMA), and the 2-D
-      rotary table as a buffer `net.rope_freqs` (not a parameter: dropped).
+      `net.<module>.<param>`, PyTorch layouts, one copy (the file does not say which EMA), and
+      the 2-D rotary table as a buffer `net.rope_freqs` (not a parameter: dropped).
 The names are iMF's (imf_official's tables, reused) except the bottleneck patch embedding
 (`x_embedder/proj1`, `proj2`), the position table `pos_embed` and the label table, which pMF's
 JAX code keeps 3-D ([1, classes + 1, w]) and its PyTorch code 2-D.
