@@ -11,6 +11,7 @@ import pytest
 from flax import traverse_util
 
 from mf_jax.convert.formats import pmf_official
+from mf_jax.errors import ConfigError
 from mf_jax.models import dit_incontext, dit_pixel
 from numerics import rel_err
 
@@ -161,5 +162,5 @@ def test_build_from_config():
   assert dit_incontext.param_count(dit_pixel.build_pixel_dit(config, v_head=False)) == (
       OFFICIAL_COUNTS["B/16"][2])
   config.model.name = "dit_incontext"
-  with pytest.raises(Exception, match="model.name='dit_pixel'"):
+  with pytest.raises(ConfigError, match="model.name='dit_pixel'"):
     dit_pixel.build_pixel_dit(config)
