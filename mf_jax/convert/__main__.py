@@ -8,6 +8,8 @@ meanflow_official  official MeanFlow JAX checkpoint_<step>, --workdir    same Di
 py_meanflow_unet   py-meanflow CIFAR-10 .pth (--network)     --workdir    configs/cifar10_unet.py
 imf_official       iMF release: unzipped JAX folder          --workdir    configs/imagenet_imf.py:B/2
                    (checkpoint_<step>) or PyTorch .pth                    (M/2, L/2, XL/2)
+pmf_official       pMF release: unzipped JAX folder          --workdir    configs/imagenet_pmf.py:
+                   (checkpoint_<step>, 3 EMAs) or PyTorch .pt             B/16 (L/16, B/32, L/32)
 drifting_generator Drifting release artifact folder         --workdir    same generator
 drifting_mae       Drifting release MAE artifact folder     --workdir    a config with that mae section
 convnext           Hugging Face ConvNeXt-V2 folder/file     --out .npz   its drifting.convnext_* sizes
@@ -56,6 +58,14 @@ def _imf_official(src, config, out, fv):
   from mf_jax.convert import workdir  # pylint: disable=g-import-not-at-top
   state, note, directory = imf_official.convert_to_workdir(src, config, out)
   return (f"iMF release {src} (step {int(state.step)}, {workdir.parameter_count(state.params)} "
+          f"parameters; {note}) -> {directory}")
+
+
+def _pmf_official(src, config, out, fv):
+  from mf_jax.convert.formats import pmf_official  # pylint: disable=g-import-not-at-top
+  from mf_jax.convert import workdir  # pylint: disable=g-import-not-at-top
+  state, note, directory = pmf_official.convert_to_workdir(src, config, out)
+  return (f"pMF release {src} (step {int(state.step)}, {workdir.parameter_count(state.params)} "
           f"parameters; {note}) -> {directory}")
 
 
@@ -114,6 +124,7 @@ SOURCES: Dict[str, Source] = {
     "meanflow_official": Source("workdir", True, _meanflow_official),
     "py_meanflow_unet": Source("workdir", True, _py_meanflow_unet),
     "imf_official": Source("workdir", True, _imf_official),
+    "pmf_official": Source("workdir", True, _pmf_official),
     "drifting_generator": Source("workdir", True, _drifting("generator")),
     "drifting_mae": Source("workdir", True, _drifting("MAE encoder")),
     "convnext": Source("out", True, _convnext),

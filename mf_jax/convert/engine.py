@@ -82,6 +82,11 @@ def _drop_batch_axis(a, want):
   return a[0] if a.ndim == len(want) + 1 and a.shape[:1] == (1,) else a
 
 
+def _add_batch_axis(a, want):
+  """A table the target keeps with a leading batch axis of 1 ([L, C] -> [1, L, C])."""
+  return a[None] if a.ndim + 1 == len(want) and want[:1] == (1,) else a
+
+
 LAYOUTS: Dict[str, Callable[[np.ndarray, Tuple[int, ...]], np.ndarray]] = {
     "copy": lambda a, want: a,
     "conv": _conv,
@@ -89,6 +94,7 @@ LAYOUTS: Dict[str, Callable[[np.ndarray, Tuple[int, ...]], np.ndarray]] = {
     "torch": _torch_by_rank,
     "torch_1x1_dense": _torch_1x1_as_dense,
     "drop_batch_axis": _drop_batch_axis,
+    "add_batch_axis": _add_batch_axis,
 }
 
 

@@ -9,9 +9,10 @@ from mf_jax.models.dit import ATTENTION_IMPLS
 COMPUTE_DTYPES = ("float32", "bfloat16", "float64")  # The keys of train_state.DTYPES.
 
 MODEL = dict(
-    name=Field("dit", choice("dit", "dit_modern", "dit_incontext", "mlp", "unet"),
+    name=Field("dit", choice("dit", "dit_modern", "dit_incontext", "dit_pixel", "mlp", "unet"),
                "dit for images, dit_modern for the Drifting release's generator, dit_incontext "
-               "for iMF, mlp for small vectors, unet for CIFAR-10 (unconditional)", shape=True),
+               "for iMF, dit_pixel for pixel MeanFlow, mlp for small vectors, unet for CIFAR-10 "
+               "(unconditional)", shape=True),
     variant=Field("B/2", text(), "NAME/PATCH, e.g. 'B/2'", shape=True),
     # None: the variant's.
     depth=Field(None, optional(POSITIVE), "None (the variant's) or a block count", shape=True,
@@ -45,7 +46,8 @@ MODEL = dict(
     # compute_dtype, as the release's latent SOTA configs (attn_fp32: false).
     attn_fp32=Field(True, boolean(), "True (float32 attention), False for attention in "
                                      "model.compute_dtype (the release's latent SOTA configs)"),
-    # name="dit_incontext" only (iMF): blocks per head (u and v) after the shared trunk.
+    # name="dit_incontext" (iMF) and "dit_pixel" (pMF) only: blocks per head (u and v) after the
+    # shared trunk.
     head_depth=Field(8, NON_NEGATIVE, "8 (iMF), at most the depth", shape=True),
     unet=dict(  # name="unet" only (DDPM++ U-Net, mf_jax/models/unet.py).
         channels=Field(128, POSITIVE, "128 (official CIFAR-10 U-Net)"),

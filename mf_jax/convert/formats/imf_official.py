@@ -90,20 +90,22 @@ def target_params(config) -> Dict[str, object]:
 
 
 def convert_params(source: Mapping, target: Mapping, table: Sequence[engine.Rule] = ORBAX_RULES,
-                   problems: Optional[List[str]] = None, prefix: str = ""
+                   problems: Optional[List[str]] = None, prefix: str = "",
+                   absent: Tuple[str, ...] = (V_BLOCK,)
                    ) -> Tuple[Dict[str, np.ndarray], List[str]]:
   """Official network params ({name: array} below `net`) -> ({our path: array}, filled paths).
 
-  A source without any v-head block (an inference release) gets them as zeros (listed in the
-  second value); every other missing, misshaped or unmapped key is a problem (raised at once
-  with problems=None, else appended).
+  A source without any v-head block (an inference release) gets the target paths starting with
+  `absent` (iMF: the v-head blocks; pMF, whose inference model also drops the v output layer:
+  both) as zeros (listed in the second value); every other missing, misshaped or unmapped key is
+  a problem (raised at once with problems=None, else appended).
   """
   raise_here = problems is None
   problems = [] if raise_here else problems
   flat = engine.flat(source)
   has_v_blocks = any((engine.map_name(k, table, target)[1] or "").startswith(V_BLOCK)
                      for k in flat)
-  filled = [] if has_v_blocks else sorted(p for p in target if p.startswith(V_BLOCK))
+  filled = [] if has_v_blocks else sorted(p for p in target if p.startswith(absent))
   want = {p: s for p, s in target.items() if p not in filled}
   out = engine.convert(flat, table, want, problems, prefix=prefix, dtype="target")
   for p in filled:
