@@ -192,7 +192,8 @@ def check_unet_and_augment(config) -> None:
 
 # Files last: every cheap check of the config itself comes first.
 CROSS_CHECKS = (_batches_fit_devices, _ema_copies, _muon_exclude, _sample_guidance,
-                _time_conditioning, _model, _objective, _cifar_recipe, _vae_file, check_latent_statistics)
+                _time_conditioning, _model, _objective, _cifar_recipe, _vae_file,
+                check_latent_statistics)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,15 +7,17 @@ OPTIM = dict(
     # "muon": optax.contrib.muon, Muon on the 2-D parameters and AdamW (b1, b2, nesterov) on the
     # rest, both with weight_decay and the schedule (pMF).
     name=Field("adamw", choice("adamw", "adam", "muon"),
-               "adamw, adam (no weight decay term), or muon (Muon on 2-D weights, Adam on the rest)",
+               "adamw, adam (no weight decay term), or muon (Muon on 2-D weights, Adam on the "
+               "rest)",
                shape=True),
     learning_rate=Field(1e-4, number(0.0, lo_open=True), "1e-4 (MeanFlow ImageNet)"),
     b1=Field(0.9, number(0.0, 1.0, hi_open=True), "0.9"),  # Adam's (also muon's Adam part).
     b2=Field(0.95, number(0.0, 1.0, hi_open=True), "0.95"),
     # name="muon" only: Muon's own (Nesterov) momentum on the 2-D parameters.
     muon_beta=Field(0.95, number(0.0, 1.0, hi_open=True), "0.95 (optax's and pMF's)"),
-    # name="muon" only: 2-D parameters whose path ("params/class_tokens": keys joined by "/") matches
-    # one of these regular expressions (re.search) go to Adam too; () = every 2-D one to Muon.
+    # name="muon" only: 2-D parameters whose path ("params/class_tokens": keys joined by "/")
+    # matches one of these regular expressions (re.search) go to Adam too; () = every 2-D one to
+    # Muon (optax's rule).
     muon_exclude=Field((), text_tuple, "() or regular expressions of parameter paths, e.g. "
                                        "('_tokens$', 'embedding$')", shape=True),
     weight_decay=Field(0.0, number(0.0), "0.0"),

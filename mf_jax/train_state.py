@@ -77,8 +77,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 def muon_dimension_numbers(params, exclude=()):
   """Muon's routing: MuonDimensionNumbers() (rows = fan-in, columns = fan-out) for each 2-D
-  parameter whose path ("params/class_tokens") matches none of `exclude`, None (-> Adam) for the rest:
-  biases, norm scales, gates, conv kernels (4-D), 3-D token tables. With exclude=() this is
+  parameter whose path ("params/class_tokens") matches none of `exclude`; None (-> Adam) for the
+  rest: biases, norm scales, gates, conv kernels (4-D), 3-D token tables. With exclude=() this is
   optax.contrib.muon's own default rule."""
   patterns = [re.compile(e) for e in exclude]
 
