@@ -31,6 +31,8 @@ Mutant = collections.namedtuple("Mutant", "id area path original mutated tests")
 
 MF = "tests/test_meanflow.py"
 DRIFT = "tests/test_drifting.py"
+HALF_LIFE = "tests/test_ema_half_life.py"
+MUON = "tests/test_muon.py"
 
 MUTANTS = (
     # --- The MeanFlow objective ----------------------------------------------------------------
@@ -98,6 +100,33 @@ MUTANTS = (
     Mutant("ema_every_decay_not_powered", "EMA", "mf_jax/train_state.py",
            "d ** every * e + (1.0 - d ** every) * p", "d * e + (1.0 - d) * p",
            ["tests/test_cifar_recipe.py::test_ema_every_k_steps_with_decay_to_the_k"]),
+    # --- EMA copies by half-life, and their selection (mf_jax/ema.py) ------------------------
+    Mutant("ema_rampup_ratio_ignored", "EMA", "mf_jax/ema.py",
+           "* (batch_size * rampup_ratio)", "* batch_size",
+           [HALF_LIFE]),
+    Mutant("ema_half_life_step_off_by_one", "EMA", "mf_jax/train_step.py",
+           "ema_lib.decays_at(config, state.step + 1)", "ema_lib.decays_at(config, state.step)",
+           [HALF_LIFE + "::test_trainer_half_life_ema_is_the_closed_form_average"]),
+    Mutant("ema_half_life_batch_fixed_1024", "EMA", "mf_jax/ema.py",
+           "return 0.5 ** (batch_size / half_life)", "return 0.5 ** (1024 / half_life)",
+           [HALF_LIFE]),
+    Mutant("ema_name_ignored", "EMA", "mf_jax/ema.py",
+           "  if not fields.ema_name:\n", "  if True:\n",
+           [HALF_LIFE + "::test_names_and_selection_by_name_or_index_agree"]),
+    # --- Muon (train_state.make_optimizer) -----------------------------------------------------
+    Mutant("muon_routes_rank_2_or_more", "optimizer", "mf_jax/train_state.py",
+           "if x.ndim == 2 and not any(", "if x.ndim >= 2 and not any(",
+           [MUON]),
+    Mutant("muon_exclude_ignored", "optimizer", "mf_jax/train_state.py",
+           "if x.ndim == 2 and not any(p.search(name) for p in patterns):",
+           "if x.ndim == 2:",
+           [MUON]),
+    Mutant("muon_beta_from_adam_b1", "optimizer", "mf_jax/train_state.py",
+           "schedule, beta=o.muon_beta,", "schedule, beta=o.b1,",
+           [MUON]),
+    Mutant("muon_adam_part_without_weight_decay", "optimizer", "mf_jax/train_state.py",
+           "adam_weight_decay=o.weight_decay,", "adam_weight_decay=0.0,",
+           [MUON]),
     # --- Sampling-time guidance ----------------------------------------------------------------
     Mutant("cfg_anchor_cond", "guidance", "mf_jax/sampling.py",
            "return null + cfg_scale * (cond - null)", "return cond + cfg_scale * (cond - null)",
