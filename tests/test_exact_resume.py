@@ -131,3 +131,6 @@ def test_muon_and_half_life_emas_resume_bit_identical(tmp_path, monkeypatch):
   first, second = (np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(e)])
                    for e in jax.device_get(state.ema_params))
   assert not np.array_equal(first, second)  # Two different decays were applied.
+  config.sample.ema_name = "0.1kimg"  # --mode=sample names the copy it sampled in the file.
+  train.sample_to_files(config, str(tmp_path / "b"))
+  assert os.path.isfile(tmp_path / "b" / "samples" / "step_00000005_1nfe_ema_0.1kimg.npz")
