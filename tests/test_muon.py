@@ -175,3 +175,17 @@ def test_routing_by_shape_sends_3d_tokens_and_conv_kernels_to_adam():
   muon, adam = routed(config, params)
   assert muon == {"attn/kernel", "final/kernel"}
   assert adam == {"pos_embed", "class_tokens", "proj1/kernel", "proj1/bias"}
+
+
+def test_a_converted_workdir_starts_muon_with_its_coefficients():
+  """convert.workdir.fresh_state (every converter's state) holds the optimizer's own initial
+  state: Muon keeps its Newton-Schulz coefficients there, which an all-zero state would lose (a
+  zero update for every 2-D weight when training resumes from the converted checkpoint)."""
+  from mf_jax.convert import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  config = tiny.get_config()
+  config.optim.name = "muon"
+  params = ts.build_model(config).init(jax.random.key(0), *ts.example_inputs(config))
+  state = workdir_lib.fresh_state(config, params)
+  muon_state = state.opt_state[-1].inner_states["muon"].inner_state[0]
+  np.testing.assert_allclose(np.asarray(muon_state.ns_coeffs), NS_COEFFS, rtol=1e-7)
+  assert not any(np.any(m) for m in jax.tree_util.tree_leaves(muon_state.mu))  # Momentum zero.
