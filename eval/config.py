@@ -26,7 +26,10 @@ CONFIG = dict(
     cfg_scales=Field((), number_tuple(0.0, lo_open=True), "() (use eval.cfg_scale), or e.g. "
                                                           "(1.0, 1.5, 2.0) to report the best"),
     use_ema=Field(True, boolean(), "True"),
-    ema_index=Field(0, NON_NEGATIVE, "an index into ema_decays, e.g. 0"),  # Which of ema_decays.
+    # Which EMA copy (of ema_decays or ema_half_lives_kimg); ema_name, when set, instead.
+    ema_index=Field(0, NON_NEGATIVE, "an index into the EMA copies, e.g. 0"),
+    ema_name=Field("", text(), "'' (use eval.ema_index) or a copy's name, e.g. '1000kimg' or "
+                               "'0.9999'"),
     # "inception" (FID, IS) | "pixels" (Frechet distance of raw pixels).
     features=Field("inception", choice(*FEATURES), "inception or pixels"),
     # FID Inception .pth/.npz; "" = eval.fid's default path; "random": tests.

@@ -32,6 +32,7 @@ from eval import fid, stats
 from eval import config as eval_config
 from eval.config import FEATURES
 from mf_jax import config_fields, generate
+from mf_jax import ema as ema_lib
 from mf_jax.generate import quantize_uint8  # The rounding every sample path shares.
 from mf_jax import sharding as sharding_lib
 
@@ -66,10 +67,10 @@ def validate_config(config) -> None:
   if ev.cfg_scales and config.data.num_classes < 1:
     raise ValueError(f"eval.cfg_scales={tuple(ev.cfg_scales)} needs a class-conditional model; "
                      "data.num_classes is 0. Use eval.cfg_scales=().")
-  if ev.use_ema and not 0 <= ev.ema_index < len(config.ema_decays):
-    raise ValueError(f"eval.use_ema=True with eval.ema_index={ev.ema_index}, but ema_decays="
-                     f"{tuple(config.ema_decays)} has {len(config.ema_decays)} entries: pick an "
-                     "existing index or set eval.use_ema=False.")
+  if ev.use_ema and not 0 <= ema_lib.ema_index(config, "eval") < ema_lib.num_emas(config):
+    raise ValueError(f"eval.use_ema=True with eval.ema_index={ev.ema_index}, but "
+                     f"{ema_lib.definition(config)} has {ema_lib.num_emas(config)} entries: pick "
+                     "an existing index or set eval.use_ema=False.")
   if generate.decodes_with_vae(config) and not config.data.vae_path:
     raise ValueError(f"eval on latent data (data.name={config.data.name!r}) needs data.vae_path: "
                      "local SD-VAE weights (a diffusers AutoencoderKL folder) to decode samples. "
@@ -252,7 +253,9 @@ class SampleQualityEvaluator:
 
   def _params(self, state):
     ev = self.config.eval
-    return state.ema_params[ev.ema_index] if ev.use_ema else state.params
+    if not ev.use_ema:
+      return state.params
+    return state.ema_params[ema_lib.ema_index(self.config, "eval")]
 
   def statistics(self, params, num_steps: int, cfg_scale: float = None, interval=None):
     """(StatsAccumulator of all num_samples features, [num_samples, K] logits or None,

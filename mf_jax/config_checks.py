@@ -7,6 +7,7 @@ from those declarations. Here: checks that involve several fields, the device co
 `validate`, which runs everything once per start.
 """
 import os
+import re
 import tempfile
 
 import jax
@@ -14,6 +15,7 @@ import jax
 import input_pipeline
 from input_pipeline.config import check_latent_statistics, check_training_files
 from mf_jax import config_fields, config_schema, generate, workdir_signature
+from mf_jax import ema as ema_lib
 from mf_jax import train_state as ts
 from mf_jax.config_fields import field_names, unknown_field_message  # pylint: disable=unused-import
 from mf_jax.errors import ConfigError
@@ -52,14 +54,37 @@ def _batches_fit_devices(config):
                       f"{devices}: one of {divisors}.")
 
 
-def _ema_indices(config):
-  n = len(config.ema_decays)
-  if config.sample.use_ema and config.sample.ema_index >= n:
-    raise ConfigError(f"sample.ema_index={config.sample.ema_index}: ema_decays="
-                      f"{tuple(config.ema_decays)} has {n} entries, so the index must lie in "
-                      f"[0, {n - 1}]; or set sample.use_ema=False." if n else
-                      "sample.use_ema=True but ema_decays=() keeps no EMA copy: set "
+def _ema_copies(config):
+  """EMA copies are defined one way, and sample.ema_name / ema_index pick one that exists."""
+  if ema_lib.uses_half_lives(config) and tuple(config.ema_decays):
+    raise ConfigError(f"ema_half_lives_kimg={tuple(config.ema_half_lives_kimg)} and ema_decays="
+                      f"{tuple(config.ema_decays)} both define EMA copies. Fix: set "
+                      "--config.ema_decays=() to keep one copy per half-life, or "
+                      "--config.ema_half_lives_kimg=() to keep the constant decays.")
+  n, copies = ema_lib.num_emas(config), ema_lib.definition(config)
+  if not config.sample.use_ema:
+    return
+  index = ema_lib.ema_index(config, "sample")  # An unknown sample.ema_name raises here.
+  if index >= n:
+    raise ConfigError(f"sample.ema_index={config.sample.ema_index}: {copies} has {n} entries, so "
+                      f"the index must lie in [0, {n - 1}]; or set sample.use_ema=False." if n else
+                      f"sample.use_ema=True but {copies} keeps no EMA copy: set "
                       "sample.use_ema=False or add a decay.")
+
+
+def _muon_exclude(config):
+  """optim.muon_exclude: regular expressions, for the muon optimizer only."""
+  o = config.optim
+  if tuple(o.muon_exclude) and o.name != "muon":
+    raise ConfigError(f"optim.muon_exclude={tuple(o.muon_exclude)} applies to optim.name='muon' "
+                      f"only (optim.name={o.name!r}). Fix: set --config.optim.muon_exclude=().")
+  for pattern in o.muon_exclude:
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ConfigError(f"optim.muon_exclude: {pattern!r} is not a regular expression ({e}). "
+                        "Fix: set --config.optim.muon_exclude to valid expressions, e.g. "
+                        "('_tokens$',).") from None
 
 
 def _sample_guidance(config):
@@ -166,8 +191,9 @@ def check_unet_and_augment(config) -> None:
 
 
 # Files last: every cheap check of the config itself comes first.
-CROSS_CHECKS = (_batches_fit_devices, _ema_indices, _sample_guidance, _time_conditioning, _model,
-                _objective, _cifar_recipe, _vae_file, check_latent_statistics)
+CROSS_CHECKS = (_batches_fit_devices, _ema_copies, _muon_exclude, _sample_guidance,
+                _time_conditioning, _model, _objective, _cifar_recipe, _vae_file,
+                check_latent_statistics)
 
 
 # ---------------------------------------------------------------------------------------------

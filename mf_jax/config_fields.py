@@ -151,6 +151,13 @@ def text() -> Rule:
   return lambda v: None if isinstance(v, str) else "must be a string"
 
 
+def text_tuple(v) -> Optional[str]:
+  """A tuple (possibly empty) of strings."""
+  if isinstance(v, (tuple, list)) and all(isinstance(x, str) for x in v):
+    return None
+  return "must be a tuple of strings"
+
+
 def optional(rule: Rule) -> Rule:
   return lambda v: None if v is None else rule(v)
 

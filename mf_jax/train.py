@@ -12,6 +12,7 @@ from mf_jax import progress as periodic_actions  # TF-free ReportProgress, Profi
 import input_pipeline
 from mf_jax import checkpointing, config_checks, generate, run_info, workdir_signature, writers
 from mf_jax import checksum
+from mf_jax import ema as ema_lib
 from mf_jax import sharding as sharding_lib
 from mf_jax import train_state as ts
 from mf_jax import train_step as step_lib
@@ -242,12 +243,16 @@ def sample_to_files(config, workdir: str):
   """--mode=sample: newest checkpoint -> config.sample.num_samples samples -> .npz and PNG grid."""
   state, mesh, model = restore_trained(config, workdir, "sample")
   s = config.sample
-  params = state.ema_params[s.ema_index] if s.use_ema else state.params
+  index = ema_lib.ema_index(config, "sample")
+  params = state.ema_params[index] if s.use_ema else state.params
   sample_fn = generate.make_sampler(config, model, mesh)
   x, labels = generate.draw(config, sample_fn, params, mesh, s.num_samples, s.num_steps, s.seed,
                             s.cfg_scale)
   images = generate.to_uint8(x, config)
-  tag = f"step_{int(state.step):08d}_{s.num_steps}nfe_{'ema' if s.use_ema else 'raw'}"
+  copy = "raw"
+  if s.use_ema:  # With several EMA copies, the file names the one sampled ("ema_2000kimg").
+    copy = f"ema_{ema_lib.ema_names(config)[index]}" if ema_lib.num_emas(config) > 1 else "ema"
+  tag = f"step_{int(state.step):08d}_{s.num_steps}nfe_{copy}"
   out = os.path.join(workdir, "samples", f"{tag}.npz")
   if jax.process_index() == 0:
     generate.save_npz(images, labels, out)

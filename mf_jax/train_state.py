@@ -4,6 +4,7 @@ Parameters are plain pytrees kept in float32; `model.compute_dtype = "bfloat16"`
 bf16. The state is created directly in its sharded layout (jit with out_shardings), so no host ever
 holds a full copy of a large model.
 """
+import re
 from typing import Any, Tuple
 
 import flax.linen as nn
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mf_jax import ema as ema_lib
 from mf_jax import objectives
 from mf_jax import sharding as sharding_lib
 from mf_jax.networks import DTYPES  # noqa: F401  (re-exported: configs and tools name dtypes here)
@@ -22,7 +24,7 @@ class TrainState:
   step: jax.Array  # int32 scalar: number of updates applied.
   params: Any
   opt_state: Any
-  ema_params: Tuple[Any, ...]  # One copy per entry of config.ema_decays.
+  ema_params: Tuple[Any, ...]  # One copy per EMA (mf_jax/ema.py: ema_decays or half-lives).
   # First step (1-based) whose loss or gradient was not finite (-1: none). Once set, updates stop, so the
   # parameters and any checkpoint keep the last good values; the host raises at its next check.
   nonfinite_step: jax.Array
@@ -66,9 +68,41 @@ def make_optimizer(config) -> optax.GradientTransformation:
   chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
   if o.name == "adam":
     chain.append(optax.adam(schedule, b1=o.b1, b2=o.b2))
+  elif o.name == "muon":
+    chain.append(muon(config, schedule))
   else:
     chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
   return optax.chain(*chain)
+
+
+def muon_dimension_numbers(params, exclude=()):
+  """Muon's routing: MuonDimensionNumbers() (rows = fan-in, columns = fan-out) for each 2-D
+  parameter whose path ("params/class_tokens") matches none of `exclude`; None (-> Adam) for the
+  rest: biases, norm scales, gates, conv kernels (4-D), 3-D token tables. With exclude=() this is
+  optax.contrib.muon's own default rule."""
+  patterns = [re.compile(e) for e in exclude]
+
+  def route(path, x):
+    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    if x.ndim == 2 and not any(p.search(name) for p in patterns):
+      return optax.contrib.MuonDimensionNumbers()
+    return None
+  return jax.tree_util.tree_map_with_path(route, params)
+
+
+def muon(config, schedule) -> optax.GradientTransformation:
+  """optax.contrib.muon: Muon (Nesterov momentum optim.muon_beta, 5 Newton-Schulz steps, update
+  scale sqrt(max(1, fan_out / fan_in))) on the 2-D parameters, AdamW (optim.b1, optim.b2,
+  Nesterov, eps 1e-8) on the rest; both with optim.weight_decay and the same schedule.
+
+  With the defaults (muon_beta 0.95, b1 0.9, b2 0.95, weight decay 0) it is pMF's
+  optax.contrib.muon(learning_rate, adam_b2=0.95)."""
+  o = config.optim
+  exclude = tuple(o.muon_exclude)
+  return optax.contrib.muon(
+      schedule, beta=o.muon_beta, weight_decay=o.weight_decay, adam_b1=o.b1, adam_b2=o.b2,
+      adam_weight_decay=o.weight_decay,
+      muon_weight_dimension_numbers=lambda params: muon_dimension_numbers(params, exclude))
 
 
 def warmup_steps(config) -> int:
@@ -84,7 +118,7 @@ def init_state(config, model, optimizer, key) -> TrainState:
   params = model.init(key, *example_inputs(config))
   aux = objective(config).init_aux(config, key)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                    ema_params=tuple(params for _ in config.ema_decays),
+                    ema_params=tuple(params for _ in range(ema_lib.num_emas(config))),
                     nonfinite_step=jnp.full((), -1, jnp.int32), aux=aux)
 
 

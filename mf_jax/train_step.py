@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from mf_jax import augment
+from mf_jax import ema as ema_lib
 from mf_jax import sharding as sharding_lib
 from mf_jax.train_state import TrainState, objective, update_ema
 
@@ -56,8 +57,9 @@ def make_train_step(config, model, optimizer, mesh=None):
 
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = update_ema(state.ema_params, params, config.ema_decays, state.step + 1,
-                            config.ema_every)
+    # The decays of this update, which makes state.step + 1 updates applied.
+    ema_params = update_ema(state.ema_params, params, ema_lib.decays_at(config, state.step + 1),
+                            state.step + 1, config.ema_every)
 
     # A non-finite step is not applied, and no later one is: the last good values survive.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -2,7 +2,7 @@
 method (top level) and the `train`, `sharding` and `sample` sections that mf_jax/train.py reads."""
 from mf_jax import objectives
 from mf_jax.config_fields import (NON_NEGATIVE, POSITIVE, Field, boolean, choice, integer,
-                                  interval_tuple, number)
+                                  interval_tuple, number, text)
 
 
 
@@ -47,7 +47,11 @@ SAMPLE = dict(
                   "meanflow, or euler (flow-matching Euler with u(z, t, t))"),
     batch_size=Field(64, POSITIVE, "a multiple of the device count"),
     use_ema=Field(True, boolean(), "True"),
-    ema_index=Field(0, NON_NEGATIVE, "an index into ema_decays, e.g. 0"),
+    ema_index=Field(0, NON_NEGATIVE, "an index into the EMA copies (ema_decays or "
+                                     "ema_half_lives_kimg), e.g. 0"),
+    # Non-empty: the EMA copy of this name (mf_jax/ema.py ema_names) instead of ema_index.
+    ema_name=Field("", text(), "'' (use sample.ema_index) or a copy's name, e.g. '1000kimg' "
+                               "or '0.9999'"),
     seed=Field(1, integer(), "any integer"),
     # Sampling-time guidance of --mode=sample; 1.0 = none (MeanFlow trains guidance into its
     # target; for a drifting generator it is the alpha condition).

@@ -42,9 +42,11 @@ def main(argv):
   del argv
   from eval import evaluators, fid, stats  # pylint: disable=import-outside-toplevel
   from mf_jax import generate, train  # pylint: disable=import-outside-toplevel
+  from mf_jax import ema as ema_lib  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
   state, mesh, model = train.restore_trained(config, FLAGS.workdir, "sample")
-  params = state.ema_params[config.eval.ema_index] if config.eval.use_ema else state.params
+  params = (state.ema_params[ema_lib.ema_index(config, "eval")] if config.eval.use_ema
+            else state.params)
   sample_fn = generate.make_sampler(config, model, mesh)
   mu, sigma = evaluators.pixel_reference_stats(config)
   clf, ceiling = classifier()

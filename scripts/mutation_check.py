@@ -31,6 +31,8 @@ Mutant = collections.namedtuple("Mutant", "id area path original mutated tests")
 
 MF = "tests/test_meanflow.py"
 DRIFT = "tests/test_drifting.py"
+HALF_LIFE = "tests/test_ema_half_life.py"
+MUON = "tests/test_muon.py"
 
 MUTANTS = (
     # --- The MeanFlow objective ----------------------------------------------------------------
@@ -98,6 +100,49 @@ MUTANTS = (
     Mutant("ema_every_decay_not_powered", "EMA", "mf_jax/train_state.py",
            "d ** every * e + (1.0 - d ** every) * p", "d * e + (1.0 - d) * p",
            ["tests/test_cifar_recipe.py::test_ema_every_k_steps_with_decay_to_the_k"]),
+    # --- EMA copies by half-life, and their selection (mf_jax/ema.py) ------------------------
+    Mutant("ema_rampup_ratio_ignored", "EMA", "mf_jax/ema.py",
+           "* (batch_size * rampup_ratio)", "* batch_size",
+           [HALF_LIFE]),
+    Mutant("ema_half_life_step_off_by_one", "EMA", "mf_jax/train_step.py",
+           "ema_lib.decays_at(config, state.step + 1)", "ema_lib.decays_at(config, state.step)",
+           [HALF_LIFE + "::test_trainer_half_life_ema_is_the_closed_form_average"]),
+    Mutant("ema_half_life_batch_fixed_1024", "EMA", "mf_jax/ema.py",
+           "return 0.5 ** (batch_size / half_life)", "return 0.5 ** (1024 / half_life)",
+           [HALF_LIFE]),
+    Mutant("ema_name_ignored/a", "EMA", "mf_jax/ema.py",
+           "  if not fields.ema_name:\n", "  if True:\n",
+           [HALF_LIFE + "::test_names_and_selection_by_name_or_index_agree"]),
+    Mutant("ema_name_ignored/b", "EMA", "mf_jax/ema.py",
+           "  if not fields.ema_name:\n", "  if True:\n",
+           [HALF_LIFE + "::test_unknown_name_is_a_clear_error_in_sample_and_eval"]),
+    # --- Muon (train_state.make_optimizer) -----------------------------------------------------
+    Mutant("muon_routes_rank_2_or_more/a", "optimizer", "mf_jax/train_state.py",
+           "if x.ndim == 2 and not any(", "if x.ndim >= 2 and not any(",
+           [MUON]),
+    Mutant("muon_exclude_ignored", "optimizer", "mf_jax/train_state.py",
+           "if x.ndim == 2 and not any(p.search(name) for p in patterns):",
+           "if x.ndim == 2:",
+           [MUON]),
+    Mutant("muon_routes_rank_2_or_more/b", "optimizer", "mf_jax/train_state.py",
+           "if x.ndim == 2 and not any(", "if x.ndim >= 2 and not any(",
+           [MUON + "::test_routing_by_shape_sends_3d_tokens_and_conv_kernels_to_adam"]),
+    Mutant("muon_adam_b2_left_at_optax_default", "optimizer", "mf_jax/train_state.py",
+           "adam_b1=o.b1, adam_b2=o.b2,", "adam_b1=o.b1,",
+           [MUON + "::test_the_default_muon_is_pmf_optimizer_bit_for_bit"]),
+    Mutant("resume_drops_optimizer_state", "checkpoint", "mf_jax/train.py",
+           "    state = restored\n", "    state = restored.replace(opt_state=state.opt_state)\n",
+           ["tests/test_exact_resume.py::test_muon_and_half_life_emas_resume_bit_identical"]),
+    Mutant("converted_state_zero_optimizer", "optimizer", "mf_jax/convert/workdir.py",
+           "opt_state = jax.device_get(ts.make_optimizer(config).init(params))",
+           "opt_state = zeros(abstract.opt_state)",
+           [MUON + "::test_a_converted_workdir_starts_muon_with_its_coefficients"]),
+    Mutant("muon_beta_from_adam_b1", "optimizer", "mf_jax/train_state.py",
+           "schedule, beta=o.muon_beta,", "schedule, beta=o.b1,",
+           [MUON]),
+    Mutant("muon_adam_part_without_weight_decay", "optimizer", "mf_jax/train_state.py",
+           "adam_weight_decay=o.weight_decay,", "adam_weight_decay=0.0,",
+           [MUON]),
     # --- Sampling-time guidance ----------------------------------------------------------------
     Mutant("cfg_anchor_cond", "guidance", "mf_jax/sampling.py",
            "return null + cfg_scale * (cond - null)", "return cond + cfg_scale * (cond - null)",

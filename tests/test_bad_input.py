@@ -68,6 +68,22 @@ BAD_INPUTS = [
     ({"optim.schedule": "linear"}, r"optim\.schedule='linear'"),
     ({"optim.warmup_steps": -1}, r"optim\.warmup_steps=-1"),
     ({"ema_decays": (1.0,)}, r"ema_decays=\(1\.0,\): must be a tuple of numbers, each in \[0\.0, 1\.0\)"),
+    ({"ema_half_lives_kimg": (500,)}, r"ema_half_lives_kimg=\(500,\) and ema_decays=\(0\.995,\) "
+                                      r"both define EMA copies\. Fix: set --config\.ema_decays=\(\)"),
+    ({"ema_half_lives_kimg": (0.0,), "ema_decays": ()}, r"ema_half_lives_kimg=\(0\.0,\): must be "
+                                                        r"a tuple of numbers, each > 0"),
+    ({"ema_rampup_ratio": 0.0}, r"ema_rampup_ratio=0\.0: must be a number > 0"),
+    ({"sample.ema_name": "0.999"}, r"sample\.ema_name='0\.999': this run keeps no EMA copy of that "
+                                   r"name \(ema_decays=\(0\.995,\) names its copies \['0\.995'\]\)"),
+    ({"sample.ema_name": "1000kimg", "ema_decays": (), "ema_half_lives_kimg": (500, 2000)},
+     r"sample\.ema_name='1000kimg'.*names its copies \['500kimg', '2000kimg'\]\)\. Fix: set "
+     r"--config\.sample\.ema_name to one of"),
+    ({"optim.name": "sgd"}, r"optim\.name='sgd': allowed values are \['adamw', 'adam', 'muon'\]"),
+    ({"optim.muon_exclude": ("_tokens$",)}, r"optim\.muon_exclude=\('_tokens\$',\) applies to "
+                                            r"optim\.name='muon' only"),
+    ({"optim.name": "muon", "optim.muon_exclude": ("(",)}, r"optim\.muon_exclude: '\(' is not a "
+                                                           r"regular expression"),
+    ({"optim.muon_beta": 1.0}, r"optim\.muon_beta=1\.0: must be a number in \[0\.0, 1\.0\)"),
     ({"meanflow.r_neq_t_ratio": 1.5}, r"meanflow\.r_neq_t_ratio=1\.5"),
     ({"meanflow.time_sigma": 0.0}, r"meanflow\.time_sigma=0\.0"),
     ({"meanflow.adaptive_c": 0.0}, r"meanflow\.adaptive_c=0\.0"),

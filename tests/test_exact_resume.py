@@ -115,3 +115,22 @@ def test_train_iterator_on_two_processes_reads_the_halves_of_the_one_process_bat
     for key in one[step]:
       np.testing.assert_array_equal(
           one[step][key], np.concatenate([halves[0][step][key], halves[1][step][key]]))
+
+
+def test_muon_and_half_life_emas_resume_bit_identical(tmp_path, monkeypatch):
+  """optim.name="muon" (optax's partitioned Muon/Adam state, checkpointed and restored) and two
+  half-life EMA copies (decays that depend on the restored step) resume bit-identically."""
+  config = small_config()  # The digits.
+  config.optim.name = "muon"
+  config.ema_decays, config.ema_half_lives_kimg, config.ema_rampup_ratio = (), (0.02, 0.1), 1.0
+  interrupted_resumed_and_straight(config, tmp_path, monkeypatch)
+  state = train.train_and_evaluate(config, str(tmp_path / "b"))  # Already at step 5: restores.
+  partition = state.opt_state[-1].inner_states
+  assert jax.tree_util.tree_leaves(partition["muon"].inner_state[0].mu)  # Muon has 2-D kernels
+  assert jax.tree_util.tree_leaves(partition["adam"].inner_state[0].mu)  # and Adam the biases.
+  first, second = (np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(e)])
+                   for e in jax.device_get(state.ema_params))
+  assert not np.array_equal(first, second)  # Two different decays were applied.
+  config.sample.ema_name = "0.1kimg"  # --mode=sample names the copy it sampled in the file.
+  train.sample_to_files(config, str(tmp_path / "b"))
+  assert os.path.isfile(tmp_path / "b" / "samples" / "step_00000005_1nfe_ema_0.1kimg.npz")

@@ -2,9 +2,9 @@
 
 One way for every format: `fresh_state` fills a TrainState shaped like `ts.init_state(config)`
 (jax.eval_shape, nothing allocated) with the converted parameters, every EMA copy equal to them
-unless given, optimizer state and method state (`aux`: sample queues, frozen encoders) zero unless
-given; `write` saves it with the trainer's own Checkpointer into an empty workdir, so
-`main.py --mode=eval/sample` restore it and training resumes from it.
+unless given, the optimizer's initial state and zero method state (`aux`: sample queues, frozen
+encoders) unless given; `write` saves it with the trainer's own Checkpointer into an empty workdir,
+so `main.py --mode=eval/sample` restore it and training resumes from it.
 """
 from typing import Any, Optional, Sequence
 
@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from mf_jax import checkpointing
+from mf_jax import ema as ema_lib
 from mf_jax import train_state as ts
 from mf_jax.convert import engine
 
@@ -34,9 +35,10 @@ def fresh_state(config, params, step: int = 0, ema_params: Optional[Sequence[Any
                                              abstract.params)
   params = cast(params)
   ema = tuple(cast(e) for e in ema_params) if ema_params is not None else tuple(
-      params for _ in config.ema_decays)
-  return ts.TrainState(step=np.asarray(step, np.int32), params=params,
-                       opt_state=zeros(abstract.opt_state) if opt_state is None else opt_state,
+      params for _ in range(ema_lib.num_emas(config)))
+  if opt_state is None:  # The optimizer's own start (zeros, except e.g. Muon's coefficients).
+    opt_state = jax.device_get(ts.make_optimizer(config).init(params))
+  return ts.TrainState(step=np.asarray(step, np.int32), params=params, opt_state=opt_state,
                        ema_params=ema, nonfinite_step=np.asarray(-1, np.int32),
                        aux=zeros(abstract.aux))
 

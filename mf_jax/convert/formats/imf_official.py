@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mf_jax import ema as ema_lib
 from mf_jax import train_state as ts
 from mf_jax.convert import engine, readers
 from mf_jax.convert import workdir as workdir_lib
@@ -155,7 +156,7 @@ def convert(path: str, config) -> Tuple[ts.TrainState, str]:
                 f"{config.data.num_classes} classes)", FIX)
   tree = {"params": engine.nest(params)}
   state = workdir_lib.fresh_state(config, tree, step, ema_params=tuple(
-      tree for _ in config.ema_decays), abstract=abstract)
+      tree for _ in range(ema_lib.num_emas(config))), abstract=abstract)
   note = (f"{copy} of the release" + (f"; {len(filled)} v-head block parameters absent "
           "(inference release) filled with zeros: v-head blocks are identities, u and sampling "
           "are the release's" if filled else ""))
