@@ -50,10 +50,11 @@ def get_config(variant="B/16"):
                     perceptual_max_t=max_t)
   config.optim.update(name="muon", learning_rate=1e-3, b1=0.9, b2=0.95, weight_decay=0.0,
                       warmup_steps=0)
+  config.ema_decays = ()
   config.ema_half_lives_kimg = HALF_LIVES_KIMG
   config.train.update(global_batch_size=1024, num_steps=320 * EPOCH // 1024)
-  ema_index = HALF_LIVES_KIMG.index(ema)
-  config.sample.update(cfg_scale=omega, guidance_interval=interval, ema_index=ema_index)
+  ema_name = f"{ema:g}kimg"  # mf_jax/ema.py's name of that copy.
+  config.sample.update(cfg_scale=omega, guidance_interval=interval, ema_name=ema_name)
   config.eval.update(cfg_scale=omega, num_steps=(1,), label_sampling="uniform",
-                     uint8_rounding="half_up", ema_index=ema_index)
+                     uint8_rounding="half_up", ema_name=ema_name)
   return config

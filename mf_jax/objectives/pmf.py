@@ -55,20 +55,20 @@ class PMF(IMF):
     c, frozen = config.pmf, []
     use_lpips, use_convnext = pmf.uses_perceptual(c)
     if use_lpips:
-      module = lpips.LPIPS()
+      lpips_net = lpips.LPIPS()
       frozen.append(base.FrozenNetwork(
-          aux_key="lpips", path=c.lpips_path, file_format="lpips_vgg16", module=module,
+          aux_key="lpips", path=c.lpips_path, file_format="lpips_vgg16", module=lpips_net,
           field="pmf.lpips_path", fix=LPIPS_HOWTO,
-          placeholder=lambda key: networks.frozen_placeholder(module.init, key,
+          placeholder=lambda key: networks.frozen_placeholder(lpips_net.init, key,
                                                               *lpips.example_inputs()),
           description="LPIPS-VGG16 (pmf.lpips_weight)"))
     if use_convnext:
-      module = convnext_module(config)
+      convnext_net = convnext_module(config)
       frozen.append(base.FrozenNetwork(
-          aux_key="convnext", path=c.convnext_path, file_format="convnext", module=module,
+          aux_key="convnext", path=c.convnext_path, file_format="convnext", module=convnext_net,
           field="pmf.convnext_path",
           fix=(f"set pmf.convnext_depths/convnext_dims to the file's size, or {CONVNEXT_HOWTO}"),
-          placeholder=lambda key: networks.frozen_placeholder(module.init, key,
+          placeholder=lambda key: networks.frozen_placeholder(convnext_net.init, key,
                                                               convnext.example_input()),
           description=(f"ConvNeXt-V2 pooled features (depths {tuple(c.convnext_depths)}, dims "
                        f"{tuple(c.convnext_dims)})")))

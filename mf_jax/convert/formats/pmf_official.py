@@ -15,7 +15,7 @@ JAX code keeps 3-D ([1, classes + 1, w]) and its PyTorch code 2-D.
 EMA copies: this project keeps the EMAs as a tuple ordered by `ema_half_lives_kimg` (default
 (500, 1000, 2000), the release's); copy i is the release's EMA of half-life K_i, and a half-life
 the release lacks is an error. A .pt holds one copy: every EMA copy is that copy (the summary says
-so). The workdir's parameters are the EMA copy eval.ema_index names (the official evaluation
+so). The workdir's parameters are the EMA copy eval.ema_name (else eval.ema_index) names (the official evaluation
 samples from an EMA); the release's online parameters are not used; the optimizer state is zero
 and the step is the release's.
 
@@ -29,10 +29,12 @@ from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
 
+from mf_jax import ema as ema_lib
 from mf_jax import train_state as ts
 from mf_jax.convert import engine, readers
 from mf_jax.convert import workdir as workdir_lib
 from mf_jax.convert.formats import imf_official, meanflow_official
+from mf_jax.errors import ConfigError
 from mf_jax.models import dit_pixel
 
 RELEASE_HALF_LIVES = (500.0, 1000.0, 2000.0)  # kimg; the official configs' ema_val.
@@ -176,7 +178,10 @@ def convert(path: str, config) -> Tuple[ts.TrainState, str]:
   target = engine.flat(abstract.params["params"])
   flats, note = convert_copies(copies, kind, config, target)
   emas = tuple({"params": engine.nest(f)} for f in flats)
-  index = config.eval.ema_index  # The copy --mode=eval evaluates.
+  try:
+    index = ema_lib.ema_index(config, "eval")  # The copy --mode=eval evaluates.
+  except ConfigError as e:
+    raise engine.UserError("--config.eval.ema_name", str(e)) from None
   if not 0 <= index < len(emas):
     raise engine.UserError("--config.eval.ema_index", f"{index} is not an index into the "
                            f"{len(emas)} EMA copies", f"give 0 ... {len(emas) - 1}")
