@@ -15,7 +15,7 @@ def registered_method(value):
 TOP = dict(
     seed=Field(0, integer(), "any integer, e.g. 0"),
     method=Field("meanflow", registered_method,
-                 "meanflow (default), drifting, mae (drifting's encoder), imf, or a registered "
+                 "meanflow (default), drifting, mae (drifting's encoder), imf, pmf, or a registered "
                  "method", shape=True),
 )
 

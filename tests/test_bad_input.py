@@ -53,7 +53,7 @@ BAD_INPUTS = [
     ({"data.vae_path": MISSING}, r"data\.vae_path=.* does not exist"),
     ({"data.image_size": 0}, r"data\.image_size=0"),
     ({"data.num_classes": -1}, r"data\.num_classes=-1"),
-    ({"method": "gan"}, r"method='gan': allowed values are \['drifting', 'imf', 'mae', 'meanflow'\]"),
+    ({"method": "gan"}, r"method='gan': allowed values are \['drifting', 'imf', 'mae', 'meanflow', 'pmf'\]"),
     ({"model.variant": "Huge/2"}, r"model\.variant='Huge/2'"),
     ({"model.hidden_size": 30}, r"model\.hidden_size=30 must be divisible by model\.num_heads=2"),
     ({"method": "drifting", "drifting.classes_per_step": 4, "model.name": "dit_modern",
