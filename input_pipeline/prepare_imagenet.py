@@ -6,6 +6,8 @@ r"""Encode ImageNet with the SD-VAE into sharded latent records (format: `input_
       --split=train --out=... --vae=...
   python -m input_pipeline.prepare_imagenet --out=/data/latents/train --verify
   python -m input_pipeline.prepare_imagenet --pixels --src=/data/imagenet/train --out=/data/pixels/train
+  python -m input_pipeline.prepare_imagenet --pixels --config=configs/imagenet_pmf.py:B/32 \
+      --src=/data/imagenet/train --out=/data/pixels512/train     # 512 x 512 from the config
 
 Sources: an image-folder tree (one folder per class holding JPEG/PNG files; class index = sorted
 folder order; examples in sorted (class, file) order), or TFDS `imagenet2012` prepared from a local
@@ -28,6 +30,7 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -343,7 +346,11 @@ def parse_args(argv: Sequence[str]):
   p.add_argument("--vae_random_init_layout", choices=sorted(vae.LAYOUTS),
                  help="TEST ONLY: random VAE weights of this layout instead of --vae")
   p.add_argument("--vae_random_init_seed", type=int, default=0, help="TEST ONLY")
-  p.add_argument("--image_size", type=int, default=256)
+  p.add_argument("--image_size", type=int, default=None,
+                 help="crop side (default 256, or --config's data.image_size)")
+  p.add_argument("--config", default="",
+                 help="a training config (FILE.py or FILE.py:ARG, as main.py takes it): the crop "
+                      "side is its data.image_size, and pixel configs need --pixels")
   p.add_argument("--batch_size", type=int, default=64, help="images per encode call (all devices)")
   p.add_argument("--shard_size", type=int, default=1024, help="records per shard")
   p.add_argument("--dtype", default="float32", choices=records.DTYPES,
@@ -363,8 +370,33 @@ def parse_args(argv: Sequence[str]):
   return p.parse_args(argv)
 
 
+def apply_config(args) -> None:
+  """--config sets --image_size to the config's data.image_size (e.g. 512 for
+  configs/imagenet_pmf.py:B/32) and checks --pixels against its data set."""
+  if not args.config:
+    args.image_size = 256 if args.image_size is None else args.image_size
+    return
+  path, _, arg = args.config.partition(":")
+  if not os.path.isfile(path):
+    raise ValueError(f"--config={args.config!r}: {path} is not a file. Fix: give a config file "
+                     "such as configs/imagenet_pmf.py:B/32.")
+  spec = importlib.util.spec_from_file_location("_prepare_imagenet_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  data = (module.get_config(arg) if arg else module.get_config()).data
+  if args.image_size is not None and args.image_size != data.image_size:
+    raise ValueError(f"--image_size={args.image_size} but --config={args.config!r} trains at "
+                     f"data.image_size={data.image_size}. Fix: drop --image_size.")
+  pixels = data.name == "imagenet_pixels"
+  if pixels != args.pixels:
+    raise ValueError(f"--config={args.config!r} reads data.name={data.name!r}. Fix: "
+                     + ("add --pixels." if pixels else "drop --pixels (it encodes latents)."))
+  args.image_size = data.image_size
+
+
 def main(argv: Sequence[str]) -> int:
   args = parse_args(argv)
+  apply_config(args)
   if args.verify:  # The manifest of --out itself (records.verify reads a missing folder's parent).
     print(json.dumps(records.verify(os.path.join(args.out, records.MANIFEST))))
     return 0

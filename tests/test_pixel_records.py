@@ -155,3 +155,23 @@ def test_resized_crop_samples_the_box():
   j = np.arange(4, s - 4)
   want = np.round(3 * (6 + (j + 0.5) * 20 / s - 0.5))
   np.testing.assert_array_equal(out[1][:, j, 0], np.broadcast_to(want, (s, len(j))))
+
+
+def test_the_config_sets_the_resolution(tree, tmp_path):
+  """--config=configs/imagenet_pmf.py:B/32 writes 512 x 512 crops (its data.image_size); a
+  latent config without --pixels, a pixel config without it, and a clashing --image_size are
+  refused before anything is written."""
+  args = ["--src", str(tree), "--shard_size", "8", "--log_every_s", "0", "--limit", "2"]
+  out = tmp_path / "p512"
+  assert prepare_imagenet.main(["--pixels", "--config", "configs/imagenet_pmf.py:B/32",
+                                "--out", str(out), *args]) == 0
+  m = records.read_manifest(str(out))
+  assert m["image_shape"] == [512, 512, 3] and m["count"] == 2
+  for bad, message in (
+      (["--config", "configs/imagenet_pmf.py:B/32"], "add --pixels"),
+      (["--pixels", "--config", "configs/imagenet_pmf.py:B/16", "--image_size", "512"],
+       "trains at data.image_size=256"),
+      (["--pixels", "--config", "configs/imagenet_imf.py:B/2"], "drop --pixels")):
+    with pytest.raises(ValueError, match=message):
+      prepare_imagenet.main([*bad, "--out", str(tmp_path / "bad"), *args])
+    assert not os.path.exists(tmp_path / "bad")
