@@ -79,17 +79,18 @@ def convnext_distance(convnext_apply: Callable[[Array], Array], a: Array, b: Arr
   return jnp.sum(jnp.square(convnext_apply(a) - convnext_apply(b)), axis=-1)
 
 
-def perceptual_distances(key: Array, pred_x: Array, x: Array,
+def perceptual_distances(boxes, pred_x: Array, x: Array,
                          lpips_fn: Optional[Callable[[Array, Array], Array]],
                          convnext_fn: Optional[Callable[[Array], Array]], size: int = 224
                          ) -> Tuple[Array, Array]:
-  """(LPIPS [B], ConvNeXt distance [B]) of the paired crops of pred_x and x; a term whose network
-  is None is zeros. Gradients flow into pred_x (and x, if it is not a constant)."""
+  """(LPIPS [B], ConvNeXt distance [B]) of pred_x and x both cut by `boxes` ((top, left, h, w),
+  each [B], from crop_boxes) and resampled to size; a term whose network is None is zeros.
+  Gradients flow into pred_x (and x, if it is not a constant)."""
   batch = pred_x.shape[0]
   zeros = jnp.zeros((batch,), jnp.result_type(pred_x.dtype, jnp.float32))
   if lpips_fn is None and convnext_fn is None:
     return zeros, zeros
-  a, b = paired_random_resized_crop(key, pred_x, x, size)
+  a, b = crop_batch(pred_x, boxes, size), crop_batch(x, boxes, size)
   lpips = zeros if lpips_fn is None else lpips_distance(lpips_fn, a, b)
   convnext = zeros if convnext_fn is None else convnext_distance(convnext_fn, a, b)
   return lpips, convnext

@@ -115,13 +115,8 @@ def perceptual_fn_of(lpips_fn, convnext_fn, crop_size: int) -> Optional[Perceptu
   if lpips_fn is None and convnext_fn is None:
     return None
   def distances(pred_x, x, boxes):
-    box = tuple(boxes[:, i] for i in range(4))
-    a, b = (perceptual.crop_batch(im, box, crop_size) for im in (pred_x, x))
-    zeros = jnp.zeros(a.shape[:1], jnp.result_type(a.dtype, jnp.float32))
-    d_lpips = zeros if lpips_fn is None else perceptual.lpips_distance(lpips_fn, a, b)
-    d_convnext = (zeros if convnext_fn is None else
-                  perceptual.convnext_distance(convnext_fn, a, b))
-    return d_lpips, d_convnext
+    return perceptual.perceptual_distances(tuple(boxes[:, i] for i in range(4)), pred_x, x,
+                                           lpips_fn, convnext_fn, crop_size)
   return distances
 
 

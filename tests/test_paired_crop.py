@@ -114,25 +114,24 @@ def test_resampling_matches_pil_bicubic_on_the_box(box):
 
 
 def test_perceptual_distances_feed_the_same_crops_to_both_networks():
-  key = jax.random.key(5)
+  boxes = crop_boxes(jax.random.key(5), 4, 64, 64)
   pred, x = _images((4, 64, 64, 3), seed=6), _images((4, 64, 64, 3), seed=7)
-  zeros = distances(key, pred, x, None, None, 32)
+  zeros = distances(boxes, pred, x, None, None, 32)
   for z in zeros:
     np.testing.assert_array_equal(z, np.zeros(4))
   # Stand-in networks whose distances are known in closed form on the crops.
   l1 = lambda a, b: jnp.mean(jnp.abs(a - b), axis=(1, 2, 3))[:, None, None, None]  # [B,1,1,1].
   flat = lambda images: images.reshape(images.shape[0], -1)  # Identity features: no rescaling.
-  lp, cn = distances(key, pred, x, l1, flat, 32)
-  boxes = crop_boxes(key, 4, 64, 64)
+  lp, cn = distances(boxes, pred, x, l1, flat, 32)
   ca, cb = crop_batch(pred, boxes, 32), crop_batch(x, boxes, 32)
   np.testing.assert_allclose(lp, np.mean(np.abs(ca - cb), axis=(1, 2, 3)), rtol=1e-6)
   np.testing.assert_allclose(cn, np.sum(np.square(ca - cb), axis=(1, 2, 3)), rtol=1e-5)
-  lp_only, cn_none = distances(key, pred, x, l1, None, 32)
+  lp_only, cn_none = distances(boxes, pred, x, l1, None, 32)
   np.testing.assert_array_equal(lp_only, lp)
   np.testing.assert_array_equal(cn_none, np.zeros(4))
   # The gradient reaches pred_x.
   grad = jax.jit(jax.grad(
-      lambda p: jnp.sum(perceptual.perceptual_distances(key, p, x, l1, flat, 32)[1])))(pred)
+      lambda p: jnp.sum(perceptual.perceptual_distances(boxes, p, x, l1, flat, 32)[1])))(pred)
   assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
 
 
