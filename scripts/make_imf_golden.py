@@ -100,6 +100,22 @@ def choose_draws(rng):
               drop_u=rng.permutation(drop))
 
 
+def official_draws(model, variables, served, gen, draws, e, labels, jnp):
+  """(t, r, t_min, t_max, omega, labels after dropout) as the official module's own draw methods
+  form them from the served values of choose_draws (iMF's and pMF's modules share them)."""
+  batch = len(labels)
+  served.serve(normal=[draws["normal_t"], draws["normal_r"]])
+  t, r, fm_mask = model.apply(variables, batch, method=model.sample_tr, rngs=gen)
+  served.serve(uniform=[draws["t_min"], draws["t_max"]])
+  t_min, t_max = model.apply(variables, batch, fm_mask, method=model.sample_cfg_interval, rngs=gen)
+  served.serve(uniform=[draws["omega_u"]])
+  omega = model.apply(variables, batch, method=model.sample_cfg_scale, rngs=gen)
+  served.serve(uniform=[draws["drop_u"]])
+  dropped_labels, _ = model.apply(variables, jnp.asarray(e), jnp.asarray(e), jnp.asarray(labels),
+                                  method=model.cond_drop, rngs=gen)
+  return t, r, t_min, t_max, omega, dropped_labels
+
+
 def flat(tree, prefix):
   from flax import traverse_util
   return {f"{prefix}/{k}": np.asarray(v) for k, v in
@@ -162,15 +178,8 @@ def main():
   normals = [d["normal_t"], d["normal_r"], e]
   uniforms = [d["t_min"], d["t_max"], d["omega_u"], d["drop_u"]]
 
-  served.serve(normal=normals[:2])
-  t, r, fm_mask = model.apply(variables, BATCH, method=model.sample_tr, rngs=gen)
-  served.serve(uniform=uniforms[:2])
-  t_min, t_max = model.apply(variables, BATCH, fm_mask, method=model.sample_cfg_interval, rngs=gen)
-  served.serve(uniform=uniforms[2:3])
-  omega = model.apply(variables, BATCH, method=model.sample_cfg_scale, rngs=gen)
-  served.serve(uniform=uniforms[3:])
-  dropped_labels, _ = model.apply(variables, jnp.asarray(e), jnp.asarray(e), jnp.asarray(labels),
-                                  method=model.cond_drop, rngs=gen)
+  t, r, t_min, t_max, omega, dropped_labels = official_draws(model, variables, served, gen, d, e,
+                                                              labels, jnp)
 
   def loss_fn(p):
     served.serve(normal=normals, uniform=uniforms)

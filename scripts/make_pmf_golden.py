@@ -35,7 +35,7 @@ import types
 import numpy as np
 
 import official_checkout  # scripts/official_checkout.py (the scripts run as files)
-from make_imf_golden import ServedJax, flat, random_weights
+from make_imf_golden import ServedJax, flat, official_draws, random_weights
 
 OFFICIAL_COMMIT = "75f6073042c21f7104686261a0c4784db4ede9d1"  # Lyy-iiis/pMF main.
 OFFICIAL_FILES = ("pmf.py", "models/pmfDiT.py", "models/embedder.py", "models/torch_models.py",
@@ -161,15 +161,8 @@ def main():
   normals = [d["normal_t"], d["normal_r"], e]
   uniforms = [d["t_min"], d["t_max"], d["omega_u"], d["drop_u"]]
 
-  served.serve(normal=normals[:2])
-  t, r, fm_mask = model.apply(variables, BATCH, method=model.sample_tr, rngs=gen)
-  served.serve(uniform=uniforms[:2])
-  t_min, t_max = model.apply(variables, BATCH, fm_mask, method=model.sample_cfg_interval, rngs=gen)
-  served.serve(uniform=uniforms[2:3])
-  omega = model.apply(variables, BATCH, method=model.sample_cfg_scale, rngs=gen)
-  served.serve(uniform=uniforms[3:])
-  dropped_labels, _ = model.apply(variables, jnp.asarray(e), jnp.asarray(e), jnp.asarray(labels),
-                                  method=model.cond_drop, rngs=gen)
+  t, r, t_min, t_max, omega, dropped_labels = official_draws(model, variables, served, gen, d, e,
+                                                              labels, jnp)
 
   def loss_fn(p):
     served.serve(normal=normals, uniform=uniforms)

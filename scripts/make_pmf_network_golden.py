@@ -31,7 +31,7 @@ import tempfile
 import numpy as np
 
 import official_checkout  # scripts/official_checkout.py (the scripts run as files)
-from make_imf_golden import random_weights  # The same perturbation as the iMF golden file.
+from make_imf_golden import flat, random_weights  # As the iMF golden file.
 
 OFFICIAL_COMMIT = "75f6073042c21f7104686261a0c4784db4ede9d1"  # Lyy-iiis/pMF main.
 TORCH_COMMIT = "990e81a84249dbd68a128accef67eb95621d10b1"  # Lyy-iiis/pMF torch (its .pt release).
@@ -87,12 +87,6 @@ def official_torch_state(official_git_dir, commit=TORCH_COMMIT):
       del sys.modules[k]
     sys.modules.update(saved)
     shutil.rmtree(tmp)
-
-
-def flat(tree, prefix):
-  from flax import traverse_util  # pylint: disable=import-outside-toplevel
-  return {f"{prefix}/{k}": np.asarray(v) for k, v in
-          traverse_util.flatten_dict(dict(tree), sep="/").items()}
 
 
 def main():
