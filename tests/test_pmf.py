@@ -93,13 +93,12 @@ def _point_mass_batch(key, batch=16, classes=5):
   return x0, x, labels, draws, boxes, config
 
 
-@pytest.mark.parametrize("split", [False, True])
-def test_exact_image_predictor_has_zero_loss(x64, split):
+def test_exact_image_predictor_has_zero_loss(x64):
   """Point-mass data: the exact predictor x_hat = x0 gives loss 0 (perceptual terms included);
-  a perturbed one does not."""
+  a perturbed one does not. The per-part form (the trainer's; the whole-batch form equals it,
+  test_split_loss_equals_reference)."""
   x0, x, labels, draws, boxes, config = _point_mass_batch(jax.random.key(2))
   assert bool(jnp.any(draws.r != draws.t)) and bool(jnp.any(draws.t < config.perceptual_max_t))
-  loss_fn = pmf.pmf_loss_split_from_draws if split else pmf.pmf_loss_from_draws
   perceptual_fn = _stand_in_perceptual(8)
 
   def predictor(offset):
@@ -108,10 +107,12 @@ def test_exact_image_predictor_has_zero_loss(x64, split):
       return x_hat, x_hat
     return pmf.velocity_net(net, config.t_clip)
 
-  loss, m = loss_fn(predictor(0.0), x, labels, draws, boxes, config, perceptual_fn)
+  run = jax.jit(lambda offset: pmf.pmf_loss_split_from_draws(
+      predictor(offset), x, labels, draws, boxes, config, perceptual_fn)[1])
+  m = run(0.0)
   for name in ("loss", "loss_u", "loss_v", "loss_lpips", "loss_convnext"):
     assert abs(float(m[name])) < 1e-20, (name, float(m[name]))
-  loss, m = loss_fn(predictor(0.1), x, labels, draws, boxes, config, perceptual_fn)
+  m = run(0.1)
   for name in ("loss", "loss_u", "loss_v", "loss_lpips", "loss_convnext"):
     assert float(m[name]) > 1e-6, name
 
@@ -166,9 +167,9 @@ def test_split_loss_equals_reference(x64, ratio):
   perceptual_fn = _stand_in_perceptual(6)
 
   def run(loss_fn):
-    return jax.value_and_grad(lambda p: loss_fn(
+    return jax.jit(jax.value_and_grad(lambda p: loss_fn(
         pmf.velocity_net(_image_net(p), config.t_clip), x, labels, draws, boxes, config,
-        perceptual_fn), has_aux=True)(params)
+        perceptual_fn), has_aux=True))(params)
   (_, want_m), want_g = run(pmf.pmf_loss_from_draws)
   (_, got_m), got_g = run(pmf.pmf_loss_split_from_draws)
   assert 0 < float(want_m["loss_lpips"]) and 0 < float(want_m["loss_convnext"])
@@ -192,18 +193,19 @@ def test_perceptual_terms_mask_weights_and_gradient(x64):
   config = _config(perceptual_max_t=0.8, lpips_weight=0.4, convnext_weight=0.1)
   fn = _stand_in_perceptual(5)
 
+  @jax.jit
   def weighted(u_):
     part = imf.Part(rows=dict(z=z, t=t, x=x, crop_boxes=boxes), u=u_, V=u_, v=u_, v_g=u_)
     return pmf.perceptual_terms(part, fn, config)
   total, d_lpips, d_convnext = weighted(u)
-  a, c = fn(z - t[:, None, None, None] * u, x, boxes)
+  a, c = jax.jit(fn)(z - t[:, None, None, None] * u, x, boxes)
   keep = np.asarray(t) < 0.8
   np.testing.assert_allclose(d_lpips, np.sum(np.asarray(a)[keep]), rtol=1e-12)
   np.testing.assert_allclose(d_convnext, np.sum(np.asarray(c)[keep]), rtol=1e-12)
   w = lambda d: d / (d + 0.01)
   want = np.sum((0.4 * w(np.asarray(a)) + 0.1 * w(np.asarray(c)))[keep])
   np.testing.assert_allclose(total, want, rtol=1e-12)
-  grad = jax.grad(lambda u_: weighted(u_)[0])(u)
+  grad = jax.jit(jax.grad(lambda u_: weighted(u_)[0]))(u)
   norms = np.asarray(jnp.sqrt(jnp.sum(grad ** 2, axis=(1, 2, 3))))
   assert np.all(norms[~keep] == 0) and np.all(norms[keep] > 0)
 

@@ -5,9 +5,10 @@ a tiny official pmfDiT with random weights, its (u, v) velocities, the official 
 perceptual term (the official paired crop on the key its forward drew, then tiny random LPIPS and
 ConvNeXt-V2 stand-ins) and its gradient on a fixed batch with fixed draws, and a 1-step sample.
 Our network gets the official weights through the converter's table
-(mf_jax/convert/formats/pmf_official.py); our objective gets the official draws in the official
-row layout (r = t first, dropped rows first), and our crop boxes come from the official key
-through perceptual.crop_boxes, so the crops agree only if the box draws do.
+(mf_jax/convert/formats/pmf_official.py); our objective (the whole-batch form; tests/test_pmf.py
+shows the per-part form equal to it in float64) gets the official draws in the official row layout
+(r = t first, dropped rows first), and our crop boxes come from the official key through
+perceptual.crop_boxes, so the crops agree only if the box draws do.
 
 Tolerances as tests/test_imf_golden.py (float32 on both sides, same operations in another order:
 1e-5 relative on outputs and loss, 1e-4 on the gradient through the jvp); the perceptual
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from mf_jax import imf, meanflow, perceptual, pmf
+from mf_jax import imf, perceptual, pmf
 from mf_jax.convert.formats import pmf_official
 from mf_jax.models import convnext, dit_pixel, lpips
 from numerics import rel_err
@@ -129,30 +130,6 @@ def test_loss_with_perceptual_terms_and_gradient(golden, ours):
     return jax.value_and_grad(lambda p_: pmf.pmf_loss_from_draws(
         pmf.velocity_net(image_net(p_), config.t_clip), golden["loss_x"], golden["loss_labels"],
         draws, _boxes(golden), config, perceptual_fn), has_aux=True)(p)
-  (_, metrics), grads = loss_and_grad(params)
-  _check_loss_and_grad(golden, metrics, grads)
-
-
-def test_split_loss_on_our_layout(golden, ours):
-  """The per-part loss on the golden batch with its rows moved to our layout: the same loss and
-  gradient (the crop boxes move with their rows)."""
-  params, image_net, perceptual_fn = ours
-  config = _config(golden)
-  batch = int(golden["batch"])
-  period, n = meanflow.r_neq_t_pattern(batch, config.r_neq_t_ratio)
-  ours_avg = np.flatnonzero(np.arange(batch) % period < n)
-  official_avg = np.flatnonzero(golden["loss_t"] != golden["loss_r"])
-  perm = np.empty(batch, int)
-  perm[ours_avg] = official_avg
-  perm[np.setdiff1d(np.arange(batch), ours_avg)] = np.setdiff1d(np.arange(batch), official_avg)
-  draws = imf.Draws(**{k: jnp.asarray(golden[f"loss_{k}"][perm]) for k in DRAWS})
-
-  @jax.jit
-  def loss_and_grad(p):
-    return jax.value_and_grad(lambda p_: pmf.pmf_loss_split_from_draws(
-        pmf.velocity_net(image_net(p_), config.t_clip), golden["loss_x"][perm],
-        golden["loss_labels"][perm], draws, _boxes(golden, perm), config, perceptual_fn),
-                              has_aux=True)(p)
   (_, metrics), grads = loss_and_grad(params)
   _check_loss_and_grad(golden, metrics, grads)
 
