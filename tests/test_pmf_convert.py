@@ -207,7 +207,6 @@ def test_cli_refuses_another_network_and_a_missing_source(releases, tmp_path, ca
 def test_cli_workdir_holds_the_release(golden, releases, tmp_path):
   """Through the CLI into a workdir of the pMF objective, restored as --mode=eval restores it:
   the EMA copies by half-life, the parameters = the copy eval.ema_index names."""
-  pytest.importorskip("mf_jax.objectives.pmf", reason="needs the pMF objective (method='pmf')")
   from mf_jax import train  # pylint: disable=import-outside-toplevel
   from mf_jax.convert import __main__ as cli  # pylint: disable=import-outside-toplevel
   g = lambda k: int(golden[f"tiny_{k}"])
