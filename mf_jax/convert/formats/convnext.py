@@ -10,10 +10,8 @@ import os
 from typing import Any, Dict, Mapping, Tuple
 
 import jax
-import numpy as np
-from flax import traverse_util
 
-from mf_jax.convert import engine, readers
+from mf_jax.convert import engine, readers, weights_file
 from mf_jax.convert.formats.drifting_mae import to_variables, unwrap
 from mf_jax.models import convnext
 
@@ -107,11 +105,7 @@ def convert_convnext_to_file(src: str, config, out: str):
   return variables, out
 
 
-def save_variables(path: str, variables) -> None:
-  """Writes variables {"params": tree} as the weights file of the module docstring."""
-  flat = traverse_util.flatten_dict(variables["params"], sep="/")
-  with open(path, "wb") as f:
-    np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
+save_variables = weights_file.save  # The weights file of the module docstring.
 
 
 def file_shapes(path: str) -> Mapping[str, Tuple[int, ...]]:
@@ -119,33 +113,28 @@ def file_shapes(path: str) -> Mapping[str, Tuple[int, ...]]:
   return readers.npz_shapes(path)
 
 
+def _expected(model: convnext.ConvNeXtV2):
+  return engine.abstract_params(lambda: model.init(jax.random.key(0), convnext.example_input()))
+
+
+def _describe(model: convnext.ConvNeXtV2) -> str:
+  return f"depths={tuple(model.depths)}, dims={tuple(model.dims)}"
+
+
 def fit_problems(shapes: Mapping[str, Tuple[int, ...]], model: convnext.ConvNeXtV2) -> str:
   """'' when `shapes` are exactly model's parameters, else every unmapped, misshaped and missing
   name (nothing is allocated: jax.eval_shape)."""
-  expected = engine.abstract_params(lambda: model.init(jax.random.key(0), convnext.example_input()))
-  problems = engine.shape_problems(shapes, expected)
-  if not problems:
-    return ""
-  return (f"the weights do not fit depths={tuple(model.depths)}, dims={tuple(model.dims)}; "
-          f"{len(problems)} problem(s): " + "; ".join(problems[:8])
-          + (f"; ... ({len(problems) - 8} more)" if len(problems) > 8 else ""))
+  return weights_file.fit_problems(shapes, _expected(model), _describe(model))
 
 
 def load_variables(path: str, model: convnext.ConvNeXtV2):
   """The weights file at `path` as variables {"params": tree} of `model` (host float32 arrays);
   ValueError naming every missing, unexpected and misshaped parameter."""
-  problems = fit_problems(file_shapes(path), model)
-  if problems:
-    raise engine.SourceError(path, problems, "set drifting.convnext_depths/convnext_dims to the "
-                             "file's size, or convert the matching checkpoint")
-  flat = {k: v.astype(np.float32) for k, v in readers.read_npz(path).items()}
-  return {"params": traverse_util.unflatten_dict(flat, sep="/")}
+  return weights_file.load(path, _expected(model), _describe(model),
+                           "set drifting.convnext_depths/convnext_dims to the file's size, or "
+                           "convert the matching checkpoint")
 
 
 def file_problems(path: str, model: convnext.ConvNeXtV2) -> str:
   """'' when the weights file at `path` fits `model`, else what is wrong (read from headers)."""
-  import zipfile  # pylint: disable=g-import-not-at-top
-  try:
-    return fit_problems(file_shapes(path), model)
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
-    return f"not a weights file ({e})"
+  return weights_file.file_problems(path, _expected(model), _describe(model))

@@ -16,9 +16,8 @@ from typing import Any, Dict, Mapping, Tuple
 
 import jax
 import numpy as np
-from flax import traverse_util
 
-from mf_jax.convert import engine, readers
+from mf_jax.convert import engine, readers, weights_file
 from mf_jax.models import lpips
 
 HOWTO = ("python -m mf_jax.convert lpips_vgg16 --src=vgg16-397923af.pth "
@@ -90,37 +89,22 @@ def convert_to_file(vgg_path: str, lin_path: str, out: str,
   return variables, out
 
 
-def save_variables(path: str, variables) -> None:
-  flat = traverse_util.flatten_dict(variables["params"], sep="/")
-  with open(path, "wb") as f:
-    np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
+save_variables = weights_file.save
 
 
 def fit_problems(shapes: Mapping[str, Tuple[int, ...]], module: lpips.LPIPS) -> str:
   """'' when `shapes` are exactly the module's parameters, else every problem (unmapped,
   misshaped, missing) in one line."""
-  problems = engine.shape_problems(shapes, target(module))
-  if not problems:
-    return ""
-  return (f"the weights do not fit {_describe(module)}; {len(problems)} problem(s): "
-          + "; ".join(problems[:8])
-          + (f"; ... ({len(problems) - 8} more)" if len(problems) > 8 else ""))
+  return weights_file.fit_problems(shapes, target(module), _describe(module))
 
 
 def file_problems(path: str, module: lpips.LPIPS) -> str:
   """'' when the weights file at `path` fits `module`, else what is wrong (from the headers)."""
-  import zipfile  # pylint: disable=g-import-not-at-top
-  try:
-    return fit_problems(readers.npz_shapes(path), module)
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
-    return f"not a weights file ({e})"
+  return weights_file.file_problems(path, target(module), _describe(module))
 
 
 def load_variables(path: str, module: lpips.LPIPS):
   """The weights file at `path` as variables {"params": tree} of `module` (host float32 arrays);
   SourceError naming every missing, unexpected and misshaped parameter."""
-  problems = fit_problems(readers.npz_shapes(path), module)
-  if problems:
-    raise engine.SourceError(path, problems, f"convert the weights with {HOWTO}")
-  flat = {k: v.astype(np.float32) for k, v in readers.read_npz(path).items()}
-  return {"params": traverse_util.unflatten_dict(flat, sep="/")}
+  return weights_file.load(path, target(module), _describe(module),
+                           f"convert the weights with {HOWTO}")
