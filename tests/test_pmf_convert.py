@@ -22,7 +22,7 @@ from flax import traverse_util
 from configs import imf_digits
 from mf_jax.convert import engine
 from mf_jax.convert.formats import pmf_official
-from mf_jax.models import dit_pixel
+from mf_jax.objectives import pmf as pmf_objective
 from numerics import rel_err
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "pmf_network.npz")
@@ -140,7 +140,7 @@ def convert(path, config):
 def images(golden, config, params):
   """(x_u, x_v) of the converted parameters on the golden inputs."""
   inputs = [jnp.asarray(golden[f"net_{k}"]) for k in ("z", "h", "omega", "t_min", "t_max", "y")]
-  return jax.jit(dit_pixel.build_pixel_dit(config).apply)({"params": params}, *inputs)
+  return jax.jit(pmf_objective.build_pixel_dit(config).apply)({"params": params}, *inputs)
 
 
 def test_jax_release_ema_copies_in_half_life_order(golden, releases):

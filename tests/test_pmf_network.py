@@ -13,6 +13,7 @@ from flax import traverse_util
 from mf_jax.convert.formats import pmf_official
 from mf_jax.errors import ConfigError
 from mf_jax.models import dit_incontext, dit_pixel
+from mf_jax.objectives import pmf as pmf_objective
 from numerics import rel_err
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "pmf_network.npz")
@@ -157,10 +158,10 @@ def test_build_from_config():
   config.model.update(name="dit_pixel", variant="B/16", head_depth=8, depth=None,
                       hidden_size=None, num_heads=None)
   config.data.update(image_size=256, channels=3, num_classes=1000)
-  assert dit_incontext.param_count(dit_pixel.build_pixel_dit(config)) == OFFICIAL_COUNTS[
+  assert dit_incontext.param_count(pmf_objective.build_pixel_dit(config)) == OFFICIAL_COUNTS[
       "B/16"][1]
-  assert dit_incontext.param_count(dit_pixel.build_pixel_dit(config, v_head=False)) == (
+  assert dit_incontext.param_count(pmf_objective.build_pixel_dit(config, v_head=False)) == (
       OFFICIAL_COUNTS["B/16"][2])
   config.model.name = "dit_incontext"
   with pytest.raises(ConfigError, match="model.name='dit_pixel'"):
-    dit_pixel.build_pixel_dit(config)
+    pmf_objective.build_pixel_dit(config)

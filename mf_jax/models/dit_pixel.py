@@ -21,9 +21,7 @@ scalar embedders, initialisation):
 import math
 
 import flax.linen as nn
-import jax.numpy as jnp
 
-from mf_jax.errors import ConfigError
 from mf_jax.models import dit_incontext
 from mf_jax.models.dit_incontext import PREFIX_GROUPS
 
@@ -103,18 +101,6 @@ class PixelDiT(dit_incontext.InContextDiT):
 def num_tokens(image_size: int, patch: int) -> int:
   """Sequence length: the prefix groups, then (image_size / patch)^2 patches."""
   return sum(n for _, n in PREFIX_GROUPS) + (image_size // patch) ** 2
-
-
-def build_pixel_dit(config, v_head: bool = True) -> PixelDiT:
-  """The pMF network of config.model (variant, head_depth, depth/hidden_size/num_heads overrides)
-  and config.data (image_size, channels, num_classes); v_head=False: the inference model."""
-  m, d = config.model, config.data
-  if m.name != "dit_pixel":
-    raise ConfigError(f"model.name={m.name!r}: pixel MeanFlow trains the pixel in-context DiT; "
-                     "set model.name='dit_pixel'.")
-  return PixelDiT(variant=m.variant, image_size=d.image_size, channels=d.channels,
-                  num_classes=d.num_classes, v_head=v_head, head_depth=m.head_depth,
-                  depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads)
 
 
 def count_params(variant: str, v_head: bool = True, image_size: int = 256, channels: int = 3,

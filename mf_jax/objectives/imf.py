@@ -15,15 +15,17 @@ from mf_jax.objectives import base, registry
 FULL_INTERVAL = (0.0, 1.0)
 
 
-def build_incontext_dit(config, v_head: bool = True) -> InContextDiT:
-  """The iMF network of config.model (v_head=False: the inference model, u head only)."""
+def build_incontext_dit(config, v_head: bool = True, network=InContextDiT,
+                        model_name: str = "dit_incontext") -> InContextDiT:
+  """The in-context DiT `network` (iMF's, or pMF's pixel subclass) of config.model and
+  config.data; v_head=False: the inference model, u head only."""
   m, d = config.model, config.data
-  if m.name != "dit_incontext":
-    raise ConfigError(f"model.name={m.name!r}: method='imf' trains the in-context DiT; set "
-                      "model.name='dit_incontext'.")
-  return InContextDiT(variant=m.variant, image_size=d.image_size, channels=d.channels,
-                      num_classes=d.num_classes, v_head=v_head, head_depth=m.head_depth,
-                      depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads)
+  if m.name != model_name:
+    raise ConfigError(f"model.name={m.name!r}: method={config.method!r} trains the "
+                      f"{network.__name__} network; set model.name={model_name!r}.")
+  return network(variant=m.variant, image_size=d.image_size, channels=d.channels,
+                 num_classes=d.num_classes, v_head=v_head, head_depth=m.head_depth,
+                 depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads)
 
 
 def net_fn(model, params):
@@ -38,6 +40,7 @@ def net_fn(model, params):
 class IMF(base.Objective):
   """iMF: u(z, h, omega, t_min, t_max) trained on the guided MeanFlow target, with a v head."""
   name = "imf"
+  section = "imf"  # The config section of the method's fields.
   grid_steps = (1, 2)
   config_sections = {"imf": imf.CONFIG}
   reads_sections = ("imf",)
@@ -66,14 +69,15 @@ class IMF(base.Objective):
     return sample
 
   def validate(self, config):
-    if config.imf.num_classes != config.data.num_classes:
-      raise ConfigError(f"imf.num_classes={config.imf.num_classes} differs from data.num_classes="
-                        f"{config.data.num_classes}; leave it linked to data.")
-    if config.data.num_classes < 1:
-      raise ConfigError("data.num_classes=0: iMF trains class-conditional guidance; give the "
-                        "label count.")
+    c, d = config[self.section], config.data
+    if c.num_classes != d.num_classes:
+      raise ConfigError(f"{self.section}.num_classes={c.num_classes} differs from "
+                        f"data.num_classes={d.num_classes}; leave it linked to data.")
+    if d.num_classes < 1:
+      raise ConfigError(f"data.num_classes=0: method={self.name!r} trains class-conditional "
+                        "guidance; give the label count.")
     try:
-      build_incontext_dit(config).dims()
+      self.build_model(config).dims()
     except ValueError as e:
       raise ConfigError(str(e)) from None
 

@@ -16,15 +16,20 @@ import jax
 from mf_jax import networks, perceptual, pmf
 from mf_jax.errors import ConfigError
 from mf_jax.models import convnext, lpips
-from mf_jax.models.dit_pixel import build_pixel_dit
+from mf_jax.models.dit_pixel import PixelDiT
 from mf_jax.objectives import base, registry
-from mf_jax.objectives.imf import FULL_INTERVAL, IMF
+from mf_jax.objectives.imf import FULL_INTERVAL, IMF, build_incontext_dit
 
 LPIPS_HOWTO = ("convert torchvision's VGG16 weights and the `lpips` package's v0.1 linear layers "
                "with `python -m mf_jax.convert lpips_vgg16 --src=vgg16-397923af.pth "
                "--lin=lpips/weights/v0.1/vgg.pth --out=FILE.npz`")
 CONVNEXT_HOWTO = ("convert facebook/convnextv2-base-22k-224 (a local Hugging Face folder) with "
                   "`python -m mf_jax.convert convnext --src=HF_DIR --out=FILE.npz`")
+
+
+def build_pixel_dit(config, v_head: bool = True) -> PixelDiT:
+  """The pMF network of config.model and config.data (v_head=False: the inference model)."""
+  return build_incontext_dit(config, v_head, PixelDiT, "dit_pixel")
 
 
 def image_net(model, params):
@@ -44,6 +49,7 @@ def convnext_module(config) -> convnext.ConvNeXtV2:
 class PMF(IMF):
   """pMF: iMF's conditions, heads, guidance and sampler interface, on pixels."""
   name = "pmf"
+  section = "pmf"
   config_sections = {"pmf": pmf.CONFIG}
   reads_sections = ("pmf",)
 
@@ -112,22 +118,13 @@ class PMF(IMF):
 
   # --- Checks.
   def validate(self, config):
+    super().validate(config)
     c, d = config.pmf, config.data
-    if c.num_classes != d.num_classes:
-      raise ConfigError(f"pmf.num_classes={c.num_classes} differs from data.num_classes="
-                        f"{d.num_classes}; leave it linked to data.")
-    if d.num_classes < 1:
-      raise ConfigError("data.num_classes=0: pMF trains class-conditional guidance; give the "
-                        "label count.")
     if any(pmf.uses_perceptual(c)) and d.channels != 3:
       raise ConfigError(f"pmf.lpips_weight={c.lpips_weight}, pmf.convnext_weight="
                         f"{c.convnext_weight}: the perceptual networks take RGB images, but "
                         f"data.channels={d.channels}. Fix: set --config.pmf.lpips_weight=0 and "
                         "--config.pmf.convnext_weight=0 for this data.")
-    try:
-      build_pixel_dit(config).dims()
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
 
   def validate_files(self, config):
     """Training reads the perceptual networks' weights (sampling and evaluation do not)."""

@@ -36,6 +36,7 @@ from mf_jax.convert import workdir as workdir_lib
 from mf_jax.convert.formats import imf_official, meanflow_official
 from mf_jax.errors import ConfigError
 from mf_jax.models import dit_pixel
+from mf_jax.objectives import pmf as pmf_objective
 
 RELEASE_HALF_LIVES = (500.0, 1000.0, 2000.0)  # kimg; the official configs' ema_val.
 ABSENT_IN_INFERENCE = (imf_official.V_BLOCK, "v_final")
@@ -87,7 +88,7 @@ def model_params(model: dit_pixel.PixelDiT) -> Dict[str, object]:
 
 def target_params(config) -> Dict[str, object]:
   """{path: ShapeDtypeStruct} of the training model's parameters (with the v head)."""
-  return model_params(dit_pixel.build_pixel_dit(config))
+  return model_params(pmf_objective.build_pixel_dit(config))
 
 
 def _dropped(key: str) -> bool:
