@@ -53,20 +53,16 @@ def _meanflow_official(src, config, out, fv):
           f"{workdir.parameter_count(state.params)} parameters) -> {directory}")
 
 
-def _imf_official(src, config, out, fv):
-  from mf_jax.convert.formats import imf_official  # pylint: disable=g-import-not-at-top
-  from mf_jax.convert import workdir  # pylint: disable=g-import-not-at-top
-  state, note, directory = imf_official.convert_to_workdir(src, config, out)
-  return (f"iMF release {src} (step {int(state.step)}, {workdir.parameter_count(state.params)} "
-          f"parameters; {note}) -> {directory}")
-
-
-def _pmf_official(src, config, out, fv):
-  from mf_jax.convert.formats import pmf_official  # pylint: disable=g-import-not-at-top
-  from mf_jax.convert import workdir  # pylint: disable=g-import-not-at-top
-  state, note, directory = pmf_official.convert_to_workdir(src, config, out)
-  return (f"pMF release {src} (step {int(state.step)}, {workdir.parameter_count(state.params)} "
-          f"parameters; {note}) -> {directory}")
+def _release(format_name: str, label: str) -> Callable:
+  """The CLI step of a release format whose convert_to_workdir returns (state, note, folder)."""
+  def run(src, config, out, fv):
+    import importlib  # pylint: disable=g-import-not-at-top
+    from mf_jax.convert import workdir  # pylint: disable=g-import-not-at-top
+    fmt = importlib.import_module(f"mf_jax.convert.formats.{format_name}")
+    state, note, directory = fmt.convert_to_workdir(src, config, out)
+    return (f"{label} {src} (step {int(state.step)}, {workdir.parameter_count(state.params)} "
+            f"parameters; {note}) -> {directory}")
+  return run
 
 
 def _py_meanflow_unet(src, config, out, fv):
@@ -123,8 +119,8 @@ def _inception(src, config, out, fv):
 SOURCES: Dict[str, Source] = {
     "meanflow_official": Source("workdir", True, _meanflow_official),
     "py_meanflow_unet": Source("workdir", True, _py_meanflow_unet),
-    "imf_official": Source("workdir", True, _imf_official),
-    "pmf_official": Source("workdir", True, _pmf_official),
+    "imf_official": Source("workdir", True, _release("imf_official", "iMF release")),
+    "pmf_official": Source("workdir", True, _release("pmf_official", "pMF release")),
     "drifting_generator": Source("workdir", True, _drifting("generator")),
     "drifting_mae": Source("workdir", True, _drifting("MAE encoder")),
     "convnext": Source("out", True, _convnext),

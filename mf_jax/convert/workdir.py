@@ -6,7 +6,8 @@ unless given, the optimizer's initial state and zero method state (`aux`: sample
 encoders) unless given; `write` saves it with the trainer's own Checkpointer into an empty workdir,
 so `main.py --mode=eval/sample` restore it and training resumes from it.
 """
-from typing import Any, Optional, Sequence
+import os
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -59,3 +60,13 @@ def write(state: ts.TrainState, config, workdir: str) -> str:
 
 def parameter_count(tree) -> int:
   return sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(tree))
+
+
+def release_to_workdir(path: str, config, workdir: str, convert: Callable, expected: str
+                       ) -> Tuple[ts.TrainState, str, str]:
+  """(state, note, checkpoint folder): convert(path, config) -> (state, note), written as the
+  workdir's first checkpoint; a missing `path` is named first (`expected`: what to give)."""
+  if not os.path.exists(path):
+    raise engine.SourceError(path, "does not exist", f"give {expected}")
+  state, note = convert(path, config)
+  return state, note, write(state, config, workdir)

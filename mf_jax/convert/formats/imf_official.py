@@ -20,7 +20,6 @@ says so: a block with zero residual gates is the identity, so the filled model's
 the official inference model's; sampling (u only) is exactly the release's; training on from such
 a workdir starts the v blocks from zero. A source with some but not all v blocks is an error.
 """
-import os
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -165,8 +164,5 @@ def convert(path: str, config) -> Tuple[ts.TrainState, str]:
 
 def convert_to_workdir(path: str, config, workdir: str) -> Tuple[ts.TrainState, str, str]:
   """(state, note, checkpoint folder)."""
-  if not os.path.exists(path):
-    raise engine.SourceError(path, "does not exist", "give the unzipped iMF release folder or "
-                             "the released .pth")
-  state, note = convert(path, config)
-  return state, note, workdir_lib.write(state, config, workdir)
+  return workdir_lib.release_to_workdir(path, config, workdir, convert,
+                                        "the unzipped iMF release folder or the released .pth")

@@ -24,7 +24,6 @@ official eval model builds neither and its v image is zero). The trainer's model
 they are filled with zeros (the summary says so): the filled model's u path is the release's and
 its v image is zero, as the official eval model's.
 """
-import os
 from typing import Dict, List, Mapping, Tuple
 
 import numpy as np
@@ -192,11 +191,8 @@ def convert(path: str, config) -> Tuple[ts.TrainState, str]:
 
 def convert_to_workdir(path: str, config, workdir: str) -> Tuple[ts.TrainState, str, str]:
   """(state, note, checkpoint folder)."""
-  if not os.path.exists(path):
-    raise engine.SourceError(path, "does not exist", "give the unzipped pMF release folder or "
-                             "the released .pt")
-  state, note = convert(path, config)
-  return state, note, workdir_lib.write(state, config, workdir)
+  return workdir_lib.release_to_workdir(path, config, workdir, convert,
+                                        "the unzipped pMF release folder or the released .pt")
 
 
 def from_official(tree: Mapping, v_head: bool = True) -> dict:
