@@ -23,17 +23,16 @@ from mf_jax import generate, imf_params, train
 from mf_jax.convert import __main__ as cli
 from mf_jax.convert import engine
 from mf_jax.convert.formats import imf_official
+import golden_files
 from numerics import rel_err
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "imf_official.npz")
 RTOL = 1e-5
 STEP = 7
 
 
 @pytest.fixture(scope="module")
 def golden():
-  with np.load(GOLDEN) as f:
-    return {k: f[k] for k in f.files}
+  return golden_files.load("imf_official.npz")
 
 
 def official_net(golden):

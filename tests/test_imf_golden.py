@@ -14,31 +14,26 @@ so 1e-5 relative (in norm) leaves a margin. The gradient goes through a jvp and 
 differentiation of the same chain, whose condition is ~10x worse: 1e-4. A real difference (a wrong
 rotary pairing, tangent or interval) is of order 1e-2 or more.
 """
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
 from mf_jax import imf, imf_params, meanflow
 from mf_jax.models import dit_incontext
+import golden_files
 from numerics import rel_err
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "imf_official.npz")
 RTOL, RTOL_GRAD = 1e-5, 1e-4
 
 
 @pytest.fixture(scope="module")
 def golden():
-  with np.load(GOLDEN) as f:
-    return {k: f[k] for k in f.files}
+  return golden_files.load("imf_official.npz")
 
 
-def _tree(golden, prefix):
-  flat = {k[len(prefix) + 1:]: v for k, v in golden.items() if k.startswith(prefix + "/")}
-  return traverse_util.unflatten_dict(flat, sep="/")
+_tree = golden_files.subtree
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +91,8 @@ def test_loss_and_gradient(golden, ours):
   (loss, metrics), grads = loss_and_grad(params)
   for name in ("loss", "loss_u", "loss_v"):
     assert rel_err(metrics[name], golden[name]) < RTOL, name
-  want = imf_params.from_official(_tree(golden, "grad"))
-  assert rel_err(grads, want) < RTOL_GRAD
-  # Leaf by leaf too, relative to the whole gradient's scale, so no small part can hide.
-  scale = np.linalg.norm(np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(want)]))
-  flat_got = traverse_util.flatten_dict(jax.device_get(grads), sep="/")
-  for name, w in traverse_util.flatten_dict(want, sep="/").items():
-    assert np.linalg.norm(np.asarray(flat_got[name]) - w) < RTOL_GRAD * scale, name
+  golden_files.assert_gradients_close(grads, imf_params.from_official(_tree(golden, "grad")),
+                                      RTOL_GRAD)
 
 
 def test_split_loss_on_our_layout(golden, ours):

@@ -23,9 +23,9 @@ from configs import imf_digits
 from mf_jax.convert import engine
 from mf_jax.convert.formats import pmf_official
 from mf_jax.objectives import pmf as pmf_objective
+import golden_files
 from numerics import rel_err
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "pmf_network.npz")
 RTOL = 1e-5
 STEP = 11
 # The release's EMAs: each a power-of-two multiple of the golden weights (exact in float32), so
@@ -35,8 +35,7 @@ SCALES = {"500": 0.5, "1000": 1.0, "2000": 2.0}
 
 @pytest.fixture(scope="module")
 def golden():
-  with np.load(GOLDEN) as f:
-    return {k: f[k] for k in f.files}
+  return golden_files.load("pmf_network.npz")
 
 
 def official_net(golden):

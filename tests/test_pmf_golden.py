@@ -15,33 +15,27 @@ Tolerances as tests/test_imf_golden.py (float32 on both sides, same operations i
 distances add a cubic resampling and two small networks, a few more float32 roundings per
 element (1e-5 holds). A wrong crop box, mask or weight changes them by 1e-2 or more.
 """
-import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
-from flax import traverse_util
 
 from mf_jax import imf, perceptual, pmf
 from mf_jax.convert.formats import pmf_official
 from mf_jax.models import convnext, dit_pixel, lpips
+import golden_files
 from numerics import rel_err
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "pmf_official.npz")
 RTOL, RTOL_GRAD = 1e-5, 1e-4
 DRAWS = ("r", "t", "e", "omega", "t_min", "t_max", "dropped")
 
 
 @pytest.fixture(scope="module")
 def golden():
-  with np.load(GOLDEN) as f:
-    return {k: f[k] for k in f.files}
+  return golden_files.load("pmf_official.npz")
 
 
-def _tree(golden, prefix):
-  flat = {k[len(prefix) + 1:]: v for k, v in golden.items() if k.startswith(prefix + "/")}
-  return traverse_util.unflatten_dict(flat, sep="/")
+_tree = golden_files.subtree
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +102,8 @@ def _check_loss_and_grad(golden, metrics, grads):
                           ("loss_lpips", "loss_aux_loss_lpips"),
                           ("loss_convnext", "loss_aux_loss_convnext")):
     assert rel_err(metrics[ours_name], golden[name]) < RTOL, ours_name
-  want = pmf_official.from_official(_tree(golden, "grad"))
-  assert rel_err(grads, want) < RTOL_GRAD
-  # Leaf by leaf too, relative to the whole gradient's scale, so no small part can hide.
-  scale = np.linalg.norm(np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(want)]))
-  flat_got = traverse_util.flatten_dict(jax.device_get(grads), sep="/")
-  for name, w in traverse_util.flatten_dict(want, sep="/").items():
-    assert np.linalg.norm(np.asarray(flat_got[name]) - w) < RTOL_GRAD * scale, name
+  golden_files.assert_gradients_close(grads, pmf_official.from_official(_tree(golden, "grad")),
+                                      RTOL_GRAD)
 
 
 def test_loss_with_perceptual_terms_and_gradient(golden, ours):

@@ -2,7 +2,6 @@
 outputs, and parity with the official pmfDiT (tests/golden/pmf_network.npz, written by
 scripts/make_pmf_network_golden.py from the official code).
 """
-import os
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +13,9 @@ from mf_jax.convert.formats import pmf_official
 from mf_jax.errors import ConfigError
 from mf_jax.models import dit_incontext, dit_pixel
 from mf_jax.objectives import pmf as pmf_objective
+import golden_files
 from numerics import rel_err
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "pmf_network.npz")
 # Both sides float32 with the same operations in a different order (as tests/test_imf_golden.py);
 # a wrong name, layout or rotary pair is O(1).
 RTOL = 1e-5
@@ -37,8 +36,7 @@ OFFICIAL_COUNTS = {  # variant: (image size, training module, inference module)
 
 @pytest.fixture(scope="module")
 def golden():
-  with np.load(GOLDEN) as f:
-    return {k: f[k] for k in f.files}
+  return golden_files.load("pmf_network.npz")
 
 
 def tiny_model(golden, **fields):
@@ -51,9 +49,7 @@ def tiny_model(golden, **fields):
 
 def official_params(golden):
   """The golden official parameters mapped to ours (the converter's table)."""
-  tree = traverse_util.unflatten_dict(
-      {k[len("param/"):]: v for k, v in golden.items() if k.startswith("param/")}, sep="/")
-  return pmf_official.from_official(tree)
+  return pmf_official.from_official(golden_files.subtree(golden, "param"))
 
 
 def net_inputs(golden):
@@ -126,9 +122,7 @@ def test_matches_official_network(golden):
 
   # The inference model: the same u path without the v blocks and v output layer.
   inference = tiny_model(golden, v_head=False)
-  u_params = pmf_official.from_official(traverse_util.unflatten_dict(
-      {k[len("param/"):]: v for k, v in golden.items() if k.startswith("param/")}, sep="/"),
-      v_head=False)
+  u_params = pmf_official.from_official(golden_files.subtree(golden, "param"), v_head=False)
   assert not any(k.startswith("v_") for k in u_params)
   x_u_only, none = jax.jit(inference.apply)({"params": u_params}, *net_inputs(golden))
   assert none is None
