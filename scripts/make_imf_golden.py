@@ -22,12 +22,10 @@ random weights the per-sample errors are large and d / (d + 0.01) would sit at 1
   python scripts/make_imf_golden.py --official_git_dir=/path/to/Lyy-iiis+imeanflow/repo
   python scripts/make_imf_golden.py --official_dir=/path/to/checkout --commit=<sha>
 """
-import argparse
 import functools
 import os
 import shutil
 import sys
-import tempfile
 import types
 
 import numpy as np
@@ -123,18 +121,9 @@ def flat(tree, prefix):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  src = parser.add_mutually_exclusive_group(required=True)
-  src.add_argument("--official_git_dir", help="git dir of Lyy-iiis/imeanflow (the fetch tool's)")
-  src.add_argument("--official_dir", help="a checkout of Lyy-iiis/imeanflow at --commit")
-  parser.add_argument("--commit", default=OFFICIAL_COMMIT)
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), "tests", "golden", "imf_official.npz"))
-  args = parser.parse_args()
-
-  tmp = tempfile.mkdtemp(prefix="imf_official_")
-  commit = official_checkout.extract(OFFICIAL_FILES, tmp, args.official_git_dir,
-                                    args.official_dir, args.commit)
+  args = official_checkout.parse_args(__doc__.splitlines()[0], "Lyy-iiis/imeanflow",
+                                      OFFICIAL_COMMIT, "imf_official.npz")
+  tmp, commit = official_checkout.temporary_copy(OFFICIAL_FILES, args, "imf_official_")
   print(f"official commit {commit} (unedited copy in {tmp})")
   sys.path.insert(0, tmp)
   import jax

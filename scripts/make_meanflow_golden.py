@@ -24,12 +24,10 @@ Edits applied to the temporary copy so that it runs on the current JAX (and noth
   python scripts/make_meanflow_golden.py --official_git_dir=/path/to/Gsunshine+meanflow/repo
   python scripts/make_meanflow_golden.py --official_dir=/path/to/checkout --commit=<sha>
 """
-import argparse
 import functools
 import os
 import shutil
 import sys
-import tempfile
 import types
 
 import numpy as np
@@ -123,18 +121,9 @@ def random_weights(params, key, jax, scale):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  src = parser.add_mutually_exclusive_group(required=True)
-  src.add_argument("--official_git_dir", help="bare git dir of Gsunshine/meanflow (the fetch tool's)")
-  src.add_argument("--official_dir", help="a checkout of Gsunshine/meanflow at --commit")
-  parser.add_argument("--commit", default=OFFICIAL_COMMIT)
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), "tests", "golden"))
-  args = parser.parse_args()
-
-  tmp = tempfile.mkdtemp(prefix="meanflow_official_")
-  commit = official_checkout.extract(OFFICIAL_FILES, tmp, args.official_git_dir,
-                                    args.official_dir, args.commit)
+  args = official_checkout.parse_args(__doc__.splitlines()[0], "Gsunshine/meanflow",
+                                      OFFICIAL_COMMIT, "")  # --out: the golden folder.
+  tmp, commit = official_checkout.temporary_copy(OFFICIAL_FILES, args, "meanflow_official_")
   edits = apply_compat_edits(tmp)
   print(f"official commit {commit}; edits to the temporary copy:\n  " + "\n  ".join(edits))
   sys.path.insert(0, tmp)

@@ -24,12 +24,10 @@ loss sensitive to every term with random weights.
 
   python scripts/make_pmf_golden.py --official_git_dir=/path/to/Lyy-iiis+pMF/repo
 """
-import argparse
 import functools
 import os
 import shutil
 import sys
-import tempfile
 import types
 
 import numpy as np
@@ -84,18 +82,9 @@ def choose_draws(rng):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  src = parser.add_mutually_exclusive_group(required=True)
-  src.add_argument("--official_git_dir", help="git dir of Lyy-iiis/pMF (the fetch tool's)")
-  src.add_argument("--official_dir", help="a checkout of Lyy-iiis/pMF at --commit")
-  parser.add_argument("--commit", default=OFFICIAL_COMMIT)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  parser.add_argument("--out", default=os.path.join(root, "tests", "golden", "pmf_official.npz"))
-  args = parser.parse_args()
-
-  tmp = tempfile.mkdtemp(prefix="pmf_official_")
-  commit = official_checkout.extract(OFFICIAL_FILES, tmp, args.official_git_dir,
-                                    args.official_dir, args.commit)
+  args = official_checkout.parse_args(__doc__.splitlines()[0], "Lyy-iiis/pMF", OFFICIAL_COMMIT,
+                                      "pmf_official.npz")
+  tmp, commit = official_checkout.temporary_copy(OFFICIAL_FILES, args, "pmf_official_")
   print(f"official commit {commit} (unedited copy in {tmp})")
   stub_modules()
   sys.path.insert(0, tmp)
@@ -104,7 +93,7 @@ def main():
   import pmf as official  # pylint: disable=import-error
   from models import pmfDiT  # pylint: disable=import-error
   from utils import auxloss_util  # pylint: disable=import-error
-  sys.path.insert(0, root)  # This project's frozen-network modules (the stand-ins).
+  sys.path.insert(0, official_checkout.ROOT)  # This project's modules (the frozen stand-ins).
   from mf_jax.models import convnext, lpips
 
   pmfDiT.pmfDiT_golden_tiny = functools.partial(pmfDiT.pmfDiT, **TINY)

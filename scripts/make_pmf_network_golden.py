@@ -22,7 +22,6 @@ scripts (the pMF objective's loss, gradient and samples).
   python scripts/make_pmf_network_golden.py --official_git_dir=/path/to/Lyy-iiis+pMF/repo
   python scripts/make_pmf_network_golden.py --official_dir=/path/to/checkout --commit=<sha>
 """
-import argparse
 import os
 import shutil
 import sys
@@ -90,18 +89,9 @@ def official_torch_state(official_git_dir, commit=TORCH_COMMIT):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  src = parser.add_mutually_exclusive_group(required=True)
-  src.add_argument("--official_git_dir", help="git dir of Lyy-iiis/pMF (the fetch tool's)")
-  src.add_argument("--official_dir", help="a checkout of Lyy-iiis/pMF at --commit")
-  parser.add_argument("--commit", default=OFFICIAL_COMMIT)
-  parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), "tests", "golden", "pmf_network.npz"))
-  args = parser.parse_args()
-
-  tmp = tempfile.mkdtemp(prefix="pmf_official_")
-  commit = official_checkout.extract(OFFICIAL_FILES, tmp, args.official_git_dir,
-                                    args.official_dir, args.commit)
+  args = official_checkout.parse_args(__doc__.splitlines()[0], "Lyy-iiis/pMF", OFFICIAL_COMMIT,
+                                      "pmf_network.npz")
+  tmp, commit = official_checkout.temporary_copy(OFFICIAL_FILES, args, "pmf_official_")
   print(f"official commit {commit} (unedited copy in {tmp})")
   net, params, _ = official_tiny(tmp)
   size, ch = TINY["input_size"], TINY["in_channels"]

@@ -3,9 +3,11 @@
 From a bare git directory at a commit (the files are `git archive`d, so the commit is exact), or
 from a plain checkout whose commit the caller states.
 """
+import argparse
 import os
 import shutil
 import subprocess
+import tempfile
 
 
 def extract(files, dest, official_git_dir="", official_dir="", commit="HEAD") -> str:
@@ -21,3 +23,25 @@ def extract(files, dest, official_git_dir="", official_dir="", commit="HEAD") ->
     os.makedirs(os.path.dirname(os.path.join(dest, f)), exist_ok=True)
     shutil.copy(os.path.join(official_dir, f), os.path.join(dest, f))
   return commit
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # This repository.
+GOLDEN = os.path.join(ROOT, "tests", "golden")
+
+
+def parse_args(description: str, repository: str, commit: str, out_name: str):
+  """The golden scripts' flags: the official code from --official_git_dir (a git dir, e.g. the
+  fetch tool's) or --official_dir (a checkout at --commit), and --out (default tests/golden/...)."""
+  parser = argparse.ArgumentParser(description=description)
+  src = parser.add_mutually_exclusive_group(required=True)
+  src.add_argument("--official_git_dir", help=f"git dir of {repository} (the fetch tool's)")
+  src.add_argument("--official_dir", help=f"a checkout of {repository} at --commit")
+  parser.add_argument("--commit", default=commit)
+  parser.add_argument("--out", default=os.path.join(GOLDEN, out_name))
+  return parser.parse_args()
+
+
+def temporary_copy(files, args, prefix: str):
+  """(temporary folder, commit): `files` of the official code named by parse_args's flags."""
+  tmp = tempfile.mkdtemp(prefix=prefix)
+  return tmp, extract(files, tmp, args.official_git_dir, args.official_dir, args.commit)
