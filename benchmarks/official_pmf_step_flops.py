@@ -17,7 +17,6 @@ devices (128), so the figures compare with
 """
 import json
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,7 @@ from absl import app, flags
 
 from benchmarks import scale, xla_accounting
 from mf_jax.models import convnext, lpips
+from scripts import official_checkout
 
 flags.DEFINE_string("official", "/tmp/pmf_official", "Checkout (pmf.py, models/, utils/) of "
                     "Lyy-iiis/pMF.")
@@ -43,17 +43,6 @@ RECIPES = {
 }
 PERCEPTUAL = dict(lpips=True, lpips_lambda=0.4, convnext=True, convnext_lambda=0.1)
 EMA_DECAYS = (0.9985814, 0.9992905, 0.9996452)  # Steady state of the 500/1000/2000 kimg EMAs.
-
-
-def stub_modules():
-  """utils/auxloss_util.py imports lpips_j and utils/logging_util.py imports wandb; neither is
-  used (the perceptual networks come in as arguments)."""
-  sys.modules.setdefault("wandb", types.ModuleType("wandb"))
-  lpips_j = types.ModuleType("lpips_j")
-  lpips_j.lpips = types.ModuleType("lpips_j.lpips")
-  lpips_j.lpips.LPIPS = None
-  sys.modules.setdefault("lpips_j", lpips_j)
-  sys.modules.setdefault("lpips_j.lpips", lpips_j.lpips)
 
 
 def step_flops(official_pmf, auxloss_util, batch: int) -> dict:
@@ -102,7 +91,7 @@ def step_flops(official_pmf, auxloss_util, batch: int) -> dict:
 
 def main(argv):
   del argv
-  stub_modules()
+  official_checkout.stub_pmf_unused_modules()
   sys.path.insert(0, FLAGS.official)
   import pmf as official_pmf  # pylint: disable=import-outside-toplevel,import-error
   from utils import auxloss_util  # pylint: disable=import-outside-toplevel,import-error

@@ -52,16 +52,6 @@ NUM_DROPPED = 2
 SAMPLING = (8.5, 0.1, 0.7)  # omega, t_min, t_max.
 
 
-def stub_modules():
-  """The official auxloss_util imports lpips_j (LPIPS from the Hugging Face hub) and its logging
-  helper imports wandb; neither is used here."""
-  sys.modules.setdefault("wandb", types.ModuleType("wandb"))
-  lpips_j = types.ModuleType("lpips_j")
-  lpips_j.lpips = types.ModuleType("lpips_j.lpips")
-  lpips_j.lpips.LPIPS = None
-  sys.modules["lpips_j"], sys.modules["lpips_j.lpips"] = lpips_j, lpips_j.lpips
-
-
 def choose_draws(rng):
   """Served values: rows 4..7 have r != t, some inside their interval and some not; some rows
   have t < perceptual_max_t and some not."""
@@ -86,7 +76,7 @@ def main():
                                       "pmf_official.npz")
   tmp, commit = official_checkout.temporary_copy(OFFICIAL_FILES, args, "pmf_official_")
   print(f"official commit {commit} (unedited copy in {tmp})")
-  stub_modules()
+  official_checkout.stub_pmf_unused_modules()
   sys.path.insert(0, tmp)
   import jax
   import jax.numpy as jnp

@@ -7,7 +7,9 @@ import argparse
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import types
 
 
 def extract(files, dest, official_git_dir="", official_dir="", commit="HEAD") -> str:
@@ -45,3 +47,15 @@ def temporary_copy(files, args, prefix: str):
   """(temporary folder, commit): `files` of the official code named by parse_args's flags."""
   tmp = tempfile.mkdtemp(prefix=prefix)
   return tmp, extract(files, tmp, args.official_git_dir, args.official_dir, args.commit)
+
+
+def stub_pmf_unused_modules() -> None:
+  """The official pMF utils/auxloss_util.py imports lpips_j (its LPIPS fetches weights from the
+  Hugging Face hub) and utils/logging_util.py imports wandb; the golden script and the FLOP count
+  import the crop from there but use neither, so empty stand-ins are installed."""
+  sys.modules.setdefault("wandb", types.ModuleType("wandb"))
+  lpips_j = types.ModuleType("lpips_j")
+  lpips_j.lpips = types.ModuleType("lpips_j.lpips")
+  lpips_j.lpips.LPIPS = None
+  sys.modules.setdefault("lpips_j", lpips_j)
+  sys.modules.setdefault("lpips_j.lpips", lpips_j.lpips)
