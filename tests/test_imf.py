@@ -158,8 +158,9 @@ def test_sampler_exact_and_conditions(x64):
     np.testing.assert_allclose(x, (1 - (1 - 1 / omega + 0.3 + 1.4 + 3 + 5)) * e, rtol=1e-12)
 
 
-def _mlp_net(params):
-  """A small nonlinear network of all its inputs: (u, v) from one hidden layer."""
+def mlp_net(params):
+  """A small nonlinear network of all its inputs: (u, v) from one hidden layer (pMF's tests read
+  its outputs as images)."""
   def net(z, t, h, omega, t_min, t_max, y):
     b = z.shape[0]
     scalars = jnp.stack([t, h, 1 - 1 / omega, t_min, t_max], axis=1)
@@ -168,15 +169,21 @@ def _mlp_net(params):
   return net
 
 
+def mlp_params(keys, d, hidden=12, classes=5):
+  """mlp_net's parameters for inputs of d values, from 5 keys."""
+  return dict(w=jax.random.normal(keys[0], (d, hidden)) / 3,
+              c=jax.random.normal(keys[1], (5, hidden)),
+              emb=jax.random.normal(keys[2], (classes + 1, hidden)),
+              wu=jax.random.normal(keys[3], (hidden, d)), wv=jax.random.normal(keys[4], (hidden, d)))
+
+
 @pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 1.0])
 def test_split_loss_equals_reference(x64, ratio):
   """The per-part loss (plain forward on r = t rows, v_c from the forward's own v head) has the
   reference's loss, metrics and gradient, in float64."""
   k = jax.random.split(jax.random.key(5), 7)
   d, hidden, classes, batch = 8, 12, 5, 16
-  params = dict(w=jax.random.normal(k[0], (d, hidden)) / 3, c=jax.random.normal(k[1], (5, hidden)),
-                emb=jax.random.normal(k[2], (classes + 1, hidden)),
-                wu=jax.random.normal(k[3], (hidden, d)), wv=jax.random.normal(k[4], (hidden, d)))
+  params = mlp_params(k[:5], d, hidden, classes)
   x = jax.random.normal(k[5], (batch, 2, 2, 2))
   labels = jnp.arange(batch) % classes
   config = imf.default_config()
@@ -185,7 +192,7 @@ def test_split_loss_equals_reference(x64, ratio):
   assert draws.dropped.any() and (ratio == 0 or (draws.r != draws.t).any())
 
   def run(loss_fn):
-    return jax.value_and_grad(lambda p: loss_fn(_mlp_net(p), x, labels, draws, config),
+    return jax.value_and_grad(lambda p: loss_fn(mlp_net(p), x, labels, draws, config),
                               has_aux=True)(params)
   (_, want_m), want_g = run(imf.imf_loss_from_draws)
   (_, got_m), got_g = run(imf.imf_loss_split_from_draws)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mf_jax import imf, meanflow, perceptual, pmf
+from test_imf import mlp_net, mlp_params
 
 
 def _bc(a, like):
@@ -23,21 +24,11 @@ def _config(classes=5, **kw):
   return config
 
 
-def _image_net(params):
-  """A small nonlinear image predictor of all its inputs (and of t, which x-prediction adds)."""
-  def net(z, t, h, omega, t_min, t_max, y):
-    b = z.shape[0]
-    scalars = jnp.stack([t, h, 1 - 1 / omega, t_min, t_max], axis=1)
-    a = jnp.tanh(z.reshape(b, -1) @ params["w"] + scalars @ params["c"] + params["emb"][y])
-    return (jnp.tanh(a @ params["wu"]).reshape(z.shape), (a @ params["wv"]).reshape(z.shape))
-  return net
+_image_net = mlp_net  # Its (u, v) read as images (x_u, x_v).
 
 
-def _params(key, d, hidden=12, classes=5):
-  k = jax.random.split(key, 5)
-  return dict(w=jax.random.normal(k[0], (d, hidden)) / 3, c=jax.random.normal(k[1], (5, hidden)),
-              emb=jax.random.normal(k[2], (classes + 1, hidden)),
-              wu=jax.random.normal(k[3], (hidden, d)), wv=jax.random.normal(k[4], (hidden, d)))
+def _params(key, d):
+  return mlp_params(jax.random.split(key, 5), d)
 
 
 def _stand_in_perceptual(size):
